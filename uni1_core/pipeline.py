@@ -1,0 +1,113 @@
+"""Model + tokenizer + plan + sampler (+ MoVQ) in one object: the API of the CLI and the nodes.
+
+    pipe = Uni1Pipeline.from_pretrained("demo")
+    result = pipe.sample("two red circles to the left of a blue square", seeds=[0])
+    images = pipe.load_movq().decode(result.codes)          # (B, 3, H, W) in [-1, 1]
+
+The pipeline holds no state between calls except the loaded weights, so one object serves any
+number of requests (and a cancelled request leaves it as it was).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import resolve_model_dir
+from .model import Uni1Model
+from .plan import Plan, make_plan
+from .policy import PRESETS, SamplingPolicy
+from .sampler import sample_codes
+from .sequence import (ImageGrid, ImageVocab, check_size, i2i_prompt_ids, supported_sizes, t2i_prompt_ids)
+from .tokenizer import TextTokenizer
+
+DEFAULT_MOVQ_REPO = "ai-forever/MoVQGAN"
+MOVQ_FILES = ("movq.safetensors", "movqgan_270M.safetensors", "movqgan_270M.ckpt")
+MODES = ("ar", "sjd", "sjd_coupled")
+
+
+@dataclass
+class Generation:
+    codes: torch.Tensor          # (B, rows, cols) long
+    stats: dict
+    plan: Plan | None
+    conditioning: str            # the text the model was conditioned on
+    width: int
+    height: int
+
+
+class Uni1Pipeline:
+    def __init__(self, model: Uni1Model, tokenizer: TextTokenizer, model_dir: Path):
+        self.model, self.tokenizer, self.model_dir = model, tokenizer, Path(model_dir)
+        uni1 = model.config.raw.get("uni1", {})
+        self.vocab = ImageVocab.from_tokenizer(tokenizer, model.config.vocab_size, uni1)
+        self.sizes = [tuple(s) for s in uni1.get("sizes", supported_sizes())]
+        self.default_size = tuple(uni1.get("default_size", (768, 768) if (768, 768) in self.sizes
+                                           else self.sizes[0]))
+        self.default_policy = PRESETS[uni1.get("default_preset", "uni1")]
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str = "demo", dtype="auto", device=None, cache_dir=None):
+        model_dir = resolve_model_dir(name_or_path, cache_dir=cache_dir)
+        model = Uni1Model.from_pretrained(model_dir, dtype=dtype, device=device or "cpu")
+        return cls(model, TextTokenizer.from_dir(model_dir), model_dir)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def load_movq(self, path_or_repo_id=None, dtype=None, device=None, cache_dir=None):
+        """The image tokenizer that belongs to this model: an explicit path or repo id, else the
+        MoVQ weights inside the model folder (the demo ships them), else ai-forever/MoVQGAN."""
+        from .movq import MoVQ
+        if path_or_repo_id is None:
+            local = [self.model_dir / f for f in MOVQ_FILES if (self.model_dir / f).is_file()]
+            path_or_repo_id = str(local[0]) if local else DEFAULT_MOVQ_REPO
+        movq = MoVQ.from_pretrained(path_or_repo_id, dtype=dtype or torch.float32,
+                                    device=device or self.device, cache_dir=cache_dir)
+        movq.check_compatible(self.vocab.num_codes)
+        return movq
+
+    def plan(self, prompt: str) -> Plan:
+        return make_plan(prompt)
+
+    def sample(self, prompt: str | Plan, width: int | None = None, height: int | None = None, *,
+               mode: str = "sjd_coupled", policy: SamplingPolicy | None = None, seeds=(0,),
+               window: int | None = None, coupling: str = "maximal", regional: bool = False,
+               use_plan: bool = True, condition: torch.Tensor | None = None, task: str = "depth",
+               on_progress=None, on_preview=None, should_cancel=None) -> Generation:
+        """Plan (unless `use_plan=False`), build the prompt, sample one code grid per seed.
+
+        `condition` (rows_c, cols) codes: an Omni image-conditioned request whose upper rows are
+        the given image (forced) and whose lower rows the model writes."""
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        width, height = width or self.default_size[0], height or self.default_size[1]
+        check_size(width, height, self.sizes)
+        plan = prompt if isinstance(prompt, Plan) else (make_plan(prompt) if use_plan else None)
+        text = plan.conditioning_text() if plan is not None else prompt
+        if regional and plan is None:
+            raise ValueError("regional guidance needs a plan: turn planning on or pass a Plan")
+        if condition is None:
+            grid = ImageGrid(width, height)
+            prompt_ids = t2i_prompt_ids(self.tokenizer, text, width, height)
+        else:
+            grid = ImageGrid(width, height, prefix_codes=condition.to("cpu", torch.long))
+            prompt_ids = i2i_prompt_ids(self.tokenizer, text, width, height, task)
+        regions = None
+        if regional:
+            regions = [(t2i_prompt_ids(self.tokenizer, region_text, width, height), box)
+                       for region_text, box in plan.regions()]
+        seeds = [int(s) for s in seeds]
+        result = sample_codes(
+            self.model, self.vocab, grid, [prompt_ids] * len(seeds), mode=mode,
+            policy=policy or self.default_policy, seeds=seeds, window=window, coupling=coupling,
+            regions=[regions] * len(seeds) if regions else None,
+            on_progress=on_progress, on_preview=on_preview, should_cancel=should_cancel)
+        return Generation(result.codes, result.stats, plan, text, width, height)
+
+    def with_policy(self, **changes) -> SamplingPolicy:
+        """The default policy with some fields changed (what the sampler node's widgets do)."""
+        return dataclasses.replace(self.default_policy, **changes)
