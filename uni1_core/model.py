@@ -1,0 +1,496 @@
+"""The Lumina-mGPT 2.0 transformer: a Chameleon-family decoder, with a static KV cache.
+
+    model = Uni1Model.from_pretrained("Alpha-VLLM/Lumina-mGPT-2.0", dtype=torch.bfloat16, device="cuda")
+    logits = model(input_ids)                           # (B, T) -> (B, T, vocab) float32, no cache
+
+    cache = model.new_cache(batch_size=2, max_len=10000)
+    logits = model(prompt_ids, cache=cache)             # prefill; cache.lengths += T
+    logits = model(window_ids, cache=cache, n_valid=n)  # row b holds n[b] real tokens, then padding
+    cache.lengths = cache.lengths - rejected            # roll back: later writes overwrite the slots
+
+Per layer (pre-norm; `swin_norm` moves the norms after the sublayers):
+
+    h   = x + Attn(RMSNorm(x))           swin:  h   = x + RMSNorm(Attn(x))
+    out = h + SwiGLU(RMSNorm(h))                out = h + RMSNorm(SwiGLU(h))
+
+Attention is GQA with Chameleon's qk-norm: q and k are LayerNorm-ed over head_dim only, then
+an affine per head (weights (heads, head_dim)), then rotated by RoPE (rotate-half layout).
+Checkpoints of the release store that affine per model-parallel shard, (model_parallel_size,
+head_dim); `from_pretrained` expands it to one row per head, as the reference does.
+
+Parameter names are the Hugging Face ones (`model.layers.0.self_attn.q_proj.weight`, ...), so a
+checkpoint folder loads as it is. Spec: shared/specs/lumina_mgpt2.md section 1.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import CheckpointError, list_safetensors_dir, read_tensors, resolve_model_dir
+
+QK_NORM_EPS = 1e-5                      # fixed in Chameleon, not in the config
+IGNORED_KEY_PREFIXES = ("model.vqmodel.",)   # Chameleon's unused VQ-VAE: belongs to nothing here
+SUPPORTED_MODEL_TYPES = ("chameleon",)
+_DTYPES = {"float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "half": torch.float16, "fp16": torch.float16}
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    max_position_embeddings: int = 4096
+    rope_theta: float = 10000.0
+    rope_scaling: str | None = None       # None, "linear" or "dynamic"
+    rope_factor: float = 1.0
+    rms_norm_eps: float = 1e-5
+    model_parallel_size: int = 1
+    swin_norm: bool = False
+    mask_image_logits: bool = True
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    tie_word_embeddings: bool = False
+    vocabulary_map: dict = field(default_factory=dict)
+    bos_token_id: int | None = None
+    eos_token_id: int | list | None = None
+    pad_token_id: int | None = None
+    torch_dtype: str | None = None
+    raw: dict = field(default_factory=dict, repr=False)   # the whole config.json, for extra sections ("uni1")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def masked_token_ids(self) -> list[int]:
+        """Ids whose logits the reference sets to the dtype minimum: names starting with IMGIMG."""
+        return sorted(int(i) for name, i in self.vocabulary_map.items() if name.startswith("IMGIMG"))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> ModelConfig:
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"{path} is not readable JSON ({type(err).__name__}: {err}). Fix: download "
+                                  "config.json of the checkpoint again.") from err
+        try:
+            return cls.from_dict(raw)
+        except CheckpointError as err:
+            raise CheckpointError(f"{path}: {err}") from None
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> ModelConfig:
+        model_type = raw.get("model_type")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise CheckpointError(
+                f"config has model_type {model_type!r}, but uni1_core runs only Chameleon-family checkpoints "
+                f"(model_type {SUPPORTED_MODEL_TYPES[0]!r}) such as Alpha-VLLM/Lumina-mGPT-2.0. Fix: pass the "
+                "folder or repo id of such a checkpoint.")
+        required = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"]
+        missing = [k for k in required if k not in raw]
+        if missing:
+            raise CheckpointError(f"config lacks {missing}. Fix: use the checkpoint's own config.json.")
+        if raw.get("hidden_act", "silu") != "silu":
+            raise CheckpointError(f"hidden_act {raw['hidden_act']!r} is not supported (Chameleon uses 'silu').")
+        heads = int(raw["num_attention_heads"])
+        kv_heads = int(raw.get("num_key_value_heads") or heads)
+        scaling, factor, theta = _rope_settings(raw)
+        cfg = cls(
+            vocab_size=int(raw["vocab_size"]),
+            hidden_size=int(raw["hidden_size"]),
+            intermediate_size=int(raw["intermediate_size"]),
+            num_hidden_layers=int(raw["num_hidden_layers"]),
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            max_position_embeddings=int(raw.get("max_position_embeddings", 4096)),
+            rope_theta=theta, rope_scaling=scaling, rope_factor=factor,
+            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-5)),
+            model_parallel_size=int(raw.get("model_parallel_size") or 1),
+            swin_norm=bool(raw.get("swin_norm", False)),
+            mask_image_logits=bool(raw.get("mask_image_logits", True)),
+            attention_bias=bool(raw.get("attention_bias", False)),
+            mlp_bias=bool(raw.get("mlp_bias", False)),
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            vocabulary_map=dict(raw.get("vocabulary_map") or {}),
+            bos_token_id=raw.get("bos_token_id"),
+            eos_token_id=raw.get("eos_token_id"),
+            pad_token_id=raw.get("pad_token_id"),
+            torch_dtype=raw.get("torch_dtype") or raw.get("dtype"),
+            raw=raw,
+        )
+        if cfg.hidden_size % heads:
+            raise CheckpointError(f"hidden_size {cfg.hidden_size} is not a multiple of num_attention_heads {heads}.")
+        if heads % kv_heads:
+            raise CheckpointError(f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}.")
+        if cfg.head_dim % 2:
+            raise CheckpointError(f"head_dim {cfg.head_dim} is odd; rotary embeddings need an even head_dim.")
+        return cfg
+
+
+def _rope_settings(raw: dict) -> tuple[str | None, float, float]:
+    """(scaling type, factor, theta) from either the classic keys (rope_theta, rope_scaling)
+    or the newer transformers form (rope_parameters: {rope_type, rope_theta, factor})."""
+    params = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
+    theta = float(params.get("rope_theta", raw.get("rope_theta", 10000.0)))
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind in (None, "default"):
+        return None, 1.0, theta
+    if kind in ("linear", "dynamic"):
+        return kind, float(params["factor"]), theta
+    raise CheckpointError(f"rope scaling {kind!r} is not supported; Chameleon checkpoints use none, 'linear' "
+                          "or 'dynamic'.")
+
+
+def parse_dtype(dtype: str | torch.dtype | None, config: ModelConfig | None = None) -> torch.dtype:
+    """torch.dtype from a dtype, a name ('bfloat16', 'fp16', ...) or 'auto' (the config's torch_dtype)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        dtype = (config.torch_dtype if config is not None else None) or "float32"
+    name = str(dtype).removeprefix("torch.")
+    if name not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported; use one of float32, bfloat16, float16 or 'auto'.")
+    return _DTYPES[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# The static KV cache
+
+class KVCache:
+    """Pre-allocated keys and values for every layer, with a valid length per batch row.
+
+    k, v: (layers, batch, kv_heads, max_len, head_dim). Row b's tokens occupy slots
+    0 .. lengths[b]-1, and slot number = RoPE position. Rolling back is assigning smaller
+    lengths: the attention mask never looks above a query's own slot, so stale slots are
+    invisible until they are overwritten.
+    """
+
+    def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str):
+        shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self._lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """(batch,) long: valid slots per row. Assign (a tensor or a list) to roll back."""
+        return self._lengths
+
+    @lengths.setter
+    def lengths(self, value) -> None:
+        value = torch.as_tensor(value, dtype=torch.long, device=self._lengths.device)
+        if value is self._lengths:
+            return
+        value = value.expand(self.batch_size) if value.dim() == 0 else value
+        if value.shape != self._lengths.shape:
+            raise ValueError(f"cache.lengths must have shape ({self.batch_size},), got {tuple(value.shape)}.")
+        if bool((value < 0).any()) or bool((value > self.max_len).any()):
+            raise ValueError(f"cache.lengths must lie in 0..{self.max_len}, got {value.tolist()}.")
+        self._lengths.copy_(value)
+
+    def reset(self) -> None:
+        self._lengths.zero_()
+
+
+# ---------------------------------------------------------------------------------------------
+# The network
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Statistics in fp32, then back to the activation dtype before the weight (as the reference).
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class HeadLayerNorm(nn.Module):
+    """Chameleon's qk-norm: LayerNorm over head_dim with no affine, then an affine per head."""
+
+    def __init__(self, num_heads: int, head_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_heads, head_dim))
+        self.bias = nn.Parameter(torch.zeros(num_heads, head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, T, heads, head_dim)
+        return F.layer_norm(x, x.shape[-1:], eps=QK_NORM_EPS) * self.weight + self.bias
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
+        bias = cfg.attention_bias
+        self.q_proj = nn.Linear(cfg.hidden_size, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=bias)
+        self.q_norm = HeadLayerNorm(self.num_heads, self.head_dim)
+        self.k_norm = HeadLayerNorm(self.num_kv_heads, self.head_dim)
+
+    def forward(self, x, cos, sin, layer_cache=None):
+        B, T, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(B, T, self.num_heads, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin          # cos, sin: (B or 1, 1, T, head_dim)
+        k = k * cos + rotate_half(k) * sin
+        if layer_cache is None:
+            k, v = self._repeat_kv(k), self._repeat_kv(v)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            k_cache, v_cache, rows, slots, key_len, mask = layer_cache
+            # k_cache[rows, :, slots] is (B, T, kv_heads, head_dim): the new keys, token-major.
+            k_cache[rows, :, slots] = k.transpose(1, 2).to(k_cache.dtype)
+            v_cache[rows, :, slots] = v.transpose(1, 2).to(v_cache.dtype)
+            k = self._repeat_kv(k_cache[:, :, :key_len].to(q.dtype))
+            v = self._repeat_kv(v_cache[:, :, :key_len].to(q.dtype))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+
+    def _repeat_kv(self, x: torch.Tensor) -> torch.Tensor:
+        # GQA: each kv head serves num_heads // num_kv_heads query heads (a view when there is nothing to repeat).
+        n_rep = self.num_heads // self.num_kv_heads
+        if n_rep == 1:
+            return x
+        B, H, L, D = x.shape
+        return x[:, :, None].expand(B, H, n_rep, L, D).reshape(B, H * n_rep, L, D)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.swin_norm = cfg.swin_norm
+        self.self_attn = Attention(cfg)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, layer_cache=None):
+        if self.swin_norm:
+            h = x + self.input_layernorm(self.self_attn(x, cos, sin, layer_cache))
+            return h + self.post_attention_layernorm(self.mlp(h))
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, layer_cache)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class Decoder(nn.Module):
+    """The body; named `model` inside Uni1Model so that the parameter names are Hugging Face's."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class Uni1Model(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = Decoder(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        # Plain attributes, not buffers: the model is built on the meta device and only the
+        # checkpoint's tensors are materialised.
+        self._masked_ids = torch.tensor(config.masked_token_ids if config.mask_image_logits else [],
+                                        dtype=torch.long, device="cpu")
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def new_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None,
+                  device: torch.device | str | None = None) -> KVCache:
+        cfg = self.config
+        return KVCache(cfg.num_hidden_layers, batch_size, cfg.num_key_value_heads, max_len, cfg.head_dim,
+                       dtype=dtype or self.dtype, device=device or self.device)
+
+    def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of shape (B, 1, T, head_dim) for integer positions (B, T); angles in fp32."""
+        cfg, d = self.config, self.config.head_dim
+        theta = cfg.rope_theta
+        pos = positions.float()
+        if cfg.rope_scaling == "linear":
+            pos = pos / cfg.rope_factor
+        elif cfg.rope_scaling == "dynamic":
+            # NTK: past the trained length, stretch the base (computed per call, as the reference).
+            seq_len = int(positions.max()) + 1
+            if seq_len > cfg.max_position_embeddings:
+                ratio = cfg.rope_factor * seq_len / cfg.max_position_embeddings - (cfg.rope_factor - 1)
+                theta = theta * ratio ** (d / (d - 2))
+        inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, device=positions.device, dtype=torch.float32) / d))
+        freqs = pos[..., None] * inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None,
+                n_valid: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, vocab) float32 logits. See the module docstring for the cache."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, tokens), got shape {tuple(input_ids.shape)}.")
+        B, T = input_ids.shape
+        x = self.model.embed_tokens(input_ids)
+        if cache is None:
+            if n_valid is not None:
+                raise ValueError("n_valid needs a cache: without one every token of every row is real.")
+            positions = torch.arange(T, device=input_ids.device)[None]
+            layer_caches = [None] * len(self.model.layers)
+        else:
+            n_valid, layer_caches, positions = self._cache_plan(cache, B, T, n_valid, input_ids.device)
+        cos, sin = self.rope(positions, x.dtype)
+        for layer, layer_cache in zip(self.model.layers, layer_caches):
+            x = layer(x, cos, sin, layer_cache)
+        logits = self.lm_head(self.model.norm(x)).float()
+        if self._masked_ids.numel():
+            if self._masked_ids.device != logits.device:
+                self._masked_ids = self._masked_ids.to(logits.device)
+            logits[..., self._masked_ids] = torch.finfo(logits.dtype).min
+        if cache is not None:
+            cache.lengths.add_(n_valid)
+        return logits
+
+    def _cache_plan(self, cache: KVCache, B: int, T: int, n_valid, device):
+        """Slots, positions and mask for one cached call; the keys are cut at max(lengths) + T."""
+        if cache.batch_size != B:
+            raise ValueError(f"input_ids has {B} rows but the cache was made for {cache.batch_size}.")
+        lengths = cache.lengths
+        if n_valid is None:
+            n_valid = torch.full((B,), T, dtype=torch.long, device=lengths.device)
+        else:
+            n_valid = torch.as_tensor(n_valid, dtype=torch.long, device=lengths.device)
+            if n_valid.shape != (B,):
+                raise ValueError(f"n_valid must have shape ({B},), got {tuple(n_valid.shape)}.")
+        key_len = int(lengths.max()) + T        # the one host sync per call
+        if key_len > cache.max_len:
+            raise ValueError(f"the cache holds {cache.max_len} slots but this call needs {key_len} "
+                             f"(longest row {key_len - T} + {T} new tokens). Fix: make the cache with "
+                             "new_cache(batch_size, max_len) large enough for the prompt, the image and one window.")
+        steps = torch.arange(T, device=lengths.device)
+        slots = lengths[:, None] + steps[None, :]                              # (B, T) = RoPE positions
+        rows = torch.arange(B, device=lengths.device)[:, None]
+        # query t of row b sees slots 0 .. lengths[b] + t; stale slots above are never visible
+        mask = torch.arange(key_len, device=lengths.device)[None, None, None, :] <= slots[:, None, :, None]
+        layer_caches = [(cache.k[i], cache.v[i], rows, slots, key_len, mask) for i in range(len(self.model.layers))]
+        return n_valid, layer_caches, slots
+
+    # -----------------------------------------------------------------------------------------
+    # Loading
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, dtype: str | torch.dtype = torch.bfloat16,
+                        device: str | torch.device = "cpu", cache_dir: str | os.PathLike | None = None) -> Uni1Model:
+        """Load a checkpoint folder, 'demo' or a Hugging Face repo id.
+
+        The network is built on the meta device and every tensor is read from its file straight
+        onto `device` and put in place, so the weights exist once. Everything is checked before
+        anything is read: a missing, unexpected or wrongly shaped key is an error naming the file
+        and the key.
+        """
+        folder = resolve_model_dir(path_or_repo_id, cache_dir=cache_dir)
+        config = ModelConfig.from_file(folder / "config.json")
+        dtype = parse_dtype(dtype, config)
+        device = torch.device(device)
+        with torch.device("meta"):
+            model = cls(config)
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        if config.tie_word_embeddings:
+            expected.pop("lm_head.weight", None)
+        entries = list_safetensors_dir(folder)
+        plan = _check_keys(entries, expected, config, folder)
+        tensors = read_tensors(plan, device=device, dtype=dtype)
+        state = {key: _expand_qk_norm(key, t, expected[key]) for key, t in tensors.items()}
+        model.load_state_dict(state, strict=not config.tie_word_embeddings, assign=True)
+        if config.tie_word_embeddings:
+            model.lm_head.weight = model.model.embed_tokens.weight
+        model.requires_grad_(False)
+        return model.eval()
+
+
+def _is_qk_norm(key: str) -> bool:
+    return key.endswith(("self_attn.q_norm.weight", "self_attn.q_norm.bias",
+                         "self_attn.k_norm.weight", "self_attn.k_norm.bias"))
+
+
+def _check_keys(entries, expected: dict, config: ModelConfig, folder: Path) -> dict:
+    """The entries to load, after checking names and shapes against the network."""
+    for key, entry in entries.items():
+        if key in expected or key.startswith(IGNORED_KEY_PREFIXES):
+            continue
+        if key == "lm_head.weight" and config.tie_word_embeddings:
+            continue          # tied to the embedding: the file may hold a copy
+        raise CheckpointError(f"{entry.file} holds {key!r}, which is not a parameter of the Chameleon "
+                              "network described by config.json. Fix: check that config.json belongs to "
+                              "these weights (layer count, biases, tie_word_embeddings).")
+    missing = [k for k in expected if k not in entries]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CheckpointError(f"the weights in {folder} lack {missing[0]!r}{more}. Fix: download every shard "
+                              "of the checkpoint again; config.json and the weights must belong together.")
+    mp = config.model_parallel_size
+    for key, shape in expected.items():
+        got = entries[key].shape
+        if got == shape:
+            continue
+        if _is_qk_norm(key) and got == (mp, shape[1]) and shape[0] % mp == 0:
+            continue          # per-shard qk-norm affine, expanded at load time
+        accepted = f"{shape} or ({mp}, {shape[1]})" if _is_qk_norm(key) else f"{shape}"
+        raise CheckpointError(f"{entries[key].file}: {key!r} has shape {got}, expected {accepted} from "
+                              "config.json. Fix: check that config.json belongs to these weights.")
+    return {k: entries[k] for k in expected}
+
+
+def _expand_qk_norm(key: str, t: torch.Tensor, shape: tuple) -> torch.Tensor:
+    # Row s of a per-shard affine serves heads s*n .. s*n + n-1, n = heads // model_parallel_size.
+    if _is_qk_norm(key) and tuple(t.shape) != shape:
+        t = t.repeat_interleave(shape[0] // t.shape[0], dim=0)
+    return t
