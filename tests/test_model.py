@@ -1,0 +1,240 @@
+"""uni1_core.model against transformers' ChameleonForConditionalGeneration, and the static KV cache
+against the full forward.
+
+Every reference is a tiny random checkpoint written by transformers' save_pretrained (sharded,
+Hugging Face key names); uni1_core loads it with no conversion.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.tiny_chameleon import MASKED_IDS, VOCAB, collapse_qk_norm, make_reference, reference_logits
+from uni1_core.checkpoint import CheckpointError, list_safetensors_dir
+from uni1_core.model import KVCache, ModelConfig, Uni1Model
+
+ATOL = 1e-4
+
+# name -> transformers config overrides; every variant is checked for logit parity
+VARIANTS = {
+    "gqa_prenorm": dict(),
+    "swin_norm": dict(swin_norm=True),
+    "per_shard_qk_norm": dict(model_parallel_size=2),
+    "mha_biases_swin": dict(num_key_value_heads=4, attention_bias=True, mlp_bias=True, swin_norm=True),
+    "rope_linear": dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}),
+    "rope_dynamic": dict(max_position_embeddings=8,
+                         rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}),
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """name -> (folder, transformers reference model), built once for the module."""
+    out = {}
+    for seed, (name, overrides) in enumerate(VARIANTS.items()):
+        folder = tmp_path_factory.mktemp(name)
+        ref = make_reference(folder, seed=seed, **overrides)
+        if name == "per_shard_qk_norm":
+            collapse_qk_norm(folder, model_parallel_size=2)
+        out[name] = (folder, ref)
+    return out
+
+
+def random_ids(batch, length, seed=0):
+    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------------------------------------
+# Parity with transformers
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_logits_match_transformers(checkpoints, name):
+    folder, ref = checkpoints[name]
+    model = Uni1Model.from_pretrained(folder, dtype=torch.float32)
+    ids = random_ids(3, 13, seed=1)            # 13 > 8: past max_position_embeddings for rope_dynamic
+    logits = model(ids)
+    assert logits.dtype == torch.float32 and logits.shape == (3, 13, VOCAB)
+    expected = reference_logits(ref, ids)
+    torch.testing.assert_close(logits, expected, atol=ATOL, rtol=0)
+
+
+def test_checkpoint_is_sharded_and_every_key_is_used(checkpoints):
+    folder, ref = checkpoints["gqa_prenorm"]
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    model = Uni1Model.from_pretrained(folder, dtype=torch.float32)
+    ours = set(model.state_dict())
+    in_file = set(index["weight_map"])
+    vq = {k for k in in_file if k.startswith("model.vqmodel.")}
+    assert vq, "the reference writes its VQ-VAE; the loader must skip it by name"
+    assert in_file - vq == ours            # no missing, no unexpected key, names unchanged
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, ref.state_dict()[key], atol=0, rtol=0)
+    assert all(p.device.type == "cpu" and not p.requires_grad for p in model.parameters())
+
+
+def test_per_shard_qk_norm_is_stored_collapsed_and_expanded_at_load(checkpoints):
+    folder, ref = checkpoints["per_shard_qk_norm"]
+    entries = list_safetensors_dir(folder)
+    head_dim = 32 // 4
+    assert entries["model.layers.0.self_attn.q_norm.weight"].shape == (2, head_dim)
+    assert entries["model.layers.0.self_attn.k_norm.bias"].shape == (2, head_dim)
+    model = Uni1Model.from_pretrained(folder, dtype=torch.float32)
+    q_norm = model.model.layers[1].self_attn.q_norm
+    assert q_norm.weight.shape == (4, head_dim)
+    torch.testing.assert_close(q_norm.weight, ref.model.layers[1].self_attn.q_norm.weight, atol=0, rtol=0)
+    # heads 0,1 share shard 0's affine and heads 2,3 shard 1's, and the shards differ
+    assert torch.equal(q_norm.bias[0], q_norm.bias[1]) and not torch.equal(q_norm.bias[1], q_norm.bias[2])
+
+
+def test_image_logits_masked_by_vocabulary_map(checkpoints, tmp_path):
+    folder, _ = checkpoints["gqa_prenorm"]
+    model = Uni1Model.from_pretrained(folder, dtype=torch.float32)
+    assert model.config.masked_token_ids == MASKED_IDS
+    logits = model(random_ids(1, 4))
+    assert (logits[..., MASKED_IDS] == torch.finfo(torch.float32).min).all()
+    others = [i for i in range(VOCAB) if i not in MASKED_IDS]
+    assert (logits[..., others] > -1e4).all()
+    # mask_image_logits: false keeps them
+    raw = json.loads((folder / "config.json").read_text())
+    raw["mask_image_logits"] = False
+    unmasked = Uni1Model(ModelConfig.from_dict(raw))
+    unmasked.load_state_dict(model.state_dict())
+    assert (unmasked(random_ids(1, 4))[..., MASKED_IDS] > -1e4).all()
+
+
+def test_bf16_and_auto_dtype(checkpoints, tmp_path):
+    folder, ref = checkpoints["gqa_prenorm"]
+    ids = random_ids(2, 9, seed=3)
+    fp32 = reference_logits(ref, ids)
+    model = Uni1Model.from_pretrained(folder, dtype=torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    logits = model(ids)
+    assert logits.dtype == torch.float32
+    # bf16 rounding moves the logits; ours must stay as close to fp32 as transformers' own bf16 run
+    visible = [i for i in range(VOCAB) if i not in MASKED_IDS]
+    ref.to(torch.bfloat16)
+    ref_bf16 = reference_logits(ref, ids)
+    ref.save_pretrained(tmp_path, safe_serialization=True)      # a bf16 checkpoint, for "auto" below
+    ref.to(torch.float32)
+    ours_err = (logits - fp32)[..., visible].abs().max()
+    ref_err = (ref_bf16 - fp32)[..., visible].abs().max()
+    assert 0 < ours_err <= 2 * ref_err, (ours_err, ref_err)
+    auto = Uni1Model.from_pretrained(tmp_path, dtype="auto")
+    assert auto.dtype == torch.bfloat16
+    torch.testing.assert_close(auto(ids), logits, atol=0, rtol=0)
+    half = Uni1Model.from_pretrained(tmp_path, dtype="float16")
+    assert half.dtype == torch.float16 and half(ids).dtype == torch.float32
+
+
+def test_config_classic_rope_keys_and_bad_configs(checkpoints):
+    folder, _ = checkpoints["rope_linear"]
+    raw = json.loads((folder / "config.json").read_text())
+    cfg = ModelConfig.from_dict(raw)
+    assert (cfg.rope_scaling, cfg.rope_factor, cfg.rope_theta) == ("linear", 2.0, 500.0)
+    classic = dict(raw, rope_theta=500.0, rope_scaling={"type": "linear", "factor": 2.0})
+    classic.pop("rope_parameters")
+    old_style = ModelConfig.from_dict(classic)
+    assert (old_style.rope_scaling, old_style.rope_factor, old_style.rope_theta) == ("linear", 2.0, 500.0)
+    assert old_style.raw is classic
+    with pytest.raises(CheckpointError, match="yarn"):
+        ModelConfig.from_dict(dict(raw, rope_parameters={"rope_type": "yarn", "factor": 4.0}))
+    with pytest.raises(CheckpointError, match="llama"):
+        ModelConfig.from_dict(dict(raw, model_type="llama"))
+    with pytest.raises(CheckpointError, match="num_key_value_heads"):
+        ModelConfig.from_dict(dict(raw, num_key_value_heads=3))
+
+
+# ---------------------------------------------------------------------------------------------
+# The static KV cache equals the full forward
+
+@pytest.fixture(scope="module", params=["gqa_prenorm", "mha_biases_swin"])
+def model(request, checkpoints):
+    return Uni1Model.from_pretrained(checkpoints[request.param][0], dtype=torch.float32)
+
+
+def full(model, seq):
+    """Logits of one row's whole sequence, without cache."""
+    return model(torch.tensor([seq]))[0]
+
+
+def test_prefill_then_single_tokens_and_windows(model):
+    ids = random_ids(2, 24, seed=5)
+    expected = model(ids)
+    cache = model.new_cache(2, 32)
+    pieces = [model(ids[:, :7], cache=cache)]
+    for t in range(7, 11):
+        pieces.append(model(ids[:, t:t + 1], cache=cache))
+    pieces.append(model(ids[:, 11:19], cache=cache))
+    pieces.append(model(ids[:, 19:24], cache=cache))
+    torch.testing.assert_close(torch.cat(pieces, 1), expected, atol=ATOL, rtol=0)
+    assert cache.lengths.tolist() == [24, 24]
+
+
+def test_rows_with_different_lengths_padding_and_rollback(model):
+    """A random schedule of windows with per-row valid counts and rollbacks: after every call,
+    the valid logits of each row equal the full forward of that row's sequence."""
+    gen = torch.Generator().manual_seed(7)
+    B, max_len = 3, 40
+    cache = model.new_cache(B, max_len)
+    seqs = [[] for _ in range(B)]
+    prompt_lens = [5, 2, 8]                     # like a conditional and a shorter unconditional row
+    T = max(prompt_lens)
+    ids = torch.zeros(B, T, dtype=torch.long)
+    for b, n in enumerate(prompt_lens):
+        seqs[b] = torch.randint(0, VOCAB, (n,), generator=gen).tolist()
+        ids[b, :n] = torch.tensor(seqs[b])
+        ids[b, n:] = 3                           # padding: any id, its logits are ignored
+    logits = model(ids, cache=cache, n_valid=torch.tensor(prompt_lens))
+    for b in range(B):
+        torch.testing.assert_close(logits[b, :prompt_lens[b]], full(model, seqs[b]), atol=ATOL, rtol=0)
+    rollbacks = 0
+    for step in range(14):
+        if step % 3 == 2:                        # verification rejected some tokens: roll back
+            keep = [max(1, len(s) - int(torch.randint(0, 4, (), generator=gen))) for s in seqs]
+            seqs = [s[:k] for s, k in zip(seqs, keep)]
+            cache.lengths = torch.tensor(keep)
+            rollbacks += 1
+        T = int(torch.randint(1, 5, (), generator=gen))
+        n = torch.randint(0, T + 1, (B,), generator=gen)
+        n[step % B] = T                          # at least one full row
+        window = torch.randint(0, VOCAB, (B, T), generator=gen)
+        logits = model(window, cache=cache, n_valid=n)
+        for b in range(B):
+            seqs[b] = seqs[b] + window[b, :n[b]].tolist()
+            if n[b]:
+                torch.testing.assert_close(logits[b, :n[b]], full(model, seqs[b])[-int(n[b]):], atol=ATOL, rtol=0)
+        assert cache.lengths.tolist() == [len(s) for s in seqs]
+    assert rollbacks >= 4
+
+
+def test_rollback_overwrites_stale_slots(model):
+    ids = random_ids(1, 12, seed=9)
+    cache = model.new_cache(1, 16)
+    model(ids, cache=cache)
+    cache.lengths = [6]                          # keep 6 tokens, forget 6
+    new = random_ids(1, 3, seed=10)
+    logits = model(new, cache=cache)
+    seq = ids[0, :6].tolist() + new[0].tolist()
+    torch.testing.assert_close(logits[0], full(model, seq)[6:], atol=ATOL, rtol=0)
+    assert cache.lengths.tolist() == [9]
+
+
+def test_cache_errors_and_shape(model):
+    cfg = model.config
+    cache = model.new_cache(2, 10)
+    assert isinstance(cache, KVCache)
+    assert cache.k.shape == (cfg.num_hidden_layers, 2, cfg.num_key_value_heads, 10, cfg.head_dim)
+    assert cache.k.dtype == model.dtype and cache.lengths.dtype == torch.long
+    with pytest.raises(ValueError, match="max_len"):
+        model(random_ids(2, 11), cache=cache)
+    with pytest.raises(ValueError, match="rows"):
+        model(random_ids(3, 2), cache=cache)
+    with pytest.raises(ValueError, match="n_valid"):
+        model(random_ids(2, 2), n_valid=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="lengths"):
+        cache.lengths = [3, 11]
+    assert cache.lengths.tolist() == [0, 0]
