@@ -1,0 +1,37 @@
+"""The Uni1 node classes (ComfyUI V1 node API), keyed by their permanent node ids.
+
+Importing this package must stay cheap and must not need uni1_core's heavy parts: node modules
+import uni1_core inside the functions that run a node, so /object_info works even before a
+model is loaded. It does check the runtime dependencies up front, so a missing one is reported
+at start-up (see ../__init__.py) rather than on the first run.
+"""
+import importlib
+
+for _dependency in ("torch", "safetensors", "einops", "PIL", "numpy", "huggingface_hub"):
+    importlib.import_module(_dependency)
+
+from . import paths  # noqa: E402
+from .loaders import Uni1ModelLoader, Uni1VQLoader  # noqa: E402
+from .plan import Uni1ReasoningPlan  # noqa: E402
+from .sampler import Uni1SJDSampler  # noqa: E402
+from .vq import Uni1VQDecode, Uni1VQEncode  # noqa: E402
+
+paths.register_model_folder()
+
+NODES = {
+    "Uni1ModelLoader": Uni1ModelLoader,
+    "Uni1VQLoader": Uni1VQLoader,
+    "Uni1ReasoningPlan": Uni1ReasoningPlan,
+    "Uni1SJDSampler": Uni1SJDSampler,
+    "Uni1VQDecode": Uni1VQDecode,
+    "Uni1VQEncode": Uni1VQEncode,
+}
+
+DISPLAY_NAMES = {
+    "Uni1ModelLoader": "Uni1 Model Loader",
+    "Uni1VQLoader": "Uni1 VQ Loader (MoVQGAN)",
+    "Uni1ReasoningPlan": "Uni1 Reasoning Plan",
+    "Uni1SJDSampler": "Uni1 SJD Sampler",
+    "Uni1VQDecode": "Uni1 VQ Decode",
+    "Uni1VQEncode": "Uni1 VQ Encode",
+}

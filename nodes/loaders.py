@@ -1,0 +1,143 @@
+"""Uni1 Model Loader and Uni1 VQ Loader."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from . import paths, runtime
+from .handles import CATEGORY, UNI1_MODEL, UNI1_VQ, ModelHandle, VQHandle
+
+log = logging.getLogger("uni1")
+
+
+def _download(repo_id: str):
+    """Fetch a Hugging Face repo into models/uni1/<owner>/<name> (console progress bar); later
+    runs find the folder locally and never touch the network."""
+    from huggingface_hub import snapshot_download
+    target = paths.download_dir(repo_id)
+    log.info("uni1: downloading %s into %s (once; later runs are offline)", repo_id, target)
+    try:
+        snapshot_download(repo_id, local_dir=str(target))
+    except Exception as exc:
+        raise RuntimeError(
+            f"could not download {repo_id} from Hugging Face ({exc}). Download it yourself into "
+            f"{target} (for example `huggingface-cli download {repo_id} --local-dir {target}`) "
+            f"and pick it from the list.") from exc
+    return target
+
+
+def resolve_model_source(name: str) -> str:
+    """A loader choice -> what uni1_core's from_pretrained takes ('demo' or a local folder)."""
+    if name == paths.DEMO:
+        return paths.DEMO
+    local = paths.resolve_local(name)
+    if local is not None:
+        return str(local)
+    if paths.is_repo_id(name):
+        return str(_download(name))
+    raise paths.ModelPathError(paths.validate_choice(name))
+
+
+class Uni1ModelLoader:
+    DESCRIPTION = ("Loads a Uni1 autoregressive image model (the embedded CPU demo model, Lumina-mGPT 2.0, "
+                   "or its Omni variant) from ComfyUI/models/uni1/, downloading a Hugging Face repo there "
+                   "on first use. The weights are managed by ComfyUI: they move to the GPU when a sampler "
+                   "runs and are released by 'Unload models'.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (UNI1_MODEL,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The loaded model (transformer + text tokenizer); connect it to a VQ Loader and a sampler.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_name": (paths.list_models(), {
+                "default": paths.DEMO,
+                "tooltip": "'demo' is the tiny model shipped with the pack (runs on a CPU in seconds). Other "
+                           "entries are folders in ComfyUI/models/uni1/ (with config.json) or Hugging Face repo "
+                           "ids, downloaded into that folder on first use (Lumina-mGPT 2.0: about 14 GB)."}),
+            "dtype": (list(runtime.DTYPES), {
+                "default": "auto",
+                "tooltip": "Weight precision. auto: float32 on a CPU, bfloat16 on GPUs that support it, else "
+                           "float16. bfloat16 halves memory (Lumina-mGPT 2.0 needs about 16 GB of VRAM in bf16)."}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model_name):
+        # Taking model_name here replaces ComfyUI's "value not in list" check with ours, which
+        # explains unsafe names and accepts repo ids typed into an API workflow.
+        return paths.validate_choice(model_name, "model")
+
+    def load(self, model_name, dtype):
+        from ..uni1_core.pipeline import Uni1Pipeline
+        source = resolve_model_source(model_name)
+        torch_dtype = runtime.pick_dtype(dtype, runtime.torch_device())
+        # Load where ComfyUI parks weights; Managed.load() moves them to the GPU when needed.
+        pipe = Uni1Pipeline.from_pretrained(source, dtype=torch_dtype, device=runtime.offload_device())
+        pipe.model.eval()
+        return (ModelHandle(pipe, runtime.Managed.wrap(pipe.model), model_name),)
+
+
+class Uni1VQLoader:
+    DESCRIPTION = ("Loads the MoVQGAN image tokenizer that turns image tokens into pixels (and images into "
+                   "tokens for the Omni model). 'from model folder' uses the one that belongs to the model "
+                   "(the demo ships its own; Lumina-mGPT 2.0 uses ai-forever/MoVQGAN, about 1 GB).")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (UNI1_VQ,)
+    RETURN_NAMES = ("vq",)
+    OUTPUT_TOOLTIPS = ("The MoVQGAN tokenizer; connect it to VQ Decode / VQ Encode (and optionally the sampler "
+                       "for live previews).",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (UNI1_MODEL, {"tooltip": "The model whose image codes this tokenizer must match."}),
+            "vq_name": (paths.list_vqs(), {
+                "default": paths.VQ_FROM_MODEL,
+                "tooltip": "'from model folder': the MoVQ weights inside the model folder, else "
+                           "ai-forever/MoVQGAN. Or a *movq*.safetensors file in ComfyUI/models/uni1/, or a "
+                           "Hugging Face repo id."}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, vq_name):
+        return paths.validate_choice(vq_name, "VQ model")
+
+    def load(self, model, vq_name):
+        pipe = model.pipe
+        if vq_name == paths.VQ_FROM_MODEL:
+            source, cache_dir = None, None
+            if not any((pipe.model_dir / f).is_file() for f in _movq_files()):
+                cache_dir = _repo_cache_dir(_default_movq_repo())
+        else:
+            local = paths.resolve_local(vq_name)
+            if local is not None:
+                source, cache_dir = str(local), None
+            elif paths.is_repo_id(vq_name):
+                source, cache_dir = vq_name, _repo_cache_dir(vq_name)
+            else:
+                raise paths.ModelPathError(paths.validate_choice(vq_name, "VQ model"))
+        movq = pipe.load_movq(source, dtype=torch.float32, device=runtime.offload_device(), cache_dir=cache_dir)
+        movq.eval()
+        return (VQHandle(movq, runtime.Managed.wrap(movq), vq_name),)
+
+
+def _movq_files():
+    from ..uni1_core.pipeline import MOVQ_FILES
+    return MOVQ_FILES
+
+
+def _default_movq_repo():
+    from ..uni1_core.pipeline import DEFAULT_MOVQ_REPO
+    return DEFAULT_MOVQ_REPO
+
+
+def _repo_cache_dir(repo_id: str):
+    """Keep downloaded MoVQ weights under models/uni1 (not the user's HF cache), when ComfyUI is here."""
+    try:
+        return str(paths.download_dir(repo_id))
+    except paths.ModelPathError:
+        return None

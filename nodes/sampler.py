@@ -1,0 +1,148 @@
+"""Uni1 SJD Sampler: plan (or text) -> image tokens, with progress, live preview and Cancel."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from . import runtime
+from .handles import CATEGORY, UNI1_MODEL, UNI1_PLAN, UNI1_TOKENS, UNI1_VQ, Tokens
+from .vq import codes_to_pil
+
+MODES = ["sjd_coupled", "sjd", "ar"]
+TASKS = ["depth", "canny", "subject"]
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+
+
+def format_stats(stats: dict, width: int, height: int) -> str:
+    """The sampler's statistics as a few readable lines, then the raw dict as JSON."""
+    lines = [f"{stats.get('mode', '?')} {width}x{height}: {stats.get('image_tokens', '?')} image tokens"]
+    if "forwards" in stats:
+        fpt = stats.get("forwards_per_token")
+        lines.append(f"{stats['forwards']} forwards" + (f" ({fpt:.3f} per token)" if fpt is not None else ""))
+    if "seconds" in stats:
+        lines.append(f"{stats['seconds']:.2f} s")
+    return "\n".join(lines) + "\n" + json.dumps(stats, indent=1, sort_keys=True, default=str)
+
+
+def pick_condition(condition: Tokens | None):
+    """The Omni condition grid (rows_c, cols), or None."""
+    if condition is None:
+        return None
+    if condition.kind != "condition":
+        raise ValueError("the condition input takes the output of Uni1 VQ Encode, not sampled tokens")
+    if condition.codes.shape[0] != 1:
+        raise ValueError(f"the condition holds {condition.codes.shape[0]} images; the sampler conditions on "
+                         f"one. Pick one image before Uni1 VQ Encode (batch_size there is the number of seeds).")
+    return condition.codes[0]
+
+
+class Uni1SJDSampler:
+    DESCRIPTION = ("Draws the image tokens of one or more images, row by row, with speculative Jacobi decoding: "
+                   "sjd_coupled (fastest, exact), sjd, or plain ar. Shows progress and, with a VQ connected, "
+                   "the picture appearing as rows complete. Cancel stops it and leaves the model ready.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (UNI1_TOKENS, "STRING")
+    RETURN_NAMES = ("tokens", "stats")
+    OUTPUT_TOOLTIPS = ("The sampled code grids; connect to Uni1 VQ Decode.",
+                       "Sampling statistics: forwards per token, accepted draft lengths, time.")
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (UNI1_MODEL, {"tooltip": "From Uni1 Model Loader."}),
+                "width": ("INT", {"default": 256, "min": 32, "max": 2048, "step": 32,
+                                  "tooltip": "Image width in pixels; must be one of the model's sizes (the error "
+                                             "lists the nearest ones). Lumina-mGPT 2.0: 768x768 and 72 others."}),
+                "height": ("INT", {"default": 256, "min": 32, "max": 2048, "step": 32,
+                                   "tooltip": "Image height in pixels (see width). Ignored with a condition: "
+                                              "the output is then twice the condition's height."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
+                                 "tooltip": "Random seed; image i of the batch uses seed + i. The same seed gives "
+                                            "the same image in every mode."}),
+                "mode": (MODES, {"default": "sjd_coupled",
+                                 "tooltip": "sjd_coupled: speculative Jacobi decoding with coupled drafts (fewest "
+                                            "forwards). sjd: the original SJD. ar: one token per forward (the "
+                                            "reference). All three sample the same distribution."}),
+                "cfg": ("FLOAT", {"default": 4.0, "min": 1.0, "max": 20.0, "step": 0.1,
+                                  "tooltip": "Classifier-free guidance scale; 1 turns guidance off (half the "
+                                             "compute). Lumina-mGPT 2.0 uses 4."}),
+                "temperature": ("FLOAT", {"default": 1.0, "min": 0.05, "max": 3.0, "step": 0.05,
+                                          "tooltip": "Softmax temperature of the image-token distribution."}),
+                "top_k": ("INT", {"default": 4096, "min": 0, "max": 65536,
+                                  "tooltip": "Keep the k most likely image tokens (0 = all). Lumina-mGPT 2.0: 4096."}),
+                "top_p": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                    "tooltip": "Nucleus sampling: keep the smallest set of tokens with this total "
+                                               "probability (1 = off)."}),
+                "window": ("INT", {"default": 0, "min": 0, "max": 256,
+                                   "tooltip": "Draft window of SJD in tokens (0 = the mode's default). Ignored "
+                                              "by ar."}),
+                "regional": ("BOOLEAN", {"default": False,
+                                         "tooltip": "Plan-guided regional guidance: each planned object also "
+                                                    "guides its own box. Needs a plan (not raw text)."}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 16,
+                                       "tooltip": "Images per run (seeds seed .. seed + batch_size - 1)."}),
+            },
+            "optional": {
+                "plan": (UNI1_PLAN, {"tooltip": "From Uni1 Reasoning Plan. Wins over the prompt below."}),
+                "prompt": ("STRING", {"multiline": True, "dynamicPrompts": True, "default": "",
+                                      "tooltip": "Used when no plan is connected; it is planned automatically."}),
+                "vq": (UNI1_VQ, {"tooltip": "Optional: the VQ used for the live preview of finished rows."}),
+                "condition": (UNI1_TOKENS, {"tooltip": "Omni model only: an image from Uni1 VQ Encode. The "
+                                                       "output is a two-panel image whose upper half is it."}),
+                "task": (TASKS, {"default": "depth",
+                                 "tooltip": "Omni image-conditioned task (used only with a condition)."}),
+            },
+        }
+
+    def sample(self, model, width, height, seed, mode, cfg, temperature, top_k, top_p, window, regional,
+               batch_size, plan=None, prompt="", vq=None, condition=None, task="depth"):
+        from ..uni1_core.sampler import Cancelled
+        if plan is None and not (prompt and prompt.strip()):
+            raise ValueError("nothing to draw: connect a Uni1 Reasoning Plan to 'plan' or type a prompt")
+        cond = pick_condition(condition)
+        if cond is not None:
+            width, height = cond.shape[1] * 8, cond.shape[0] * 16
+
+        pipe = model.ready()
+        policy = pipe.with_policy(cfg=float(cfg), temperature=float(temperature), top_k=int(top_k),
+                                  top_p=float(top_p))
+        movq = vq.ready() if vq is not None else None
+        grid_rows, grid_cols = height // 8, width // 8
+        total = grid_rows * (grid_cols + 1) + 1
+        progress = runtime.Progress(total, preview_fn=_previewer(movq, grid_rows, grid_cols) if movq else None)
+        seeds = [(int(seed) + i) % (MAX_SEED + 1) for i in range(int(batch_size))]
+        try:
+            with torch.inference_mode():
+                result = pipe.sample(
+                    plan if plan is not None else prompt, width, height, mode=mode, policy=policy,
+                    seeds=seeds, window=int(window) or None, regional=bool(regional), use_plan=True,
+                    condition=cond, task=task, on_progress=progress.on_progress,
+                    on_preview=progress.on_preview, should_cancel=runtime.interrupted)
+        except Cancelled:
+            runtime.raise_interrupt()
+        finally:
+            runtime.free_cache()
+        stats = dict(result.stats, previews=progress.previews)
+        text = format_stats(stats, result.width, result.height)
+        tokens = Tokens(result.codes, condition_rows=0 if cond is None else cond.shape[0])
+        return {"ui": {"uni1_stats": [text]}, "result": (tokens, text)}
+
+
+def _previewer(movq, rows: int, cols: int):
+    """preview_fn for runtime.Progress: decode the rows finished so far of the first image."""
+    def preview(*partial):
+        codes = next((p for p in partial if torch.is_tensor(p)), None)
+        if codes is None:
+            return None
+        codes = codes.to("cpu", torch.long)
+        if codes.dim() == 3:
+            codes = codes[0]
+        done = next((int(p) for p in partial if isinstance(p, int)), codes.shape[0])
+        done = min(done, codes.shape[0], rows)
+        if done <= 0:
+            return None
+        return codes_to_pil(movq, codes[:done][None], full_rows=rows)
+    return preview
