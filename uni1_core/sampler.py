@@ -1,0 +1,404 @@
+"""One sampling loop for plain AR, exact Speculative Jacobi Decoding and exact coupled SJD.
+
+Read ../shared/specs/sjd.md first. In one line: every forward scores a window
+`[last committed token, d_1 .. d_m]` of drafts; draft j is kept with probability
+`min(1, p(d_j) / q(d_j))`, where p is the law at that position given the committed prefix and
+the kept drafts before it, and q is *exactly* the law d_j was drawn from; the first rejected
+draft is replaced by a sample of the residual `max(0, p - q)` (or, if every draft is kept, a
+bonus sample of p at the window's end). Each committed token then has the AR law, whatever the
+drafts were (the speculative-sampling lemma), so the image has the AR law.
+
+Modes (one loop; `ar` is the window of 1):
+  ar           window 1: no drafts, one token per forward.
+  sjd          the drafts of the next forward are this forward's fresh samples at the later
+               positions (q = p there); new window slots get a uniform random code (q = uniform).
+  sjd_coupled  the next drafts are coupled with the old ones so that they change as little as
+               possible while their law is still p (Speculative Coupled Decoding / SJD-PAC):
+               "maximal": the same keep-or-resample-the-residual test at every later position;
+               "gumbel": argmax(log p + G) with Gumbel noise G fixed per absolute position.
+Forced stream positions (row ends, end of image, condition rows) are drafted as the forced
+token (q one-hot), so they are always kept.
+
+Batches: each image has its own committed length n_b; its rows in the batched forward carry
+n_b's own cache length (the model's per-row lengths) and `n_valid` pads the shorter windows.
+The rows of one forward are [cond_0..cond_B-1, region rows, uncond_0..uncond_B-1]: the
+unconditional rows hold only the image header, with their own positions from 0. A batched CFG
+forward counts as one forward.
+
+Random numbers: every draw is a counter-based hash of (seed, absolute stream position,
+iteration, purpose) (Gumbel noise: of (seed, position, code)), so an image's tokens do not
+depend on its batch mates, and a cancelled run repeated with the same seed is the same run.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
+
+import torch
+
+from .policy import (SamplingPolicy, forced_sub_ids, get_policy, image_logits, region_weights,
+                     stream_region_weights, sub_vocab_ids)
+
+MODES = ("ar", "sjd", "sjd_coupled")
+COUPLINGS = ("maximal", "gumbel")
+DEFAULT_WINDOW = {"ar": 1, "sjd": 16, "sjd_coupled": 32}
+
+# purposes of the random numbers (part of the hash key)
+ACCEPT, RESIDUAL, FRESH, INIT, GUMBEL = 1, 2, 3, 4, 5
+
+
+class Cancelled(RuntimeError):
+    """Raised when `should_cancel()` returned True; the model is untouched and reusable."""
+
+
+@dataclass
+class SampleResult:
+    codes: torch.Tensor            # (B, rows, cols) long code grids
+    streams: torch.Tensor          # (B, stream_len) long vocabulary ids: codes, row ends, end of image
+    stats: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Counter-based random numbers (splitmix64 finaliser on int64 tensors; multiplication wraps)
+
+def _signed(c: int) -> int:
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+_GOLDEN = _signed(0x9E3779B97F4A7C15)
+_MUL1 = _signed(0xBF58476D1CE4E5B9)
+_MUL2 = _signed(0x94D049BB133111EB)
+
+
+def _shr(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic)."""
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    x = x ^ _shr(x, 30)
+    x = x * _MUL1
+    x = x ^ _shr(x, 27)
+    x = x * _MUL2
+    return x ^ _shr(x, 31)
+
+
+def random_keys(seeds: torch.Tensor, positions: torch.Tensor, iterations: torch.Tensor | int,
+                purpose: int) -> torch.Tensor:
+    """int64 hash of (seed, position, iteration, purpose); seeds (B,), positions (B, T), iterations (B,)."""
+    h = _mix(seeds[:, None] + _GOLDEN)
+    h = _mix(h + positions * _GOLDEN)
+    h = _mix(h + torch.as_tensor(iterations, device=seeds.device).reshape(-1, 1) * _GOLDEN)
+    return _mix(h + purpose)
+
+
+def _uniform(keys: torch.Tensor) -> torch.Tensor:
+    """float64 uniforms in [0, 1) from 53 bits of the hash."""
+    return _shr(keys, 11).double() * 2.0 ** -53
+
+
+def random_uniform(seeds, positions, iterations, purpose) -> torch.Tensor:
+    return _uniform(random_keys(seeds, positions, iterations, purpose))
+
+
+def gumbel_noise(seeds: torch.Tensor, positions: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, T, size) float32 standard Gumbel noise, a function of (seed, position, code) only."""
+    base = random_keys(seeds, positions, 0, GUMBEL)
+    h = _mix(base[..., None] + torch.arange(1, size + 1, device=seeds.device) * _GOLDEN)
+    u = (_shr(h, 11).double() + 0.5) * 2.0 ** -53                  # strictly inside (0, 1)
+    return (-torch.log(-torch.log(u))).float()
+
+
+def sample_from(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Index drawn from unnormalised weights (..., V) by inverse CDF with uniforms u (...)."""
+    cdf = weights.double().cumsum(-1)
+    total = cdf[..., -1:]
+    x = torch.minimum(u[..., None] * total, torch.nextafter(total, torch.zeros_like(total)))
+    # right=True: a zero-weight index never has cdf[i] > x >= cdf[i-1]
+    idx = torch.searchsorted(cdf, x, right=True).squeeze(-1)
+    return idx.clamp_max(weights.shape[-1] - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The exactness-critical step
+
+def residual_law(p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unnormalised residual max(0, p - q) and a mask of rows where it is empty or not finite.
+
+    In exact arithmetic a rejection implies positive residual mass; with rounding (p ~ q) it
+    can vanish. Those rows fall back to p itself, which never leaves p's support (spec 5.2).
+    """
+    r = (p - q).clamp_min(0)
+    mass = r.sum(-1, keepdim=True)
+    bad = ~(mass > 1e-12 * p.sum(-1, keepdim=True))          # also catches NaN
+    return torch.where(bad, p, r), bad.squeeze(-1)
+
+
+class Verdict(NamedTuple):
+    accepted: torch.Tensor    # (B,) long: drafts kept before the first rejection (a)
+    tokens: torch.Tensor      # (B, T) long: the decided token at every window position
+    next_q: torch.Tensor      # (B, T, V') float32: the law of tokens[j] as a next draft (j > a)
+    keep: torch.Tensor        # (B, T) bool: the accept test at every position
+    fallbacks: torch.Tensor   # (B, T) bool: a residual that fell back to p was used there
+
+
+def verify_window(P, D, Q, m, u_accept, u_residual, u_fresh, rule: str, gumbel=None) -> Verdict:
+    """Verify one window per image and decide the next drafts.
+
+    P: (B, T, V') the law at window positions j = 0..T-1 (stream positions n_b + j).
+    D, Q: (B, T) drafts at those positions and (B, T, V') the laws they were drawn from;
+        only j < m_b hold drafts. u_*: (B, T) float64 uniforms. gumbel: (B, T, V') noise.
+    rule: "sjd", "maximal" or "gumbel".
+
+    Committed: tokens[:, :a+1] (a = accepted drafts, then the residual sample or the bonus).
+    Next drafts: tokens[:, a+1 : m+1] with law next_q (= P: the rule that keeps it exact).
+    """
+    B, T, V = P.shape
+    j = torch.arange(T, device=P.device)[None, :]
+    has_draft = j < m[:, None]
+    p_d = P.gather(-1, D[..., None]).squeeze(-1).double()
+    q_d = Q.gather(-1, D[..., None]).squeeze(-1).double()
+    keep = (u_accept * q_d < p_d) & has_draft                    # u < p/q without dividing
+    a = torch.cumprod(keep.long(), dim=1).sum(1)                 # leading run of kept drafts
+    res_law, res_bad = residual_law(P, Q)
+    resid = sample_from(res_law, u_residual)
+    fresh = sample_from(P, u_fresh)
+    at_a = j == a[:, None]
+    rejected_at_a = at_a & (a < m)[:, None]
+    if rule == "maximal":
+        # the accept-or-residual test at every position: kept drafts stay, the others move to
+        # the residual; the last position (no draft) gets a fresh sample.
+        tokens = torch.where(keep, D, resid)
+        tokens = torch.where(has_draft, tokens, fresh)
+        used_residual = has_draft & ~keep & (j >= a[:, None])
+    else:
+        later = fresh
+        if rule == "gumbel":
+            later = (torch.log(P) + gumbel).argmax(-1)
+        elif rule != "sjd":
+            raise ValueError(f"unknown verification rule {rule!r}")
+        tokens = torch.where(j < a[:, None], D, later)
+        tokens = torch.where(rejected_at_a, resid, tokens)
+        tokens = torch.where(at_a & ~rejected_at_a, fresh, tokens)    # the bonus token
+        used_residual = rejected_at_a
+    return Verdict(a, tokens, P, keep, res_bad & used_residual)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+@torch.no_grad()
+def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str = "sjd",
+                 policy: SamplingPolicy | str | None = None, seeds: list[int] | None = None,
+                 window: int | None = None, coupling: str = "maximal", regions=None,
+                 on_progress: Callable[[int, int], None] | None = None,
+                 on_preview: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+                 should_cancel: Callable[[], bool] | None = None) -> SampleResult:
+    """Sample B images' code grids.
+
+    model: callable as `model(ids, cache=cache, n_valid=n)` with `model.new_cache(rows, max_len)`
+        and `model.device` (uni1_core.model.Uni1Model). vocab: ImageVocab. grid: ImageGrid.
+    cond_prompts: one list of token ids per image, up to and excluding the image header.
+    mode: "ar", "sjd" or "sjd_coupled" (coupling "maximal" or "gumbel").
+    policy: a SamplingPolicy or a preset name of policy.PRESETS (None: "uni1").
+    seeds: one int per image (default 0, 1, ...). window: inputs per forward (default 1 / 16 / 32).
+    regions: None, or per image None or a list of (prompt_ids, (x0, y0, x1, y1)) boxes
+        normalised to 0..1: plan-guided sampling, one extra conditional row per region.
+    on_progress(done, total): image tokens committed over the batch. on_preview(codes, done):
+        (B, rows, cols) partial codes (0 where not yet drawn) and a bool mask.
+    should_cancel(): checked before every forward; True raises Cancelled.
+    Returns SampleResult(codes, streams, stats).
+    """
+    t0 = time.perf_counter()
+    policy = get_policy(policy)
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} is unknown; choose one of {MODES}")
+    if coupling not in COUPLINGS:
+        raise ValueError(f"coupling {coupling!r} is unknown; choose one of {COUPLINGS}")
+    L = DEFAULT_WINDOW[mode] if window is None else int(window)
+    if mode == "ar" and L != 1:
+        raise ValueError(f"mode 'ar' decodes one token per forward; got window={window} (use sjd for larger windows)")
+    if L < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    rule = "sjd" if mode != "sjd_coupled" else coupling
+    B = len(cond_prompts)
+    if B == 0:
+        raise ValueError("cond_prompts is empty: give one list of prompt token ids per image")
+    seeds = list(range(B)) if seeds is None else [int(s) for s in seeds]
+    if len(seeds) != B:
+        raise ValueError(f"{len(seeds)} seeds for {B} prompts: give one seed per image")
+    if regions is not None and len(regions) != B:
+        raise ValueError(f"regions has {len(regions)} entries for {B} images: give one (or None) per image")
+
+    device = model.device
+    S, C = grid.stream_len, vocab.num_codes
+    V = C + 2
+    sub_ids = sub_vocab_ids(vocab).to(device)
+    forced = forced_sub_ids(grid, vocab).to(device)
+    guidance = policy.guidance(grid).to(device)
+    use_cfg = bool((guidance != 1.0).any())
+    header = list(grid.header_ids(vocab))
+
+    # ---- rows of the batched forward: cond, regions, uncond --------------------------------
+    row_ids = [list(p) + header for p in cond_prompts]
+    row_image = list(range(B))
+    R = max((len(r) for r in regions if r), default=0) if regions is not None else 0
+    region_rows = torch.arange(B)[:, None].repeat(1, R)                 # padding: the cond row, weight 0
+    region_w = torch.zeros(B, R, S)
+    for b in range(B):
+        for r, (prompt, box) in enumerate((regions[b] or []) if regions is not None else []):
+            region_rows[b, r] = len(row_ids)
+            row_ids.append(list(prompt) + header)
+            row_image.append(b)
+        if R and regions[b]:
+            w = region_weights([box for _, box in regions[b]], grid, policy.region_feather)
+            region_w[b, : len(regions[b])] = stream_region_weights(w, grid)
+    uncond_rows = None
+    if use_cfg:
+        uncond_rows = torch.arange(len(row_ids), len(row_ids) + B)
+        row_ids += [list(header) for _ in range(B)]
+        row_image += list(range(B))
+    region_rows, region_w = region_rows.to(device), region_w.to(device)
+    cond_rows = torch.arange(B, device=device)
+    row_image = torch.tensor(row_image, device=device)
+    # Everything but the last header token is prefilled; that token is the first window input.
+    base = torch.tensor([len(r) - 1 for r in row_ids], device=device)
+
+    seeds_t = torch.tensor(seeds, dtype=torch.long, device=device)
+    n = torch.zeros(B, dtype=torch.long, device=device)                # committed stream tokens
+    it = torch.zeros(B, dtype=torch.long, device=device)               # forwards seen by each image
+    last = torch.full((B,), header[-1], dtype=torch.long, device=device)
+    D = torch.zeros(B, L, dtype=torch.long, device=device)             # drafts at n .. n+L-2 (slot L-1: pad)
+    Q = torch.zeros(B, L, V, dtype=torch.float32, device=device)
+    G = gumbel_noise(seeds_t, torch.arange(L, device=device)[None].expand(B, L), V) if rule == "gumbel" else None
+    stream = torch.zeros(B, S + L, dtype=torch.long, device=device)
+    uniform_q = torch.zeros(V, device=device)
+    uniform_q[:C] = 1.0 / C
+    steps = torch.arange(L, device=device)
+    code_pos = torch.tensor([k for k in range(S - 1) if k % (grid.cols + 1) < grid.cols], device=device)
+
+    stats = {"mode": mode, "window": L, "coupling": coupling if mode == "sjd_coupled" else None,
+             "batch": B, "forwards": 0, "prefill_forwards": 0, "image_tokens": S,
+             "accepted_hist": [0] * L, "residual_fallbacks": 0, "regions": R}
+    per_image_forwards = torch.zeros(B, dtype=torch.long, device=device)
+
+    def check_cancel():
+        if should_cancel is not None and should_cancel():
+            raise Cancelled(f"sampling cancelled after {int(n.sum())} of {B * S} image tokens "
+                            f"({stats['forwards']} forwards); the model is unchanged and can be used again")
+
+    def init_slots(D, Q, first_new):
+        """Draft slots s >= first_new[b] (positions n_b + s): the forced token (q one-hot) or a
+        uniform random code (q uniform; in gumbel mode the argmax of the position's noise,
+        which is also uniform, so that later Gumbel drafts stay coupled with it)."""
+        new = steps[None, :] >= first_new[:, None]
+        pos = (n[:, None] + steps[None, :]).clamp_max(S - 1)
+        f = forced[pos]
+        if G is not None:
+            rand_tok = G[..., :C].argmax(-1)
+        else:
+            rand_tok = (random_uniform(seeds_t, pos, it, INIT) * C).long().clamp_max(C - 1)
+        tok = torch.where(f >= 0, f, rand_tok)
+        law = uniform_q.expand(B, L, V).clone()
+        law = torch.where((f >= 0)[..., None], torch.zeros_like(law).scatter_(-1, f.clamp_min(0)[..., None], 1.0), law)
+        return torch.where(new, tok, D), torch.where(new[..., None], law, Q)
+
+    if L > 1:
+        D, Q = init_slots(D, Q, torch.zeros(B, dtype=torch.long, device=device))
+
+    cache = None
+    try:
+        check_cancel()
+        cache = model.new_cache(len(row_ids), int(base.max()) + S + L + 1)
+        prefill = torch.full((len(row_ids), int(base.max())), header[0], dtype=torch.long, device=device)
+        for i, r in enumerate(row_ids):
+            prefill[i, : len(r) - 1] = torch.tensor(r[:-1], dtype=torch.long)
+        if int(base.max()) > 0:
+            model(prefill, cache=cache, n_valid=base)
+            stats["prefill_forwards"] = 1
+
+        while True:
+            active = n < S
+            if not bool(active.any()):
+                break
+            m = torch.where(active, (S - 1 - n).clamp_max(L - 1), torch.zeros_like(n))   # drafts used
+            T = int(m.max()) + 1
+            window_ids = torch.cat([last[:, None], sub_ids[D[:, : T - 1]]], dim=1)
+            n_valid = torch.where(active, m + 1, torch.zeros_like(m))
+            check_cancel()
+            logits = model(window_ids[row_image], cache=cache, n_valid=n_valid[row_image])
+            stats["forwards"] += 1
+            per_image_forwards += active.long()
+
+            sub = image_logits(logits, vocab)                                 # (rows, T, V)
+            pos = (n[:, None] + steps[None, :T]).clamp_max(S - 1)             # (B, T)
+            cond = sub[cond_rows].reshape(B * T, V)
+            uncond = sub[uncond_rows].reshape(B * T, V) if use_cfg else None
+            reg_c = reg_w = None
+            if R:
+                reg_c = sub[region_rows].permute(0, 2, 1, 3).reshape(B * T, R, V)
+                reg_w = region_w.gather(2, pos[:, None, :].expand(B, R, T)).permute(0, 2, 1).reshape(B * T, R)
+            P = policy.probs(cond, uncond, pos.reshape(-1), guidance, forced, reg_c, reg_w).view(B, T, V)
+
+            verdict = verify_window(
+                P, D[:, :T], Q[:, :T], m,
+                random_uniform(seeds_t, pos, it, ACCEPT), random_uniform(seeds_t, pos, it, RESIDUAL),
+                random_uniform(seeds_t, pos, it, FRESH), rule, None if G is None else G[:, :T])
+            a = torch.where(active, verdict.accepted, torch.zeros_like(n))
+            tokens = verdict.tokens
+
+            # commit tokens[:a+1] at n..n+a (writes past that are overwritten by later commits)
+            stream.scatter_(1, n[:, None] + steps[None, :T], torch.where(active[:, None], tokens, stream.gather(1, n[:, None] + steps[None, :T])))
+            x = tokens.gather(1, a[:, None]).squeeze(1)
+            last = torch.where(active, sub_ids[x], last)
+            stats["accepted_hist"] = [h + int(c) for h, c in
+                                      zip(stats["accepted_hist"], torch.bincount(a[active], minlength=L).tolist())]
+            stats["residual_fallbacks"] += int((verdict.fallbacks & active[:, None]).sum())
+            n = torch.where(active, n + a + 1, n)
+            cache.lengths = base + n[row_image]                              # exactly the committed prefix
+            it = it + active.long()
+
+            # next drafts: slot s <- window position a+1+s while it had a draft or was the last
+            if L > 1:
+                src = a[:, None] + 1 + steps[None, :]
+                carried = (src <= m[:, None]) & active[:, None]
+                srcc = src.clamp_max(T - 1)
+                D = torch.where(carried, tokens.gather(1, srcc), D)
+                Q = torch.where(carried[..., None], verdict.next_q.gather(1, srcc[..., None].expand(B, L, V)), Q)
+                if G is not None:
+                    keep_g = (src < L) & active[:, None]
+                    fresh_from = int(torch.where(active, L - 1 - a, torch.full_like(a, L)).min())
+                    shifted = G.gather(1, src.clamp_max(L - 1)[..., None].expand(B, L, V))
+                    if fresh_from < L:
+                        gpos = n[:, None] + steps[None, fresh_from:]
+                        newg = torch.cat([shifted[:, :fresh_from], gumbel_noise(seeds_t, gpos, V)], dim=1)
+                        shifted = torch.where(keep_g[..., None], shifted, newg)
+                    G = torch.where(active[:, None, None], shifted, G)
+                first_new = torch.where(active, carried.sum(1), torch.full_like(n, L))
+                D, Q = init_slots(D, Q, first_new)
+
+            if on_progress is not None:
+                on_progress(int(n.sum()), B * S)
+            if on_preview is not None:
+                on_preview(*_partial_grid(stream, n, code_pos, grid))
+    finally:
+        del cache
+
+    streams = sub_ids[stream[:, :S]]
+    codes = stream[:, code_pos].view(B, grid.rows, grid.cols)
+    if not bool(((stream[:, code_pos] < C)).all()):
+        raise RuntimeError("internal error: a structural token was sampled inside a row")
+    stats["per_image_forwards"] = per_image_forwards.tolist()
+    stats["forwards_per_token"] = stats["forwards"] / S
+    stats["per_image_forwards_per_token"] = [f / S for f in stats["per_image_forwards"]]
+    stats["seconds"] = time.perf_counter() - t0
+    stats["tokens_per_second"] = B * S / max(stats["seconds"], 1e-9)
+    return SampleResult(codes=codes, streams=streams, stats=stats)
+
+
+def _partial_grid(stream, n, code_pos, grid):
+    B = stream.shape[0]
+    done = code_pos[None, :] < n[:, None]
+    codes = torch.where(done, stream[:, code_pos], torch.zeros_like(stream[:, code_pos]))
+    return codes.view(B, grid.rows, grid.cols), done.view(B, grid.rows, grid.cols)
