@@ -6,9 +6,17 @@ model is loaded. It does check the runtime dependencies up front, so a missing o
 at start-up (see ../__init__.py) rather than on the first run.
 """
 import importlib
+import sys
 
 for _dependency in ("torch", "safetensors", "einops", "PIL", "numpy", "huggingface_hub"):
     importlib.import_module(_dependency)
+
+# ComfyUI imports the pack under its folder name, so uni1_core is `<folder>.uni1_core` here and
+# not importable as `uni1_core`. Alias it, so a module of uni1_core that imports itself by absolute
+# name finds this copy instead of failing (or finding some other installed version).
+from .. import uni1_core as _uni1_core  # noqa: E402
+
+sys.modules.setdefault("uni1_core", _uni1_core)
 
 from . import paths  # noqa: E402
 from .loaders import Uni1ModelLoader, Uni1VQLoader  # noqa: E402

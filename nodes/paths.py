@@ -114,7 +114,7 @@ def check_name(name: str) -> str:
             f"model name {name!r} is an absolute path, which a workflow may not use. Put the model "
             f"in ComfyUI/models/{FOLDER}/ (or add its folder under '{FOLDER}:' in extra_model_paths.yaml) "
             f"and pick it from the list.")
-    parts = re.split(r"[\\/]+", name)
+    parts = re.split(r"[\\/]", name)
     if any(p in ("..", ".") for p in parts) or "" in parts:
         raise ModelPathError(
             f"model name {name!r} contains '..', '.' or an empty path part; names must stay inside "

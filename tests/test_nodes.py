@@ -1,0 +1,445 @@
+"""Unit tests of the ComfyUI nodes: input validation, safe model paths, type conversion, runtime glue.
+
+ComfyUI is not importable here, so the few ComfyUI modules the nodes touch (`folder_paths`,
+`comfy.model_management`, `comfy.utils`, `comfy.model_patcher`) are replaced by minimal fakes
+that record calls. Behaviour inside a real ComfyUI is tested by tests/test_comfy_server.py.
+"""
+import importlib.util
+import inspect
+import json
+import logging
+import os
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PACK = "uni1_pack_under_test"
+NODE_IDS = ["Uni1ModelLoader", "Uni1VQLoader", "Uni1ReasoningPlan", "Uni1SJDSampler", "Uni1VQDecode",
+            "Uni1VQEncode"]
+
+
+# ---------------------------------------------------------------------------------------------
+# fakes and the pack loader
+
+class FakeInterrupt(Exception):
+    pass
+
+
+def fake_comfy(tmp_path, interrupted=False, new_api=True):
+    """Minimal stand-ins for the ComfyUI modules the pack imports. Returns {name: module}."""
+    calls = {"load_models_gpu": [], "progress": []}
+
+    fp = types.ModuleType("folder_paths")
+    fp.models_dir = str(tmp_path / "models")
+    fp.folder_names_and_paths = {}
+    fp.get_folder_paths = lambda name: list(fp.folder_names_and_paths[name][0])
+
+    mm = types.ModuleType("comfy.model_management")
+    mm.flag = interrupted
+    mm.InterruptProcessingException = FakeInterrupt
+    mm.get_torch_device = lambda: torch.device("cpu")
+    mm.unet_offload_device = lambda: torch.device("cpu")
+    mm.intermediate_device = lambda: torch.device("cpu")
+    mm.should_use_bf16 = lambda device=None: True
+    mm.module_size = lambda m: sum(p.numel() * p.element_size() for p in m.parameters())
+    mm.processing_interrupted = lambda: mm.flag
+    mm.soft_empty_cache = lambda force=False: None
+
+    def throw_exception_if_processing_interrupted():
+        if mm.flag:
+            mm.flag = False
+            raise FakeInterrupt()
+    mm.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
+    if new_api:
+        def load_models_gpu(models, memory_required=0, force_patch_weights=False,
+                            minimum_memory_required=None, force_full_load=False):
+            calls["load_models_gpu"].append((models, force_full_load))
+    else:
+        def load_models_gpu(models, memory_required=0):
+            calls["load_models_gpu"].append((models, None))
+    mm.load_models_gpu = load_models_gpu
+
+    utils = types.ModuleType("comfy.utils")
+
+    class ProgressBar:
+        def __init__(self, total):
+            self.total = total
+
+        def update_absolute(self, value, total=None, preview=None):
+            calls["progress"].append((value, total, preview))
+    utils.ProgressBar = ProgressBar
+
+    patcher = types.ModuleType("comfy.model_patcher")
+
+    class ModelPatcher:
+        def __init__(self, model, load_device, offload_device, size=0, current_device=None):
+            self.model, self.load_device, self.offload_device, self.size = model, load_device, offload_device, size
+    patcher.ModelPatcher = ModelPatcher
+
+    comfy = types.ModuleType("comfy")
+    comfy.model_management, comfy.utils, comfy.model_patcher = mm, utils, patcher
+    return {"folder_paths": fp, "comfy": comfy, "comfy.model_management": mm, "comfy.utils": utils,
+            "comfy.model_patcher": patcher}, calls
+
+
+def load_pack(monkeypatch, modules=None):
+    """Import the repository root as a ComfyUI pack (a package under a folder name, as ComfyUI
+    does), with the given fake modules installed; a fresh import every time."""
+    for name in [n for n in sys.modules if n == PACK or n.startswith(PACK + ".")]:
+        monkeypatch.delitem(sys.modules, name)
+    for name in ("folder_paths", "comfy", "comfy.model_management", "comfy.utils", "comfy.model_patcher"):
+        if modules and name in modules:
+            monkeypatch.setitem(sys.modules, name, modules[name])
+        elif name in sys.modules:
+            monkeypatch.delitem(sys.modules, name)
+    spec = importlib.util.spec_from_file_location(PACK, ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    pack = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, PACK, pack)
+    spec.loader.exec_module(pack)
+    return pack
+
+
+@pytest.fixture
+def comfy(tmp_path, monkeypatch):
+    modules, calls = fake_comfy(tmp_path)
+    pack = load_pack(monkeypatch, modules)
+    return types.SimpleNamespace(pack=pack, calls=calls, fp=modules["folder_paths"],
+                                 mm=modules["comfy.model_management"], models=tmp_path / "models" / "uni1",
+                                 nodes=sys.modules[PACK + ".nodes"])
+
+
+# ---------------------------------------------------------------------------------------------
+# registration and node metadata
+
+def test_registers_every_node_with_a_permanent_prefixed_id(comfy):
+    assert list(comfy.pack.NODE_CLASS_MAPPINGS) == NODE_IDS
+    assert set(comfy.pack.NODE_DISPLAY_NAME_MAPPINGS) == set(NODE_IDS)
+    assert comfy.pack.WEB_DIRECTORY == "./web"
+    assert (ROOT / "web" / "uni1.js").is_file()
+
+
+@pytest.mark.parametrize("node_id", NODE_IDS)
+def test_every_node_documents_itself(comfy, node_id):
+    cls = comfy.pack.NODE_CLASS_MAPPINGS[node_id]
+    assert len(cls.DESCRIPTION) > 40
+    assert cls.CATEGORY == "Uni1"
+    assert callable(getattr(cls, cls.FUNCTION))
+    assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES) == len(cls.OUTPUT_TOOLTIPS)
+    spec = cls.INPUT_TYPES()
+    inputs = {**spec["required"], **spec.get("optional", {})}
+    for name, (kind, options) in inputs.items():
+        assert options.get("tooltip"), f"{node_id}.{name} has no tooltip"
+        if isinstance(kind, list):
+            assert options.get("default", kind[0]) in kind
+    # the function accepts exactly the declared inputs
+    params = set(inspect.signature(getattr(cls, cls.FUNCTION)).parameters) - {"self"}
+    assert params == set(inputs)
+    doc = ROOT / "web" / "docs" / f"{node_id}.md"
+    assert doc.is_file() and doc.read_text().startswith("# ")
+
+
+def test_sampler_and_plan_widgets(comfy):
+    sampler = comfy.pack.NODE_CLASS_MAPPINGS["Uni1SJDSampler"].INPUT_TYPES()
+    assert sampler["required"]["seed"][1]["control_after_generate"] is True
+    assert sampler["required"]["mode"][0] == ["sjd_coupled", "sjd", "ar"]
+    plan = comfy.pack.NODE_CLASS_MAPPINGS["Uni1ReasoningPlan"].INPUT_TYPES()
+    # JSON must reach the server untouched: dynamic prompts would strip // and resolve {a|b}
+    assert plan["optional"]["plan_json"][1]["dynamicPrompts"] is False
+
+
+def test_missing_dependency_logs_a_fix_instead_of_breaking_startup(tmp_path, monkeypatch, caplog):
+    modules, _ = fake_comfy(tmp_path)
+    monkeypatch.setitem(sys.modules, "einops", None)   # `import einops` now raises ImportError
+    with caplog.at_level(logging.ERROR, logger="uni1"):
+        pack = load_pack(monkeypatch, modules)
+    assert pack.NODE_CLASS_MAPPINGS == {}
+    assert "einops" in caplog.text and "pip install -r requirements.txt" in caplog.text
+
+
+def test_imports_without_comfyui(monkeypatch):
+    pack = load_pack(monkeypatch, modules=None)
+    runtime = sys.modules[PACK + ".nodes.runtime"]
+    assert list(pack.NODE_CLASS_MAPPINGS) == NODE_IDS
+    assert runtime.torch_device() == torch.device("cpu")
+    assert sys.modules[PACK + ".nodes.paths"].list_models()[0] == "demo"
+
+
+# ---------------------------------------------------------------------------------------------
+# model folders and path safety
+
+def test_model_folder_registration_keeps_extra_model_paths(tmp_path, monkeypatch):
+    modules, _ = fake_comfy(tmp_path)
+    user = str(tmp_path / "elsewhere" / "uni1")
+    # extra_model_paths.yaml is read before custom nodes load: it creates the entry first
+    modules["folder_paths"].folder_names_and_paths["uni1"] = ([user], set())
+    load_pack(monkeypatch, modules)
+    paths, exts = modules["folder_paths"].folder_names_and_paths["uni1"]
+    assert paths == [user, str(tmp_path / "models" / "uni1")]
+    assert ".safetensors" in exts
+
+
+def make_model_dir(path):
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    return path
+
+
+def test_lists_demo_first_then_local_folders_then_known_repos(comfy):
+    make_model_dir(comfy.models / "Alpha-VLLM" / "Lumina-mGPT-2.0")
+    make_model_dir(comfy.models / "my-model")
+    (comfy.models / "not-a-model").mkdir()
+    (comfy.models / "movq.safetensors").write_bytes(b"")
+    paths = comfy.nodes.paths
+    assert paths.list_models() == ["demo", "Alpha-VLLM/Lumina-mGPT-2.0", "my-model",
+                                   "Alpha-VLLM/Lumina-mGPT-2.0-Omni"]
+    assert paths.list_vqs() == ["from model folder", "movq.safetensors", "ai-forever/MoVQGAN"]
+    assert paths.resolve_local("my-model") == (comfy.models / "my-model").resolve()
+    assert paths.resolve_local("Alpha-VLLM\\Lumina-mGPT-2.0") == (comfy.models / "Alpha-VLLM" / "Lumina-mGPT-2.0").resolve()
+    assert paths.resolve_local("absent") is None
+
+
+@pytest.mark.parametrize("name, words", [
+    ("../secret", "'..'"), ("a/../../b", "'..'"), ("a/./b", "'..'"), ("..\\..\\x", "'..'"),
+    ("/etc/passwd", "absolute"), ("C:\\models\\x", "absolute"), ("\\\\server\\share\\m", "absolute"),
+    ("~/models/x", "absolute"), ("", "no model name"), ("   ", "no model name"), ("a//b", "empty"),
+])
+def test_unsafe_names_are_refused_with_a_clear_message(comfy, name, words):
+    paths = comfy.nodes.paths
+    with pytest.raises(paths.ModelPathError, match="(?i)" + words.replace(".", r"\.").replace("'", "'")):
+        paths.check_name(name)
+    for cls in ("Uni1ModelLoader", "Uni1VQLoader"):
+        node = comfy.pack.NODE_CLASS_MAPPINGS[cls]
+        arg = "model_name" if cls == "Uni1ModelLoader" else "vq_name"
+        message = node.VALIDATE_INPUTS(**{arg: name})
+        assert isinstance(message, str) and "list" in message.lower()
+
+
+def test_links_out_of_the_models_folder_are_refused(comfy, tmp_path):
+    outside = make_model_dir(tmp_path / "outside" / "model")
+    comfy.models.mkdir(parents=True, exist_ok=True)
+    os.symlink(outside, comfy.models / "escape")
+    with pytest.raises(comfy.nodes.paths.ModelPathError, match="outside the models folder"):
+        comfy.nodes.paths.resolve_local("escape")
+    message = comfy.pack.NODE_CLASS_MAPPINGS["Uni1ModelLoader"].VALIDATE_INPUTS(model_name="escape")
+    assert "outside the models folder" in message
+
+
+def test_validation_accepts_list_entries_repo_ids_and_linked_inputs(comfy):
+    make_model_dir(comfy.models / "mine")
+    validate = comfy.pack.NODE_CLASS_MAPPINGS["Uni1ModelLoader"].VALIDATE_INPUTS
+    assert validate(model_name="demo") is True
+    assert validate(model_name="mine") is True
+    assert validate(model_name="someone/some-model") is True   # a repo id typed into an API prompt
+    assert validate(model_name=None) is True                   # linked: checked at run time
+    assert "not found" in validate(model_name="missing-model")
+    assert comfy.nodes.paths.download_dir("a/b") == comfy.models / "a" / "b"
+    with pytest.raises(comfy.nodes.paths.ModelPathError):
+        comfy.nodes.loaders.resolve_model_source("missing-model")
+
+
+# ---------------------------------------------------------------------------------------------
+# type conversion
+
+def test_image_layout_round_trip_and_range(comfy):
+    vq = comfy.nodes.vq
+    image = torch.rand(2, 24, 40, 3)
+    pixels = vq.image_to_movq(image)
+    assert pixels.shape == (2, 3, 24, 40) and pixels.min() >= -1 and pixels.max() <= 1
+    back = vq.movq_to_image(pixels)
+    assert back.shape == (2, 24, 40, 3) and back.dtype == torch.float32
+    torch.testing.assert_close(back, image, atol=1e-6, rtol=0)
+    # out-of-range decoder overshoot is clamped, not wrapped
+    assert vq.movq_to_image(torch.full((1, 3, 8, 8), 1.3)).max() == 1.0
+
+
+def test_alpha_is_blended_onto_white_and_grey_becomes_rgb(comfy):
+    vq = comfy.nodes.vq
+    rgba = torch.zeros(1, 4, 4, 4)
+    rgba[..., 0] = 1.0            # red
+    rgba[..., 3] = 0.25           # mostly transparent
+    rgb = (vq.image_to_movq(rgba) + 1) / 2
+    torch.testing.assert_close(rgb[0, :, 0, 0], torch.tensor([1.0, 0.75, 0.75]))
+    grey = vq.image_to_movq(torch.full((1, 2, 2, 1), 0.5))
+    assert grey.shape == (1, 3, 2, 2) and torch.all(grey == 0)
+    with pytest.raises(ValueError, match="channels"):
+        vq.image_to_movq(torch.zeros(1, 2, 2, 2))
+    with pytest.raises(ValueError, match="batch, height, width"):
+        vq.image_to_movq(torch.zeros(2, 2, 3))
+
+
+def test_center_crop_covers_the_target_and_keeps_the_centre(comfy):
+    vq = comfy.nodes.vq
+    # a wide image with a marked centre column block
+    pixels = torch.full((1, 3, 64, 128), -1.0)
+    pixels[:, :, :, 48:80] = 1.0
+    out = vq.center_crop(pixels, 32, 32)
+    assert out.shape == (1, 3, 32, 32)
+    # scaled by 1/2 to 32x64, the centre 32 columns hold the bright block (columns 24..40 -> 8..24)
+    assert out[0, 0, 16, 16] > 0.9 and out[0, 0, 16, 2] < -0.9
+    same = vq.center_crop(pixels[:, :, :, :64], 64, 64)
+    assert torch.equal(same, pixels[:, :, :, :64])
+
+
+def test_tokens_carry_their_geometry(comfy):
+    handles = comfy.nodes.handles
+    tokens = handles.Tokens(torch.zeros(2, 4, 6, dtype=torch.int32))
+    assert tokens.codes.dtype == torch.long and (tokens.width, tokens.height) == (48, 32)
+    with pytest.raises(ValueError, match="batch, rows, cols"):
+        handles.Tokens(torch.zeros(4, 6))
+
+
+class FakeMoVQ(torch.nn.Module):
+    """Decodes code c to a flat 8x8 patch of value c / num_codes * 2 - 1 (so the layout is checkable)."""
+    num_codes = 16
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def decode(self, codes):
+        value = codes.float() / self.num_codes * 2 - 1
+        return value[:, None].repeat_interleave(8, 2).repeat_interleave(8, 3).repeat(1, 3, 1, 1)
+
+    def encode(self, pixels):
+        return ((pixels[:, 0, ::8, ::8] + 1) / 2 * self.num_codes).round().long().clamp(0, self.num_codes - 1)
+
+
+def managed_vq(comfy):
+    runtime = comfy.nodes.runtime
+    movq = FakeMoVQ()
+    return comfy.nodes.handles.VQHandle(movq, runtime.Managed.wrap(movq), "fake")
+
+
+def test_decode_gives_comfy_images_and_crops_the_generated_panel(comfy):
+    vq = managed_vq(comfy)
+    codes = torch.arange(2 * 4 * 3).remainder(16).view(2, 4, 3)
+    decode = comfy.pack.NODE_CLASS_MAPPINGS["Uni1VQDecode"]()
+    (image,) = decode.decode(comfy.nodes.handles.Tokens(codes), vq, "generated")
+    assert image.shape == (2, 32, 24, 3) and 0 <= image.min() and image.max() <= 1
+    assert image[1, 8, 16, 0].item() == pytest.approx(codes[1, 1, 2].item() / 16)
+    two_panel = comfy.nodes.handles.Tokens(codes, condition_rows=2)
+    (lower,) = decode.decode(two_panel, vq, "generated")
+    (full,) = decode.decode(two_panel, vq, "full")
+    assert lower.shape == (2, 16, 24, 3) and full.shape == (2, 32, 24, 3)
+    torch.testing.assert_close(lower, full[:, 16:])
+    assert comfy.calls["load_models_gpu"], "the VQ must be loaded through ComfyUI's model manager"
+    with pytest.raises(ValueError, match="load the VQ that belongs"):
+        decode.decode(comfy.nodes.handles.Tokens(torch.full((1, 1, 1), 99)), vq, "full")
+
+
+def test_encode_makes_a_single_condition_and_validates_sizes(comfy):
+    vq = managed_vq(comfy)
+    encode = comfy.pack.NODE_CLASS_MAPPINGS["Uni1VQEncode"]
+    image = torch.rand(1, 50, 70, 3)
+    (cond,) = encode().encode(image, vq, 64, 32)
+    assert cond.kind == "condition" and cond.codes.shape == (1, 4, 8)
+    assert encode.VALIDATE_INPUTS(width=64, height=32) is True
+    assert "multiple of 32" in encode.VALIDATE_INPUTS(width=70, height=32)
+    assert "out of range" in encode.VALIDATE_INPUTS(width=4096, height=32)
+    assert encode.VALIDATE_INPUTS(width=None, height=32) is True
+    sampler = comfy.nodes.sampler
+    assert sampler.pick_condition(cond).shape == (4, 8)
+    assert sampler.pick_condition(None) is None
+    with pytest.raises(ValueError, match="VQ Encode"):
+        sampler.pick_condition(comfy.nodes.handles.Tokens(torch.zeros(1, 4, 8)))
+    with pytest.raises(ValueError, match="conditions on one"):
+        sampler.pick_condition(comfy.nodes.handles.Tokens(torch.zeros(2, 4, 8), kind="condition"))
+
+
+def test_sampler_refuses_an_empty_request_before_touching_the_model(comfy):
+    sampler = comfy.pack.NODE_CLASS_MAPPINGS["Uni1SJDSampler"]()
+    with pytest.raises(ValueError, match="Reasoning Plan"):
+        sampler.sample(model=None, width=64, height=64, seed=0, mode="ar", cfg=1.0, temperature=1.0, top_k=0,
+                       top_p=1.0, window=0, regional=False, batch_size=1, plan=None, prompt="  ")
+
+
+def test_stats_text_is_readable_and_keeps_the_raw_numbers(comfy):
+    stats = {"mode": "sjd_coupled", "image_tokens": 64, "forwards": 20, "forwards_per_token": 0.3125,
+             "seconds": 1.5, "accepted_hist": [1, 2]}
+    text = comfy.nodes.sampler.format_stats(stats, 64, 64)
+    first, second, third = text.splitlines()[:3]
+    assert first == "sjd_coupled 64x64: 64 image tokens"
+    assert second == "20 forwards (0.312 per token)" and third == "1.50 s"
+    assert json.loads(text.split("\n", 3)[3]) == stats
+
+
+# ---------------------------------------------------------------------------------------------
+# runtime glue
+
+def test_dtype_choice(comfy):
+    runtime = comfy.nodes.runtime
+    assert runtime.pick_dtype("auto", torch.device("cpu")) == torch.float32
+    assert runtime.pick_dtype("auto", torch.device("cuda")) == torch.bfloat16   # fake says bf16 is good
+    assert runtime.pick_dtype("float16", torch.device("cpu")) == torch.float16
+    with pytest.raises(ValueError, match="not one of"):
+        runtime.pick_dtype("int8", torch.device("cpu"))
+
+
+def test_models_go_through_load_models_gpu_with_full_load_when_supported(comfy, tmp_path, monkeypatch):
+    module = torch.nn.Linear(4, 4)
+    managed = comfy.nodes.runtime.Managed.wrap(module)
+    assert managed.patcher.model is module and managed.patcher.size == 4 * 4 * 4 + 4 * 4
+    assert managed.load() is module
+    assert comfy.calls["load_models_gpu"] == [([managed.patcher], True)]
+    # the 2024 ComfyUI has no force_full_load keyword: it must not be passed
+    modules, calls = fake_comfy(tmp_path, new_api=False)
+    pack_nodes = load_pack(monkeypatch, modules) and sys.modules[PACK + ".nodes"]
+    pack_nodes.runtime.Managed.wrap(module).load()
+    assert calls["load_models_gpu"][0][1] is None
+
+
+def test_progress_throttles_previews_and_survives_a_failing_one(comfy):
+    runtime = comfy.nodes.runtime
+    drawn = []
+
+    def draw(codes, rows):
+        drawn.append(rows)
+        from PIL import Image
+        return Image.new("RGB", (8, 8))
+    progress = runtime.Progress(100, preview_fn=draw, preview_every=3600)
+    progress._last_preview = -1e9        # the first preview is due at once
+    for step in range(1, 11):
+        progress.on_preview(torch.zeros(1, step, 2), step)
+        progress.on_progress(step, 100)
+    assert drawn == [1], "a second preview inside the throttle interval"
+    values = [c[0] for c in comfy.calls["progress"]]
+    assert values == list(range(1, 11))
+    kind, image, size = comfy.calls["progress"][0][2]
+    assert kind == "JPEG" and image.size == (8, 8) and size == 512
+    assert all(c[2] is None for c in comfy.calls["progress"][1:])
+
+    def broken(*_):
+        raise RuntimeError("decoder exploded")
+    progress = runtime.Progress(10, preview_fn=broken, preview_every=0)
+    progress.on_preview(torch.zeros(1, 1, 2), 1)
+    progress.on_progress(1, 10)
+    progress.on_preview(torch.zeros(1, 2, 2), 2)
+    progress.on_progress(2, 10)
+    assert progress.preview_fn is None and progress.done == 2
+
+
+def test_cancel_becomes_comfyui_interrupt(comfy):
+    runtime = comfy.nodes.runtime
+    assert runtime.interrupted() is False
+    comfy.mm.flag = True
+    assert runtime.interrupted() is True
+    with pytest.raises(FakeInterrupt):
+        runtime.raise_interrupt()
+    assert comfy.mm.flag is False, "the flag must be cleared so the next prompt runs"
+    with pytest.raises(FakeInterrupt):     # even if someone cleared the flag already
+        runtime.raise_interrupt()
+
+
+def test_preview_decodes_finished_rows_padded_to_full_size(comfy):
+    preview = comfy.nodes.sampler._previewer(FakeMoVQ(), rows=4, cols=3)
+    codes = torch.full((2, 4, 3), 15)
+    image = preview(codes, 2)
+    assert image.size == (24, 32)
+    top, bottom = image.getpixel((0, 0)), image.getpixel((0, 31))
+    assert top[0] > 200 and bottom == (128, 128, 128)
+    assert preview(codes, 0) is None
