@@ -9,12 +9,13 @@ import or call code. A file it refuses is reported, never retried unrestricted.
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from uni1_core.checkpoint import CheckpointError, download_file
 
 DEFAULT_REPO = "ai-forever/MoVQGAN"
 DEFAULT_FILENAME = "movqgan_270M.ckpt"
@@ -29,7 +30,7 @@ TRAINING_ONLY_PREFIXES = ("loss.", "discriminator.", "ema_", "model_ema.")
 FOLDER_CANDIDATES = ("movq.safetensors", "movqgan_270M.safetensors", "movqgan_270M.ckpt", "movq.ckpt")
 
 
-class MoVQLoadError(ValueError):
+class MoVQLoadError(CheckpointError):
     """A MoVQ checkpoint could not be found, read, or matched to the network."""
 
 
@@ -51,16 +52,7 @@ def resolve_movq_file(
             f"MoVQ weights: {text!r} is neither an existing file or folder nor a Hugging Face repo id "
             f"like {DEFAULT_REPO!r}"
         )
-    from huggingface_hub import hf_hub_download
-
-    name = filename or DEFAULT_FILENAME
-    try:
-        return Path(hf_hub_download(text, name, cache_dir=cache_dir))
-    except Exception as e:  # offline, missing repo or file: say which and how to fix
-        raise MoVQLoadError(
-            f"MoVQ weights: could not get {name!r} from the Hugging Face repo {text!r} ({type(e).__name__}: {e}). "
-            f"Check the name and your connection, or download the file yourself and pass its path."
-        ) from e
+    return download_file(text, filename or DEFAULT_FILENAME, cache_dir=cache_dir)
 
 
 def find_in_folder(folder: Path, filename: str | None) -> Path:
@@ -93,7 +85,9 @@ def read_pickle_restricted(path: Path) -> object:
             if "mmap can only be used" not in str(e):
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)  # legacy (pre-zip) format
-    except pickle.UnpicklingError as e:
+    except Exception as e:
+        if type(e).__name__ != "UnpicklingError":  # (the pickle module stays out of run-time code)
+            raise MoVQLoadError(f"MoVQ weights: could not read {path}: truncated or not a PyTorch checkpoint ({e})") from e
         if "Weights only load failed" not in str(e):
             raise MoVQLoadError(f"MoVQ weights: {path} is corrupt or truncated ({e}); download it again") from e
         reason = next(
@@ -109,8 +103,6 @@ def read_pickle_restricted(path: Path) -> object:
             f"save_file({{k: v.contiguous() for k, v in sd.items() if isinstance(v, torch.Tensor)}}, 'movq.safetensors')\"\n"
             f"and load movq.safetensors instead."
         ) from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise MoVQLoadError(f"MoVQ weights: could not read {path}: truncated or not a PyTorch checkpoint ({e})") from e
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
