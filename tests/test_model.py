@@ -211,6 +211,17 @@ def test_rows_with_different_lengths_padding_and_rollback(model):
     assert rollbacks >= 4
 
 
+def test_last_only_gives_each_rows_last_real_token(model):
+    ids = random_ids(2, 9, seed=11)
+    expected = model(ids)
+    torch.testing.assert_close(model(ids, last_only=True), expected[:, -1:], atol=ATOL, rtol=0)
+    cache = model.new_cache(2, 12)
+    last = model(ids, cache=cache, n_valid=torch.tensor([9, 4]), last_only=True)
+    assert last.shape == (2, 1, VOCAB)
+    torch.testing.assert_close(last[:, 0], torch.stack([expected[0, 8], expected[1, 3]]), atol=ATOL, rtol=0)
+    assert cache.lengths.tolist() == [9, 4]
+
+
 def test_rollback_overwrites_stale_slots(model):
     ids = random_ids(1, 12, seed=9)
     cache = model.new_cache(1, 16)
@@ -235,6 +246,45 @@ def test_cache_errors_and_shape(model):
         model(random_ids(3, 2), cache=cache)
     with pytest.raises(ValueError, match="n_valid"):
         model(random_ids(2, 2), n_valid=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="n_valid must lie in 0..2"):
+        model(random_ids(2, 2), cache=cache, n_valid=torch.tensor([1, 3]))
     with pytest.raises(ValueError, match="lengths"):
         cache.lengths = [3, 11]
     assert cache.lengths.tolist() == [0, 0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing a folder (how the demo model is made) and reading it back
+
+def test_save_pretrained_round_trip(checkpoints, tmp_path):
+    folder, _ = checkpoints["per_shard_qk_norm"]
+    loaded = Uni1Model.from_pretrained(folder, dtype=torch.bfloat16)
+    loaded.save_pretrained(tmp_path / "copy")
+    again = Uni1Model.from_pretrained(tmp_path / "copy", dtype="auto")
+    assert again.dtype == torch.bfloat16 and again.config.model_parallel_size == 2
+    ids = random_ids(2, 7)
+    torch.testing.assert_close(again(ids), loaded(ids), atol=0, rtol=0)
+
+
+def test_model_built_from_a_minimal_config(tmp_path):
+    """A config written by hand (the demo model's way): tied embeddings, linear RoPE, extra keys kept."""
+    raw = {"model_type": "chameleon", "vocab_size": 50, "hidden_size": 24, "intermediate_size": 40,
+           "num_hidden_layers": 2, "num_attention_heads": 3, "num_key_value_heads": 1,
+           "tie_word_embeddings": True, "rope_theta": 100.0, "rope_scaling": {"type": "linear", "factor": 4.0},
+           "vocabulary_map": {"IMGIMGAZ": 7}, "uni1": {"code_offset": 10, "num_codes": 32}}
+    torch.manual_seed(0)
+    model = Uni1Model(ModelConfig.from_dict(raw))
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    model.save_pretrained(tmp_path)
+    loaded = Uni1Model.from_pretrained(tmp_path, dtype="auto")
+    assert loaded.dtype == torch.float32
+    assert loaded.config.raw["uni1"] == {"code_offset": 10, "num_codes": 32}
+    assert loaded.config.rope_scaling == "linear" and loaded.config.rope_factor == 4.0
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    ids = torch.randint(0, 50, (2, 6))
+    logits = loaded(ids)
+    torch.testing.assert_close(logits, model(ids), atol=0, rtol=0)
+    assert (logits[..., 7] == torch.finfo(torch.float32).min).all()
+    cache = loaded.new_cache(2, 8)
+    steps = torch.cat([loaded(ids[:, :4], cache=cache), loaded(ids[:, 4:], cache=cache)], 1)
+    torch.testing.assert_close(steps, logits, atol=ATOL, rtol=0)

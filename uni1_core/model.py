@@ -24,9 +24,8 @@ checkpoint folder loads as it is. Spec: shared/specs/lumina_mgpt2.md section 1.
 from __future__ import annotations
 
 import json
-import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -77,6 +76,17 @@ class ModelConfig:
     def masked_token_ids(self) -> list[int]:
         """Ids whose logits the reference sets to the dtype minimum: names starting with IMGIMG."""
         return sorted(int(i) for name, i in self.vocabulary_map.items() if name.startswith("IMGIMG"))
+
+    def to_dict(self) -> dict:
+        """The config.json form: the raw dict with this dataclass's fields written over it."""
+        out = dict(self.raw)
+        out.pop("rope_parameters", None)
+        for f in fields(self):
+            if f.name not in ("raw", "rope_scaling", "rope_factor"):
+                out[f.name] = getattr(self, f.name)
+        out["model_type"] = SUPPORTED_MODEL_TYPES[0]
+        out["rope_scaling"] = {"type": self.rope_scaling, "factor": self.rope_factor} if self.rope_scaling else None
+        return out
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> ModelConfig:
@@ -374,8 +384,12 @@ class Uni1Model(nn.Module):
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None,
-                n_valid: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, vocab) float32 logits. See the module docstring for the cache."""
+                n_valid: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, vocab) float32 logits. See the module docstring for the cache.
+
+        last_only=True returns (B, 1, vocab): only each row's last real token (index n_valid[b] - 1),
+        which is all a prefill needs; it spares a (B, T, vocab) tensor for long prompts.
+        """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, tokens), got shape {tuple(input_ids.shape)}.")
         B, T = input_ids.shape
@@ -390,6 +404,9 @@ class Uni1Model(nn.Module):
         cos, sin = self.rope(positions, x.dtype)
         for layer, layer_cache in zip(self.model.layers, layer_caches):
             x = layer(x, cos, sin, layer_cache)
+        if last_only:
+            last = (n_valid - 1).clamp(min=0) if cache is not None else torch.full((B,), T - 1)
+            x = x[torch.arange(B, device=x.device), last.to(x.device)][:, None]
         logits = self.lm_head(self.model.norm(x)).float()
         if self._masked_ids.numel():
             if self._masked_ids.device != logits.device:
@@ -410,7 +427,11 @@ class Uni1Model(nn.Module):
             n_valid = torch.as_tensor(n_valid, dtype=torch.long, device=lengths.device)
             if n_valid.shape != (B,):
                 raise ValueError(f"n_valid must have shape ({B},), got {tuple(n_valid.shape)}.")
-        key_len = int(lengths.max()) + T        # the one host sync per call
+        # the one host sync per call: where the keys end, and a check of n_valid
+        longest, n_min, n_max = torch.stack([lengths.max(), n_valid.min(), n_valid.max()]).tolist()
+        if n_min < 0 or n_max > T:
+            raise ValueError(f"n_valid must lie in 0..{T} (the window length), got {n_valid.tolist()}.")
+        key_len = longest + T
         if key_len > cache.max_len:
             raise ValueError(f"the cache holds {cache.max_len} slots but this call needs {key_len} "
                              f"(longest row {key_len - T} + {T} new tokens). Fix: make the cache with "
@@ -454,6 +475,23 @@ class Uni1Model(nn.Module):
             model.lm_head.weight = model.model.embed_tokens.weight
         model.requires_grad_(False)
         return model.eval()
+
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Write config.json (the raw config) and model.safetensors: a folder `from_pretrained` reads."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = self.config.to_dict()
+        config.pop("dtype", None)
+        config["torch_dtype"] = str(self.dtype).removeprefix("torch.")
+        (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        if self.config.tie_word_embeddings:
+            state.pop("lm_head.weight")          # the same tensor as the embedding
+        save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+        return folder
 
 
 def _is_qk_norm(key: str) -> bool:
