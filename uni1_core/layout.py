@@ -1,0 +1,353 @@
+"""Layout: one normalised box per subject instance, consistent with every spatial relation.
+
+Coordinates are fractions of the image, x to the right, y down, boxes (x0, y0, x1, y1) with
+0 <= x0 < x1 <= 1. The layout is a grid: relations order the subjects into columns (left of,
+right of, between, next to) and rows (above, below, on, under, behind, in front of); subjects
+"on", "under", "in front of" or "behind" one another share a column so that they overlap
+horizontally; a subject "inside" another is placed in the middle of its container. Subjects with
+no relation at all get their own columns (a grid when nothing is related), which is the default
+composition. Absolute positions ("on the left", "in the top right corner") pull a subject's cell
+into that part of the image. Each subject's instances fill its cell in a small grid.
+
+`relation_holds` is the exact meaning of each relation on boxes; the planner checks every
+relation with it (a prompt that asks for the impossible gets the offending relation dropped into
+`unparsed`; an edited plan gets a clear error), and the tests use it as the specification.
+"""
+
+from __future__ import annotations
+
+import math
+
+Box = tuple[float, float, float, float]
+
+# Absolute position -> (column 0/1/2 or None, row 0/1/2 or None); kept in step with plan_parse.
+POSITION_REGIONS = {0: (0.0, 0.5), 1: (0.25, 0.75), 2: (0.5, 1.0)}
+SAME_COLUMN = ("on", "under", "in front of", "behind")
+EPS = 1e-9
+
+
+def _size_scale(attributes: list[str]) -> float:
+    words = set(" ".join(attributes).split())
+    if words & {"tiny", "miniature", "mini"}:
+        return 0.45
+    if words & {"small", "little"}:
+        return 0.6
+    if words & {"big", "large", "huge", "giant", "enormous", "massive", "gigantic"}:
+        return 0.95
+    return 0.8
+
+
+class _Dag:
+    """A directed graph on 0..n-1 that refuses edges closing a cycle."""
+
+    def __init__(self, n: int):
+        self.out = [set() for _ in range(n)]
+
+    def reaches(self, a: int, b: int) -> bool:
+        stack, seen = [a], {a}
+        while stack:
+            u = stack.pop()
+            if u == b:
+                return True
+            for v in self.out[u]:
+                if v not in seen:
+                    seen.add(v)
+                    stack.append(v)
+        return False
+
+    def add(self, a: int, b: int) -> bool:
+        if a == b or self.reaches(b, a):
+            return False
+        self.out[a].add(b)
+        return True
+
+    def levels(self) -> list[int]:
+        """Longest-path depth of every node (sources at 0)."""
+        n = len(self.out)
+        indeg = [0] * n
+        for u in range(n):
+            for v in self.out[u]:
+                indeg[v] += 1
+        level = [0] * n
+        ready = [u for u in range(n) if indeg[u] == 0]
+        while ready:
+            u = ready.pop()
+            for v in self.out[u]:
+                level[v] = max(level[v], level[u] + 1)
+                indeg[v] -= 1
+                if indeg[v] == 0:
+                    ready.append(v)
+        return level
+
+    def touched(self) -> set[int]:
+        return {u for u in range(len(self.out)) if self.out[u]} | {v for s in self.out for v in s}
+
+
+def _grid_boxes(cell: Box, n: int, scale: float, max_aspect: float | None = 1.5) -> list[Box]:
+    """n boxes filling `cell` row by row, each shrunk by `scale` around its slot's centre.
+
+    Boxes are kept roughly square (an object is rarely a thin sliver) unless `max_aspect` is
+    None, which supports ("on a table") need so that they stay under everything on them.
+    """
+    x0, y0, x1, y1 = cell
+    w, h = x1 - x0, y1 - y0
+    cols = max(1, min(n, round(math.sqrt(n * w / max(h, EPS))) or 1))
+    rows = math.ceil(n / cols)
+    cols = math.ceil(n / rows)
+    sw, sh = w / cols, h / rows
+    boxes = []
+    for k in range(n):
+        r, c = divmod(k, cols)
+        in_row = min(cols, n - r * cols)             # centre a short last row
+        offset = (cols - in_row) * sw / 2
+        cx = x0 + offset + (c + 0.5) * sw
+        cy = y0 + (r + 0.5) * sh
+        bw, bh = sw * scale, sh * scale
+        if max_aspect is not None:
+            bw, bh = min(bw, bh * max_aspect), min(bh, bw * max_aspect)
+        boxes.append((cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2))
+    return boxes
+
+
+def compute_layout(counts: list[int], relations: list[tuple[int, int, str, int | None]],
+                   positions: list[tuple[int | None, int | None]],
+                   attributes: list[list[str]] | None = None) -> list[list[Box]]:
+    """Boxes for every instance of every subject: result[s][k] is instance k of subject s."""
+    n = len(counts)
+    attributes = attributes or [[] for _ in range(n)]
+    # containers first: a subject inside another lives in its container's cell
+    parent: list[int | None] = [None] * n
+    for s, o, rel, _ in relations:
+        if rel == "inside" and parent[s] is None:
+            p = o
+            while p is not None and p != s:
+                p = parent[p]
+            if p is None:
+                parent[s] = o
+
+    def root(s: int) -> int:
+        while parent[s] is not None:
+            s = parent[s]
+        return s
+
+    # subjects on/under/in front of/behind each other share a column (union-find on roots)
+    group = list(range(n))
+
+    def find(s: int) -> int:
+        while group[s] != s:
+            group[s] = group[group[s]]
+            s = group[s]
+        return s
+
+    for s, o, rel, _ in relations:
+        if rel in SAME_COLUMN:
+            a, b = find(root(s)), find(root(o))
+            if a != b:
+                group[max(a, b)] = min(a, b)
+
+    horiz, vert = _Dag(n), _Dag(n)
+    related = set()
+    for s, o, rel, o2 in relations:
+        rs, ro = root(s), root(o)
+        related |= {rs, ro}
+        if rs == ro:
+            continue
+        gs, go = find(rs), find(ro)
+        if rel == "left of" and gs != go:
+            horiz.add(gs, go)
+        elif rel == "right of" and gs != go:
+            horiz.add(go, gs)
+        elif rel == "between" and o2 is not None:
+            g2 = find(root(o2))
+            related.add(root(o2))
+            if len({gs, go, g2}) == 3:
+                horiz.add(go, gs) and horiz.add(gs, g2)
+        elif rel in ("above", "on", "behind"):
+            vert.add(rs, ro)
+        elif rel in ("below", "under", "in front of"):
+            vert.add(ro, rs)
+    # positions order subjects against each other: left < center < right, top < middle < bottom
+    for a in range(n):
+        for b in range(n):
+            ha, va = positions[a]
+            hb, vb = positions[b]
+            ra, rb = root(a), root(b)
+            if ra == rb:
+                continue
+            if ha is not None and hb is not None and ha < hb and find(ra) != find(rb):
+                horiz.add(find(ra), find(rb))
+            if va is not None and vb is not None and va < vb:
+                vert.add(ra, rb)
+    # "next to" only asks for a side: reading order unless something else decides
+    for s, o, rel, _ in relations:
+        if rel == "next to":
+            gs, go = find(root(s)), find(root(o))
+            if gs != go and not horiz.reaches(go, gs):
+                horiz.add(gs, go)
+
+    tops = [s for s in range(n) if parent[s] is None]
+    col_level = horiz.levels()
+    row_level = vert.levels()
+    h_touched, v_touched = horiz.touched(), vert.touched()
+    positioned = {root(s) for s in range(n) if positions[s] != (None, None)}
+    free = [s for s in tops if s not in related and s not in positioned and find(s) == s
+            and all(find(t) != s or t == s for t in tops)]
+    constrained = [s for s in tops if s not in free]
+    n_rows = 1 + max([row_level[s] for s in constrained if s in v_touched] or [0])
+    n_cols = 1 + max([col_level[find(s)] for s in constrained] or [-1])
+
+    cells: dict[int, Box] = {}
+    if not constrained:
+        # nothing related: a near-square grid of subjects in reading order
+        k = len(free)
+        gcols = math.ceil(math.sqrt(k)) if k else 1
+        grows = math.ceil(k / gcols) if k else 1
+        for idx, s in enumerate(free):
+            r, c = divmod(idx, gcols)
+            in_row = min(gcols, k - r * gcols)
+            off = (gcols - in_row) / gcols / 2
+            cells[s] = (off + c / gcols, r / grows, off + (c + 1) / gcols, (r + 1) / grows)
+    else:
+        total_cols = n_cols + len(free)
+        col_of = {s: col_level[find(s)] for s in constrained}
+        for idx, s in enumerate(free):
+            col_of[s] = n_cols + idx
+        span = {}
+        for s in constrained:
+            span[s] = (row_level[s], row_level[s]) if s in v_touched else (0, n_rows - 1)
+        for s in free:
+            span[s] = (0, n_rows - 1)
+        for c in range(total_cols):
+            members = sorted((s for s in col_of if col_of[s] == c), key=lambda s: (span[s][0], s))
+            # interval colouring: subjects whose rows overlap sit side by side in the column
+            slots: list[list[int]] = []
+            slot_of = {}
+            for s in members:
+                for k, slot in enumerate(slots):
+                    if all(span[t][1] < span[s][0] or span[s][1] < span[t][0] for t in slot):
+                        slot.append(s)
+                        slot_of[s] = k
+                        break
+                else:
+                    slots.append([s])
+                    slot_of[s] = len(slots) - 1
+            n_slots = max(1, len(slots))
+            for s in members:
+                first = last = slot_of[s]
+                # widen into free neighbouring slots (a table under two cups spans both)
+                while last + 1 < n_slots and all(span[t][1] < span[s][0] or span[s][1] < span[t][0]
+                                                  for t in slots[last + 1]):
+                    last += 1
+                x0 = (c + first / n_slots) / total_cols
+                x1 = (c + (last + 1) / n_slots) / total_cols
+                y0 = span[s][0] / n_rows
+                y1 = (span[s][1] + 1) / n_rows
+                cells[s] = (x0, y0, x1, y1)
+
+    # absolute positions pull a cell into that part of the image
+    for s in tops:
+        h, v = positions[s]
+        x0, y0, x1, y1 = cells[s]
+        if h is not None:
+            a, b = POSITION_REGIONS[h]
+            if min(x1, b) - max(x0, a) >= 0.1:
+                x0, x1 = max(x0, a), min(x1, b)
+        if v is not None:
+            a, b = POSITION_REGIONS[v]
+            if min(y1, b) - max(y0, a) >= 0.1:
+                y0, y1 = max(y0, a), min(y1, b)
+        cells[s] = (x0, y0, x1, y1)
+
+    boxes: list[list[Box] | None] = [None] * n
+    supports = {root(o) for _, o, rel, _ in relations if rel in ("on", "under", "in front of", "behind")}
+    supports |= {root(s) for s, _, rel, _ in relations if rel in ("under", "in front of")}
+    for s in tops:
+        aspect = None if s in supports else 1.5
+        boxes[s] = _grid_boxes(cells[s], counts[s], _size_scale(attributes[s]), aspect)
+    # contained subjects, parents first: the middle of the container's first instance
+    pending = [s for s in range(n) if parent[s] is not None]
+    while pending:
+        rest = []
+        for s in pending:
+            p = parent[s]
+            if boxes[p] is None:
+                rest.append(s)
+                continue
+            x0, y0, x1, y1 = boxes[p][0]
+            w, h = x1 - x0, y1 - y0
+            inner = (x0 + 0.2 * w, y0 + 0.2 * h, x1 - 0.2 * w, y1 - 0.2 * h)
+            boxes[s] = _grid_boxes(inner, counts[s], 0.9)
+        pending = rest
+    return [[_clean(b) for b in bs] for bs in boxes]
+
+
+def _clean(b: Box) -> Box:
+    x0, y0, x1, y1 = (min(1.0, max(0.0, v)) for v in b)
+    return (round(x0, 4), round(y0, 4), round(x1, 4), round(y1, 4))
+
+
+# ---------------------------------------------------------------------------------------------
+# What each relation means on boxes
+# ---------------------------------------------------------------------------------------------
+
+def _cx(b: Box) -> float:
+    return (b[0] + b[2]) / 2
+
+
+def _cy(b: Box) -> float:
+    return (b[1] + b[3]) / 2
+
+
+def _x_overlap(subject: list[Box], obj: list[Box]) -> bool:
+    """Every subject instance overlaps the horizontal extent of the object's instances."""
+    lo, hi = min(b[0] for b in obj), max(b[2] for b in obj)
+    return all(b[0] < hi and lo < b[2] for b in subject)
+
+
+def relation_holds(rel: str, subject: list[Box], obj: list[Box], obj2: list[Box] | None = None) -> bool:
+    """The meaning of a relation between all instances of two subjects."""
+    if rel == "left of":
+        return all(a[2] <= b[0] + EPS for a in subject for b in obj)
+    if rel == "right of":
+        return relation_holds("left of", obj, subject)
+    if rel == "above":
+        return all(a[3] <= b[1] + EPS for a in subject for b in obj)
+    if rel == "below":
+        return relation_holds("above", obj, subject)
+    if rel == "on":
+        return relation_holds("above", subject, obj) and _x_overlap(subject, obj)
+    if rel == "under":
+        return relation_holds("above", obj, subject) and _x_overlap(subject, obj)
+    if rel == "behind":   # further away: higher in the picture, in the same column
+        return all(_cy(a) < _cy(b) for a in subject for b in obj) and _x_overlap(subject, obj)
+    if rel == "in front of":
+        return all(_cy(a) > _cy(b) for a in subject for b in obj) and _x_overlap(subject, obj)
+    if rel == "next to":
+        side = all(a[2] <= b[0] + EPS or b[2] <= a[0] + EPS for a in subject for b in obj)
+        lo = max(min(b[1] for b in subject), min(b[1] for b in obj))
+        hi = min(max(b[3] for b in subject), max(b[3] for b in obj))
+        return side and lo < hi
+    if rel == "inside":
+        return all(any(b[0] <= a[0] + EPS and b[1] <= a[1] + EPS and a[2] <= b[2] + EPS
+                       and a[3] <= b[3] + EPS for b in obj) for a in subject)
+    if rel == "between":
+        if not obj2:
+            return False
+        return ((relation_holds("left of", obj, subject) and relation_holds("left of", subject, obj2))
+                or (relation_holds("left of", obj2, subject) and relation_holds("left of", subject, obj)))
+    raise ValueError(f"unknown relation {rel!r}")
+
+
+def position_holds(position: tuple[int | None, int | None], boxes: list[Box]) -> bool:
+    """Every instance's centre lies in the part of the image an absolute position names."""
+    h, v = position
+    for b in boxes:
+        if h is not None:
+            a, z = POSITION_REGIONS[h]
+            if not a - EPS <= _cx(b) <= z + EPS:
+                return False
+        if v is not None:
+            a, z = POSITION_REGIONS[v]
+            if not a - EPS <= _cy(b) <= z + EPS:
+                return False
+    return True

@@ -1,0 +1,512 @@
+"""The reasoning plan: what must be in the picture, written down before any token is drawn.
+
+A `Plan` lists the subjects (noun, count, colour, attributes), the spatial relations between
+them, one box per subject instance (the layout), the scene, the style, the composition, the
+negatives, and whatever text the parser did not understand (kept verbatim, never dropped).
+
+    plan = make_plan("two red circles to the left of a blue square")
+    plan.conditioning_text()   # "Two red circles are to the left of a blue square."
+    plan.summary()             # "2 red circle, 1 blue square | red circle left of blue square"
+    plan.regions()             # [("a red circle", (x0, y0, x1, y1)), ...] one per instance
+    Plan.from_json(plan.to_json()) == plan
+
+A plan can also be built from structured data (the demo trainer does this for its procedural
+scenes): `Plan(subjects=[Subject("circle", 2, "red")], relations=[Relation(0, 1, "left of")])`
+then `.with_layout()`. `Plan.from_text` reads the answer of another language model: a plan JSON
+in this schema (possibly fenced or after <think>...</think> reasoning) or a rewritten prompt.
+
+The conditioning text is also the caption language the demo model is trained on, so its form is
+part of the contract: change it only together with the demo model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields, replace
+
+from .layout import compute_layout, position_holds, relation_holds
+from .plan_parse import (BASIC_COLORS, COLOR_ALIASES, MAX_COUNT, POSITIONS, PRE_COLOR_WORDS,
+                         RELATION_TEXT, RELATIONS, article, extract_llm_payload, number_word,
+                         parse_prompt, plural)
+
+PLAN_VERSION = 1
+STYLE_FIELDS = ("medium", "lighting", "camera", "mood")
+# Attributes starting with these words follow the noun: "a dog with a red collar".
+POST_NOUN_LEADERS = {"with", "wearing", "holding", "carrying", "of", "made", "in", "at", "on",
+                     "for", "from", "covered", "filled", "full", "under", "near", "by", "inside",
+                     "eating", "drinking", "reading", "playing", "riding", "looking",
+                     "surrounded", "dressed", "sitting", "standing", "lying", "running", "flying",
+                     "swimming", "walking", "jumping", "to", "against", "without", "that", "which"}
+
+
+class PlanError(ValueError):
+    """A plan that cannot be used; the message names the field and what would fix it."""
+
+
+@dataclass
+class Subject:
+    noun: str                      # singular: "circle", "traffic light"
+    count: int = 1
+    color: str | None = None       # one of BASIC_COLORS or None
+    attributes: list[str] = field(default_factory=list)   # "small", "wooden", "with a red collar", "on the left"
+
+
+@dataclass
+class Relation:
+    subject: int                   # index into Plan.subjects
+    object: int
+    relation: str                  # one of RELATIONS
+    object2: int | None = None     # only for "between": the subject is between object and object2
+
+
+@dataclass
+class Box:
+    subject: int
+    instance: int
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    @property
+    def xyxy(self) -> tuple[float, float, float, float]:
+        return (self.x0, self.y0, self.x1, self.y1)
+
+
+@dataclass
+class Style:
+    medium: str = ""
+    lighting: str = ""
+    camera: str = ""
+    mood: str = ""
+
+
+@dataclass
+class Plan:
+    subjects: list[Subject] = field(default_factory=list)
+    relations: list[Relation] = field(default_factory=list)
+    layout: list[Box] = field(default_factory=list)
+    scene: str = ""
+    style: Style = field(default_factory=Style)
+    composition: str = ""
+    negatives: list[str] = field(default_factory=list)
+    unparsed: list[str] = field(default_factory=list)
+    version: int = PLAN_VERSION
+
+    def __post_init__(self):
+        self.validate()
+
+    # -- validation ------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise PlanError naming the first field that makes this plan unusable."""
+        _check(isinstance(self.version, int) and not isinstance(self.version, bool),
+               "version must be an integer")
+        _check(self.version <= PLAN_VERSION,
+               f"version {self.version} is newer than this planner understands ({PLAN_VERSION}); update ComfyUI-Uni1")
+        _check(isinstance(self.subjects, list), "subjects must be a list")
+        for i, s in enumerate(self.subjects):
+            where = f"subjects[{i}]"
+            _check(isinstance(s, Subject), f"{where} must be an object with noun, count, color, attributes")
+            _check(isinstance(s.noun, str) and s.noun.strip() != "", f"{where}.noun must be a non-empty string")
+            _check(isinstance(s.count, int) and not isinstance(s.count, bool) and 1 <= s.count <= MAX_COUNT,
+                   f"{where}.count must be a positive integer (1 to {MAX_COUNT}), got {s.count!r}")
+            _check(s.color is None or s.color in BASIC_COLORS,
+                   f"{where}.color must be null or one of {', '.join(BASIC_COLORS)}; got {s.color!r} "
+                   "(put other colour words in attributes)")
+            _check(isinstance(s.attributes, list) and all(isinstance(a, str) and a.strip() for a in s.attributes),
+                   f"{where}.attributes must be a list of non-empty strings")
+        n = len(self.subjects)
+        _check(isinstance(self.relations, list), "relations must be a list")
+        for i, r in enumerate(self.relations):
+            where = f"relations[{i}]"
+            _check(isinstance(r, Relation), f"{where} must be an object with subject, object, relation")
+            _check(r.relation in RELATIONS, f"{where}.relation must be one of {', '.join(RELATIONS)}; got {r.relation!r}")
+            for name in ("subject", "object"):
+                v = getattr(r, name)
+                _check(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n,
+                       f"{where}.{name} must be the index of a subject (0 to {n - 1}); got {v!r}")
+            _check(r.subject != r.object, f"{where}: a subject cannot be {r.relation} itself")
+            if r.relation == "between":
+                v = r.object2
+                _check(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n and v not in (r.subject, r.object),
+                       f"{where}.object2 must be the index of a third subject (0 to {n - 1}) for 'between'; got {v!r}")
+            else:
+                _check(r.object2 is None, f"{where}.object2 is only used with 'between'")
+        _check(isinstance(self.layout, list), "layout must be a list")
+        for i, b in enumerate(self.layout):
+            _check_box(b, i, self.subjects)
+        if self.layout:
+            seen = {(b.subject, b.instance) for b in self.layout}
+            _check(len(seen) == len(self.layout), "layout has two boxes for the same subject instance")
+            want = {(i, k) for i, s in enumerate(self.subjects) for k in range(s.count)}
+            missing = sorted(want - seen)
+            _check(not missing, f"layout has no box for subjects[{missing[0][0]}] instance {missing[0][1]} "
+                                if missing else "")
+        for name in ("scene", "composition"):
+            _check(isinstance(getattr(self, name), str), f"{name} must be a string")
+        _check(isinstance(self.style, Style), "style must be an object with medium, lighting, camera, mood")
+        for name in STYLE_FIELDS:
+            _check(isinstance(getattr(self.style, name), str), f"style.{name} must be a string")
+        for name in ("negatives", "unparsed"):
+            v = getattr(self, name)
+            _check(isinstance(v, list) and all(isinstance(x, str) for x in v), f"{name} must be a list of strings")
+
+    # -- layout ------------------------------------------------------------------------------------
+    def positions(self) -> list[tuple[int | None, int | None]]:
+        """The absolute position of each subject from its attributes ((None, None) if none)."""
+        out = []
+        for s in self.subjects:
+            pos = [POSITIONS[a] for a in s.attributes if a in POSITIONS]
+            out.append(pos[-1] if pos else (None, None))
+        return out
+
+    def with_layout(self) -> Plan:
+        """This plan with a fresh layout; PlanError if its relations contradict each other."""
+        plan = replace(self, layout=_layout_boxes(self))
+        bad = plan.violations()
+        if bad:
+            i = bad[0]
+            raise PlanError(f"relations[{i}] ({self.describe_relation(i)}) cannot hold together with the "
+                            "other relations and positions; remove or change one of them")
+        return plan
+
+    def boxes_of(self, subject: int) -> list[tuple[float, float, float, float]]:
+        return [b.xyxy for b in sorted(self.layout, key=lambda b: b.instance) if b.subject == subject]
+
+    def violations(self) -> list[int]:
+        """Indices of relations the current layout does not satisfy."""
+        bad = []
+        for i, r in enumerate(self.relations):
+            o2 = self.boxes_of(r.object2) if r.object2 is not None else None
+            if not relation_holds(r.relation, self.boxes_of(r.subject), self.boxes_of(r.object), o2):
+                bad.append(i)
+        return bad
+
+    def position_violations(self) -> list[int]:
+        """Indices of subjects whose boxes are not where their absolute position says."""
+        return [i for i, p in enumerate(self.positions()) if not position_holds(p, self.boxes_of(i))]
+
+    # -- JSON ----------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        def rel(r: Relation) -> dict:
+            d = {"subject": r.subject, "object": r.object, "relation": r.relation}
+            if r.object2 is not None:
+                d["object2"] = r.object2
+            return d
+        return {
+            "version": self.version,
+            "subjects": [{"noun": s.noun, "count": s.count, "color": s.color, "attributes": list(s.attributes)}
+                         for s in self.subjects],
+            "relations": [rel(r) for r in self.relations],
+            "layout": [{"subject": b.subject, "instance": b.instance, "x0": b.x0, "y0": b.y0, "x1": b.x1,
+                        "y1": b.y1} for b in self.layout],
+            "scene": self.scene,
+            "style": {k: getattr(self.style, k) for k in STYLE_FIELDS},
+            "composition": self.composition,
+            "negatives": list(self.negatives),
+            "unparsed": list(self.unparsed),
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, data: str | dict) -> Plan:
+        """Read (and validate) a plan JSON string or dict.
+
+        An edited plan re-renders consistently: when the layout is missing, or no longer has
+        exactly one box per instance (a count was edited), a fresh layout is computed.
+        """
+        if isinstance(data, str):
+            try:
+                data = json.loads(data)
+            except json.JSONDecodeError as exc:
+                raise PlanError(f"the plan is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        _check(isinstance(data, dict), "the plan must be a JSON object with subjects, relations, layout, ...")
+        known = {"version", "subjects", "relations", "layout", "scene", "style", "composition", "negatives", "unparsed"}
+        unknown = sorted(set(data) - known)
+        _check(not unknown, f"unknown field {unknown[0]!r} in the plan (fields: {', '.join(sorted(known))})"
+               if unknown else "")
+        subjects = [_subject(s, i) for i, s in enumerate(_list(data, "subjects"))]
+        relations = [_relation(r, i) for i, r in enumerate(_list(data, "relations"))]
+        layout = [_box(b, i) for i, b in enumerate(_list(data, "layout"))]
+        style = data.get("style", {})
+        if style is None:
+            style = {}
+        _check(isinstance(style, dict), "style must be an object with medium, lighting, camera, mood")
+        bad = sorted(set(style) - set(STYLE_FIELDS))
+        _check(not bad, f"unknown field style.{bad[0]} (fields: {', '.join(STYLE_FIELDS)})" if bad else "")
+        style_obj = Style(**{k: _string(style.get(k, ""), f"style.{k}") for k in STYLE_FIELDS})
+        version = data.get("version", PLAN_VERSION)
+        plan = cls(subjects=subjects, relations=relations, layout=[], scene=_string(data.get("scene", ""), "scene"),
+                   style=style_obj, composition=_string(data.get("composition", ""), "composition"),
+                   negatives=_strings(data.get("negatives", []), "negatives"),
+                   unparsed=_strings(data.get("unparsed", []), "unparsed"), version=version)
+        want = {(i, k) for i, s in enumerate(subjects) for k in range(s.count)}
+        have = [(b.subject, b.instance) for b in layout]
+        if layout and len(set(have)) == len(have) == len(want) and set(have) == want:
+            return replace(plan, layout=layout)
+        # a box for an instance that no longer exists is still checked, so that a typo is caught
+        for i, b in enumerate(layout):
+            _check_box(b, i, subjects, check_instance=False)
+        return plan.with_layout()
+
+    @classmethod
+    def from_text(cls, text: str) -> Plan:
+        """A plan from another language model's answer (plan JSON or a rewritten prompt).
+
+        Reasoning (<think>...</think>) never reaches the plan; a JSON plan is validated like an
+        edited one; anything else is planned like a prompt.
+        """
+        payload = extract_llm_payload(text)
+        if isinstance(payload, dict):
+            return cls.from_json(payload)
+        return make_plan(payload)
+
+    # -- rendering -------------------------------------------------------------------------------------
+    def subject_phrase(self, i: int, *, definite: bool = False, one: bool = False,
+                       with_position: bool = True) -> str:
+        """ "two small red circles", "the red circles", "a dog with a red collar"."""
+        s = self.subjects[i]
+        count = 1 if one else s.count
+        pre, mid, post = [], [], []
+        for a in s.attributes:
+            if a in POSITIONS:
+                if with_position:
+                    post.append(a)
+            elif a.split()[0] in POST_NOUN_LEADERS:
+                post.append(a)
+            elif a in PRE_COLOR_WORDS:
+                pre.append(a)
+            else:
+                mid.append(a)
+        noun = s.noun if count == 1 else plural(s.noun)
+        words = pre + ([s.color] if s.color else []) + mid + [noun]
+        if definite:
+            lead = "the"
+        elif count == 1:
+            lead = article(words[0])
+        else:
+            lead = number_word(count)
+        return " ".join([lead] + words + post)
+
+    def describe_relation(self, i: int) -> str:
+        r = self.relations[i]
+        s = self.subject_phrase(r.subject, definite=True, with_position=False)
+        o = self.subject_phrase(r.object, definite=True, with_position=False)
+        if r.relation == "between":
+            o += " and " + self.subject_phrase(r.object2, definite=True, with_position=False)
+        return f"{s} {RELATION_TEXT[r.relation]} {o}"
+
+    def conditioning_text(self) -> str:
+        """The text the model is conditioned on: explicit counts, colours, attributes, positions.
+
+        Form: unrelated subjects first ("A cat and two dogs"), then one sentence per relation
+        ("Two red circles are to the left of a blue square."; a subject already named is "the
+        red circles"), the scene after the first sentence, then style, composition and any
+        text the parser did not understand, verbatim. Negatives are not written here (saying
+        "no text" tends to draw text); `negative_text()` has them for a negative prompt.
+        """
+        sentences: list[str] = []
+        named: set[int] = set()
+        in_relation = {r.subject for r in self.relations} | {r.object for r in self.relations} | {
+            r.object2 for r in self.relations if r.object2 is not None}
+        free = [i for i in range(len(self.subjects)) if i not in in_relation]
+        if free:
+            sentences.append(_join([self.subject_phrase(i) for i in free]))
+            named.update(free)
+
+        def ref(i: int) -> str:
+            phrase = self.subject_phrase(i, definite=i in named)
+            named.add(i)
+            return phrase
+
+        for r in self.relations:
+            s = ref(r.subject)
+            verb = "are" if self.subjects[r.subject].count > 1 else "is"
+            if s.split()[-1].endswith("ing"):     # "a cat sitting on a table" needs no verb
+                verb = ""
+            o = ref(r.object)
+            if r.relation == "between":
+                o += " and " + ref(r.object2)
+            sentences.append(" ".join(filter(None, [s, verb, RELATION_TEXT[r.relation], o])))
+        if self.scene:
+            if sentences:
+                sentences[0] += ", " + self.scene
+            else:
+                sentences.append(self.scene)
+        style = [getattr(self.style, k) for k in STYLE_FIELDS if getattr(self.style, k)]
+        if self.composition:
+            style.append(self.composition)
+        if style:
+            sentences.append(", ".join(style))
+        if self.unparsed:
+            sentences.append(", ".join(u.strip() for u in self.unparsed))
+        return " ".join(_sentence(s) for s in sentences if s.strip())
+
+    def negative_text(self) -> str:
+        """The negatives as a comma list ("people, text"), for a negative prompt."""
+        return ", ".join(self.negatives)
+
+    def summary(self) -> str:
+        """One short line for the node UI."""
+        parts = [", ".join(f"{s.count} {' '.join(filter(None, [s.color, s.noun]))}" for s in self.subjects)
+                 or "no subjects"]
+        if self.relations:
+            parts.append("; ".join(
+                f"{_short(self.subjects[r.subject])} {r.relation} {_short(self.subjects[r.object])}"
+                + (f" and {_short(self.subjects[r.object2])}" if r.object2 is not None else "")
+                for r in self.relations))
+        if self.scene:
+            parts.append(self.scene)
+        style = ", ".join(x for x in [getattr(self.style, k) for k in STYLE_FIELDS] + [self.composition] if x)
+        if style:
+            parts.append(style)
+        if self.negatives:
+            parts.append("no " + ", ".join(self.negatives))
+        if self.unparsed:
+            parts.append(f"{len(self.unparsed)} unparsed")
+        return " | ".join(parts)
+
+    def regions(self) -> list[tuple[str, tuple[float, float, float, float]]]:
+        """(text, (x0, y0, x1, y1)) for every subject instance, for regional guidance."""
+        plan = self if self.layout or not self.subjects else self.with_layout()
+        return [(plan.subject_phrase(b.subject, one=True, with_position=False), b.xyxy)
+                for b in sorted(plan.layout, key=lambda b: (b.subject, b.instance))]
+
+
+def make_plan(prompt: str) -> Plan:
+    """Plan a prompt: deterministic, pure Python, no model.
+
+    A relation that cannot hold together with the earlier ones (a prompt that contradicts
+    itself) is moved, as written, into `unparsed` rather than silently dropped.
+    """
+    if not isinstance(prompt, str):
+        raise PlanError(f"the prompt must be a string, got {type(prompt).__name__}")
+    data, rel_texts = parse_prompt(prompt)
+    subjects = [Subject(s["noun"], s["count"], s["color"], s["attributes"]) for s in data["subjects"]]
+    relations = [Relation(r["subject"], r["object"], r["relation"], r.get("object2")) for r in data["relations"]]
+    plan = Plan(subjects=subjects, relations=relations, scene=data["scene"], style=Style(**data["style"]),
+                composition=data["composition"], negatives=data["negatives"], unparsed=data["unparsed"])
+    dropped: list[str] = []
+    while True:
+        plan = replace(plan, layout=_layout_boxes(plan))
+        bad = plan.violations()
+        if not bad:
+            break
+        i = bad[-1]
+        dropped.append(rel_texts[i])
+        del rel_texts[i]
+        plan = replace(plan, relations=plan.relations[:i] + plan.relations[i + 1:])
+    if dropped:
+        plan = replace(plan, unparsed=plan.unparsed + dropped[::-1])
+    return plan
+
+
+def parse_llm_output(text: str) -> Plan:
+    """Same as `Plan.from_text`."""
+    return Plan.from_text(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+def _layout_boxes(plan: Plan) -> list[Box]:
+    counts = [s.count for s in plan.subjects]
+    rels = [(r.subject, r.object, r.relation, r.object2) for r in plan.relations]
+    boxes = compute_layout(counts, rels, plan.positions(), [s.attributes for s in plan.subjects])
+    return [Box(i, k, *b) for i, bs in enumerate(boxes) for k, b in enumerate(bs)]
+
+
+def _check_box(b, i: int, subjects: list[Subject], check_instance: bool = True) -> None:
+    where, n = f"layout[{i}]", len(subjects)
+    _check(isinstance(b, Box), f"{where} must be an object with subject, instance, x0, y0, x1, y1")
+    _check(isinstance(b.subject, int) and not isinstance(b.subject, bool) and 0 <= b.subject < n,
+           f"{where}.subject must be the index of a subject (0 to {n - 1}); got {b.subject!r}")
+    cnt = subjects[b.subject].count
+    _check(isinstance(b.instance, int) and not isinstance(b.instance, bool)
+           and 0 <= b.instance < (cnt if check_instance else MAX_COUNT),
+           f"{where}.instance must be 0 to {cnt - 1} (subjects[{b.subject}].count is {cnt}); got {b.instance!r}")
+    for name in ("x0", "y0", "x1", "y1"):
+        v = getattr(b, name)
+        _check(isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0,
+               f"{where}.{name} must be a number between 0 and 1; got {v!r}")
+    _check(b.x0 < b.x1, f"{where}: x0 must be smaller than x1 (got {b.x0} >= {b.x1})")
+    _check(b.y0 < b.y1, f"{where}: y0 must be smaller than y1 (got {b.y0} >= {b.y1})")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise PlanError(message)
+
+
+def _list(data: dict, key: str) -> list:
+    v = data.get(key, [])
+    if v is None:
+        v = []
+    _check(isinstance(v, list), f"{key} must be a list")
+    return v
+
+
+def _string(v, where: str) -> str:
+    if v is None:
+        return ""
+    _check(isinstance(v, str), f"{where} must be a string; got {v!r}")
+    return v
+
+
+def _strings(v, where: str) -> list[str]:
+    if v is None:
+        return []
+    _check(isinstance(v, list) and all(isinstance(x, str) for x in v), f"{where} must be a list of strings")
+    return list(v)
+
+
+def _fields(obj, where: str, cls, required: tuple[str, ...]) -> dict:
+    _check(isinstance(obj, dict), f"{where} must be an object with {', '.join(f.name for f in fields(cls))}")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(obj) - names)
+    _check(not unknown, f"unknown field {where}.{unknown[0]} (fields: {', '.join(sorted(names))})" if unknown else "")
+    for r in required:
+        _check(r in obj, f"{where}.{r} is missing")
+    return obj
+
+
+def _subject(obj, i: int) -> Subject:
+    d = _fields(obj, f"subjects[{i}]", Subject, ("noun",))
+    color = d.get("color")
+    if isinstance(color, str):
+        color = COLOR_ALIASES.get(color.strip().lower(), color.strip().lower()) or None
+    attrs = d.get("attributes", [])
+    _check(isinstance(attrs, list), f"subjects[{i}].attributes must be a list of strings")
+    return Subject(noun=d["noun"], count=d.get("count", 1), color=color, attributes=list(attrs))
+
+
+def _relation(obj, i: int) -> Relation:
+    d = _fields(obj, f"relations[{i}]", Relation, ("subject", "object", "relation"))
+    rel = d["relation"]
+    if isinstance(rel, str):
+        rel = " ".join(rel.lower().replace("_", " ").split())
+    return Relation(d["subject"], d["object"], rel, d.get("object2"))
+
+
+def _box(obj, i: int) -> Box:
+    d = _fields(obj, f"layout[{i}]", Box, ("subject", "instance", "x0", "y0", "x1", "y1"))
+    return Box(**d)
+
+
+def _join(items: list[str]) -> str:
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _sentence(s: str) -> str:
+    s = s.strip()
+    s = s[:1].upper() + s[1:]
+    return s if s[-1:] in ".!?" else s + "."
+
+
+def _short(s: Subject) -> str:
+    return " ".join(filter(None, [s.color, s.noun]))
