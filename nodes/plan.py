@@ -31,7 +31,6 @@ class Uni1ReasoningPlan:
         "The plan as JSON; edit a copy and paste it into plan_json to pin it.",
     )
     FUNCTION = "plan"
-    OUTPUT_NODE = True   # so the summary shows even when nothing downstream uses the strings
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -73,7 +73,7 @@ class Uni1SJDSampler:
                                           "tooltip": "Softmax temperature of the image-token distribution."}),
                 "top_k": ("INT", {"default": 4096, "min": 0, "max": 65536,
                                   "tooltip": "Keep the k most likely image tokens (0 = all). Lumina-mGPT 2.0: 4096."}),
-                "top_p": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                "top_p": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
                                     "tooltip": "Nucleus sampling: keep the smallest set of tokens with this total "
                                                "probability (1 = off)."}),
                 "window": ("INT", {"default": 0, "min": 0, "max": 256,
@@ -107,8 +107,8 @@ class Uni1SJDSampler:
             width, height = cond.shape[1] * 8, cond.shape[0] * 16
 
         pipe = model.ready()
-        policy = pipe.with_policy(cfg=float(cfg), temperature=float(temperature), top_k=int(top_k),
-                                  top_p=float(top_p))
+        policy = pipe.with_policy(cfg_scale=float(cfg), temperature=float(temperature),
+                                  top_k=int(top_k) or None, top_p=float(top_p) if top_p < 1 else None)
         movq = vq.ready() if vq is not None else None
         grid_rows, grid_cols = height // 8, width // 8
         total = grid_rows * (grid_cols + 1) + 1
@@ -120,7 +120,8 @@ class Uni1SJDSampler:
                     plan if plan is not None else prompt, width, height, mode=mode, policy=policy,
                     seeds=seeds, window=int(window) or None, regional=bool(regional), use_plan=True,
                     condition=cond, task=task, on_progress=progress.on_progress,
-                    on_preview=progress.on_preview, should_cancel=runtime.interrupted)
+                    on_preview=progress.on_preview if movq is not None else None,
+                    should_cancel=runtime.interrupted)
         except Cancelled:
             runtime.raise_interrupt()
         finally:
@@ -131,18 +132,19 @@ class Uni1SJDSampler:
         return {"ui": {"uni1_stats": [text]}, "result": (tokens, text)}
 
 
+def finished_rows(done_mask: torch.Tensor) -> int:
+    """How many leading rows of the first image are complete, from the sampler's (B, rows, cols)
+    mask of drawn cells (SJD drafts run ahead, so later cells may be drawn before a row completes)."""
+    complete = done_mask[0].all(dim=1).long()
+    return int(complete.cumprod(0).sum())
+
+
 def _previewer(movq, rows: int, cols: int):
-    """preview_fn for runtime.Progress: decode the rows finished so far of the first image."""
-    def preview(*partial):
-        codes = next((p for p in partial if torch.is_tensor(p)), None)
-        if codes is None:
-            return None
-        codes = codes.to("cpu", torch.long)
-        if codes.dim() == 3:
-            codes = codes[0]
-        done = next((int(p) for p in partial if isinstance(p, int)), codes.shape[0])
-        done = min(done, codes.shape[0], rows)
+    """preview_fn for runtime.Progress: the sampler's on_preview(codes, done_mask) -> the finished
+    rows of the first image, decoded and padded to the full size."""
+    def preview(codes, done_mask):
+        done = min(finished_rows(done_mask), rows)
         if done <= 0:
             return None
-        return codes_to_pil(movq, codes[:done][None], full_rows=rows)
+        return codes_to_pil(movq, codes[:1, :done].to("cpu", torch.long), full_rows=rows)
     return preview

@@ -397,14 +397,14 @@ def test_progress_throttles_previews_and_survives_a_failing_one(comfy):
     runtime = comfy.nodes.runtime
     drawn = []
 
-    def draw(codes, rows):
-        drawn.append(rows)
+    def draw(codes, mask):
+        drawn.append(mask)
         from PIL import Image
         return Image.new("RGB", (8, 8))
     progress = runtime.Progress(100, preview_fn=draw, preview_every=3600)
     progress._last_preview = -1e9        # the first preview is due at once
     for step in range(1, 11):
-        progress.on_preview(torch.zeros(1, step, 2), step)
+        progress.on_preview(torch.zeros(1, step, 2), step)   # any two values: passed through
         progress.on_progress(step, 100)
     assert drawn == [1], "a second preview inside the throttle interval"
     values = [c[0] for c in comfy.calls["progress"]]
@@ -436,10 +436,115 @@ def test_cancel_becomes_comfyui_interrupt(comfy):
 
 
 def test_preview_decodes_finished_rows_padded_to_full_size(comfy):
-    preview = comfy.nodes.sampler._previewer(FakeMoVQ(), rows=4, cols=3)
+    sampler = comfy.nodes.sampler
+    preview = sampler._previewer(FakeMoVQ(), rows=4, cols=3)
     codes = torch.full((2, 4, 3), 15)
-    image = preview(codes, 2)
+    done = torch.zeros(2, 4, 3, dtype=torch.bool)
+    assert preview(codes, done) is None
+    done[0, :2] = True
+    done[0, 3, 0] = True            # a draft ran ahead into row 3: row 2 is still unfinished
+    assert sampler.finished_rows(done) == 2
+    image = preview(codes, done)
     assert image.size == (24, 32)
     top, bottom = image.getpixel((0, 0)), image.getpixel((0, 31))
     assert top[0] > 200 and bottom == (128, 128, 128)
-    assert preview(codes, 0) is None
+    done[0] = True
+    assert sampler.finished_rows(done) == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# example workflows: the UI JSON (drag and drop) and its API twin (what /prompt runs) agree
+
+WORKFLOWS = ROOT / "example_workflows"
+UI_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+# The core nodes the examples use, as ComfyUI's /object_info describes them.
+CORE_NODES = {
+    "SaveImage": {"display_name": "Save Image", "input": {"required": {
+        "images": ["IMAGE"], "filename_prefix": ["STRING", {"default": "ComfyUI"}]}}},
+    "PreviewImage": {"display_name": "Preview Image", "input": {"required": {"images": ["IMAGE"]}}},
+    "LoadImage": {"display_name": "Load Image", "input": {"required": {
+        "image": [["example.png"], {"image_upload": True}]}}},
+}
+
+
+def widget_inputs(spec):
+    """(name, extra) for each input the UI draws as a widget, in widgets_values order; `extra`
+    counts the values the front end stores after it (a seed's control_after_generate mode, an
+    image's upload button)."""
+    out = []
+    for section in ("required", "optional"):
+        for name, entry in spec.get(section, {}).items():
+            kind, options = entry[0], (entry[1] if len(entry) > 1 else {})
+            if options.get("forceInput") or not (isinstance(kind, list) or kind in WIDGET_TYPES):
+                continue
+            seed = kind == "INT" and (options.get("control_after_generate") or name in ("seed", "noise_seed"))
+            out.append((name, 1 if seed or options.get("image_upload") else 0))
+    return out
+
+
+def ui_to_api(ui, object_info):
+    """Convert a UI-format workflow to the API format with node definitions from /object_info."""
+    links = {link[0]: link for link in ui["links"]}
+    api = {}
+    for node in sorted(ui["nodes"], key=lambda n: n["id"]):
+        if node["type"] in UI_ONLY or node.get("mode", 0) in (2, 4):   # notes, muted, bypassed
+            continue
+        info = object_info[node["type"]]
+        values, inputs, i = list(node.get("widgets_values", [])), {}, 0
+        for name, extra in widget_inputs(info["input"]):
+            inputs[name] = values[i]
+            i += 1 + extra
+        assert i == len(values), f"node {node['id']} ({node['type']}): {len(values)} widget values, expected {i}"
+        for slot in node.get("inputs", []):
+            if slot.get("link") is not None:
+                link = links[slot["link"]]
+                assert link[3] == node["id"], f"link {link[0]} does not end at node {node['id']}"
+                inputs[slot["name"]] = [str(link[1]), link[2]]
+        api[str(node["id"])] = {"inputs": inputs, "class_type": node["type"],
+                                "_meta": {"title": node.get("title") or info["display_name"]}}
+    return api
+
+
+def pack_object_info(pack):
+    info = {name: {"display_name": pack.NODE_DISPLAY_NAME_MAPPINGS[name], "input": cls.INPUT_TYPES()}
+            for name, cls in pack.NODE_CLASS_MAPPINGS.items()}
+    return json.loads(json.dumps({**CORE_NODES, **info}))   # as the server would serve it
+
+
+def ui_workflows():
+    return sorted(p for p in WORKFLOWS.glob("*.json") if not p.name.endswith(".api.json"))
+
+
+def test_there_are_the_three_example_workflows():
+    names = [p.stem for p in ui_workflows()]
+    assert names == ["uni1_demo_text_to_image", "uni1_lumina_mgpt2_text_to_image",
+                     "uni1_omni_image_conditioned"]
+
+
+@pytest.mark.parametrize("path", ui_workflows(), ids=lambda p: p.stem)
+def test_ui_workflow_and_api_twin_agree(comfy, path):
+    ui = json.loads(path.read_text())
+    twin = json.loads(path.with_name(path.stem + ".api.json").read_text())
+    info = pack_object_info(comfy.pack)
+    assert ui_to_api(ui, info) == twin
+    # every link in the UI graph connects sockets of the same type, as the editor enforces
+    for link_id, src, src_slot, dst, dst_slot, kind in ui["links"]:
+        nodes = {n["id"]: n for n in ui["nodes"]}
+        assert nodes[src]["outputs"][src_slot]["type"] == kind == nodes[dst]["inputs"][dst_slot]["type"]
+    # widget values pass the nodes' own validation (combos, ranges)
+    for node in twin.values():
+        spec = info[node["class_type"]]["input"]
+        entries = {**spec["required"], **spec.get("optional", {})}
+        for name, value in node["inputs"].items():
+            kind, options = entries[name][0], (entries[name][1] if len(entries[name]) > 1 else {})
+            if isinstance(value, list):
+                continue
+            if isinstance(kind, list) and node["class_type"] != "LoadImage":
+                assert value in kind, f"{name}={value!r}"
+            if kind in ("INT", "FLOAT"):
+                assert options.get("min", value) <= value <= options.get("max", value), f"{name}={value}"
+    for cls in ("Uni1ModelLoader", "Uni1VQLoader"):
+        for node in (n for n in twin.values() if n["class_type"] == cls):
+            arg = "model_name" if cls == "Uni1ModelLoader" else "vq_name"
+            assert comfy.pack.NODE_CLASS_MAPPINGS[cls].VALIDATE_INPUTS(**{arg: node["inputs"][arg]}) is True

@@ -17,7 +17,8 @@ function showText(node, text) {
     let widget = node.widgets?.find((w) => w.name === READOUT);
     if (!widget) {
         widget = ComfyWidgets["STRING"](node, READOUT, ["STRING", { multiline: true }], app).widget;
-        widget.serialize = false; // never saved into the workflow or sent to the server
+        widget.serialize = false; // a display: never saved into the workflow or sent to the server
+        widget.options = { ...(widget.options ?? {}), serialize: false };
         const el = widget.inputEl;
         if (el) {
             el.readOnly = true;
@@ -57,12 +58,12 @@ function setupPlanNode(nodeType) {
             }
             target.value = this.uni1PlanJson;
             this.setDirtyCanvas?.(true, true);
-        });
+        }, { serialize: false });
         this.addWidget("button", "unpin (plan from the prompt)", null, () => {
             const target = this.widgets?.find((w) => w.name === "plan_json");
             if (target) target.value = "";
             this.setDirtyCanvas?.(true, true);
-        });
+        }, { serialize: false });
     };
 }
 
