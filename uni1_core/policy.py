@@ -198,7 +198,8 @@ def region_weights(boxes, grid, feather: float = 2.0) -> torch.Tensor:
     """(R, rows, cols) float32 weights in [0, 1] of R boxes (x0, y0, x1, y1), normalised to 0..1.
 
     A code cell's weight is 1 well inside its box and 0 outside, with a linear ramp `feather`
-    cells wide centred on the border (feather 0: a hard edge). Measured at cell centres.
+    cells wide centred on the border (feather 0: a hard edge). Measured at cell centres; box
+    edges on the image border are not feathered.
     """
     out = torch.zeros(len(boxes), grid.rows, grid.cols, dtype=torch.float32)
     y = (torch.arange(grid.rows, dtype=torch.float64) + 0.5) / grid.rows
@@ -210,8 +211,10 @@ def region_weights(boxes, grid, feather: float = 2.0) -> torch.Tensor:
         if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
             raise ValueError(f"region box {i} = {box!r} must satisfy 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 "
                              "(normalised to the image)")
-        dx = torch.minimum(x - x0, x1 - x) * grid.cols          # signed distance to the border, in cells
-        dy = torch.minimum(y - y0, y1 - y) * grid.rows
+        # signed distance to the box border in cells; an edge on the canvas border is no border
+        far_x, far_y = torch.full_like(x, float("inf")), torch.full_like(y, float("inf"))
+        dx = torch.minimum(x - x0 if x0 > 0 else far_x, x1 - x if x1 < 1 else far_x) * grid.cols
+        dy = torch.minimum(y - y0 if y0 > 0 else far_y, y1 - y if y1 < 1 else far_y) * grid.rows
         d = torch.minimum(dy[:, None], dx[None, :])
         w = (d > 0).double() if feather == 0 else (0.5 + d / feather).clamp(0, 1)
         out[i] = w.float()
