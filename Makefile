@@ -26,7 +26,11 @@ test-venv: $(VENV)/.test
 demo: $(VENV)/.runtime
 	$(VPY) -m uni1_core generate --prompt "$(PROMPT)" --out $(OUT) --mode sjd_coupled --seed 0
 
-test: $(VENV)/.test
+# A real ComfyUI server for tests/test_comfy_server.py (.venv-comfy; a stamp makes reruns free).
+comfy-venv:
+	PY=$(PY) bash scripts/comfy_env.sh
+
+test: $(VENV)/.test comfy-venv
 	$(VPY) -m pytest -q tests
 
 clean:

@@ -548,3 +548,32 @@ def test_ui_workflow_and_api_twin_agree(comfy, path):
         for node in (n for n in twin.values() if n["class_type"] == cls):
             arg = "model_name" if cls == "Uni1ModelLoader" else "vq_name"
             assert comfy.pack.NODE_CLASS_MAPPINGS[cls].VALIDATE_INPUTS(**{arg: node["inputs"][arg]}) is True
+
+
+# ---------------------------------------------------------------------------------------------
+# the reasoning plan node (uni1_core's planner is light: no model involved)
+
+def test_plan_node_outputs_plan_text_and_json_and_pins_an_edited_plan(comfy):
+    node = comfy.pack.NODE_CLASS_MAPPINGS["Uni1ReasoningPlan"]()
+    out = node.plan("two red circles to the left of a blue square")
+    plan, text, as_json = out["result"]
+    assert text == plan.conditioning_text() and "circle" in text
+    assert out["ui"]["uni1_plan_summary"] == [plan.summary()]
+    assert out["ui"]["uni1_plan_json"] == [as_json] and out["ui"]["uni1_conditioning"] == [text]
+    # edit the JSON (blue square -> green square) and pin it: the prompt is then ignored
+    edited = json.loads(as_json)
+    edited["subjects"][1]["color"] = "green"
+    pinned, pinned_text, _ = node.plan("anything at all", json.dumps(edited))["result"]
+    assert "green square" in pinned_text and "blue" not in pinned_text
+    assert pinned.to_json() == type(plan).from_json(json.dumps(edited)).to_json()
+
+
+@pytest.mark.parametrize("prompt, plan_json, words", [
+    ("a cat", "{not json", "plan_json input is not a valid Uni1 plan"),
+    ("a cat", '{"subjects": 3}', "plan_json input is not a valid Uni1 plan"),
+    ("   ", "", "prompt is empty"),
+])
+def test_plan_node_explains_bad_input(comfy, prompt, plan_json, words):
+    node = comfy.pack.NODE_CLASS_MAPPINGS["Uni1ReasoningPlan"]()
+    with pytest.raises(ValueError, match=words):
+        node.plan(prompt, plan_json)
