@@ -288,3 +288,18 @@ def test_model_built_from_a_minimal_config(tmp_path):
     cache = loaded.new_cache(2, 8)
     steps = torch.cat([loaded(ids[:, :4], cache=cache), loaded(ids[:, 4:], cache=cache)], 1)
     torch.testing.assert_close(steps, logits, atol=ATOL, rtol=0)
+
+
+def test_from_pretrained_builds_on_meta(checkpoints, monkeypatch):
+    """The network is created on the meta device (no random init, no second copy of the weights)."""
+    devices = []
+    build = Uni1Model.__init__
+
+    def spy(self, config):
+        build(self, config)
+        devices.append(self.lm_head.weight.device.type)
+
+    monkeypatch.setattr(Uni1Model, "__init__", spy)
+    model = Uni1Model.from_pretrained(checkpoints["gqa_prenorm"][0], dtype=torch.float32)
+    assert devices == ["meta"]
+    assert not any(p.is_meta for p in model.parameters())
