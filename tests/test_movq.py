@@ -312,6 +312,7 @@ def test_dtype_and_codebook_precision(small, tmp_path):
     torch.save(small.state_dict(), tmp_path / "m.ckpt")
     half = MoVQ.from_pretrained(tmp_path / "m.ckpt", dtype=torch.bfloat16)
     assert half.dtype == torch.bfloat16 and half.quantize.embedding.weight.dtype == torch.float32
+    assert torch.equal(half.quantize.embedding.weight, small.quantize.embedding.weight)  # not rounded to bf16
     out = half.decode(codes_for(small))
     assert out.dtype == torch.bfloat16
     assert (out.float() - small.decode(codes_for(small))).abs().max().item() < 0.1

@@ -13,7 +13,6 @@ when gradients are on) and `decode_latents` are the pieces of `forward`.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
@@ -22,6 +21,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
+from .movq_load import check_state_dict, convert_ckpt_to_safetensors, infer_config, load_state_dict, resolve_movq_file
+
+__all__ = ["MoVQ", "MoVQConfig", "convert_ckpt_to_safetensors", "pil_to_tensor", "tensor_to_pil", "center_crop"]
 
 # Cap on the number of query positions per attention call and on positions per quantiser
 # distance block: bounds the (queries x keys) and (positions x codes) scratch matrices, which
@@ -73,12 +76,16 @@ class MoVQConfig:
     def from_state_dict(cls, sd: dict, norm_groups: int = 32) -> "MoVQConfig":
         """Read the shape from original-layout weights. Only shapes are inspected; the caller checks
         every key and shape against a model built from the result (see `check_state_dict`)."""
-        from uni1_core.movq_load import infer_config  # loading concerns live in movq_load
-
         return infer_config(sd, norm_groups=norm_groups)
 
 
 # ----------------------------------------------------------------------------- building blocks
+
+
+def swish(x: torch.Tensor) -> torch.Tensor:
+    # In place at inference: the activation is a fresh norm output, and at 768 x 768 a copy of it
+    # is the largest tensor of the decoder.
+    return F.silu(x, inplace=not torch.is_grad_enabled())
 
 
 class SpatialNorm(nn.Module):
@@ -130,8 +137,8 @@ class ResnetBlock(nn.Module):
             self.nin_shortcut = nn.Conv2d(cin, cout, 1)
 
     def forward(self, x: torch.Tensor, zq: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.conv1(F.silu(apply_norm(self.norm1, x, zq)))
-        h = self.conv2(F.silu(apply_norm(self.norm2, h, zq)))
+        h = self.conv1(swish(apply_norm(self.norm1, x, zq)))
+        h = self.conv2(swish(apply_norm(self.norm2, h, zq)))
         if hasattr(self, "nin_shortcut"):
             x = self.nin_shortcut(x)
         return x + h
@@ -151,7 +158,8 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor, zq: torch.Tensor | None = None) -> torch.Tensor:
         B, C, H, W = x.shape
         h = apply_norm(self.norm, x, zq)
-        q, k, v = (conv(h).flatten(2).transpose(1, 2).unsqueeze(1) for conv in (self.q, self.k, self.v))
+        # (B, 1 head, H*W, C), contiguous: the fused SDPA kernels want unit stride on the last dim
+        q, k, v = (conv(h).flatten(2).transpose(1, 2).unsqueeze(1).contiguous() for conv in (self.q, self.k, self.v))
         # Softmax is per query row, so splitting the queries is exact; it bounds the score
         # matrix when SDPA falls back to its plain kernel (head dim C is too wide for flash).
         out = torch.cat(
@@ -233,7 +241,7 @@ class Encoder(nn.Module):
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         h = run_mid(self.mid, h, None)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(swish(self.norm_out(h)))
 
 
 class Decoder(nn.Module):
@@ -273,7 +281,7 @@ class Decoder(nn.Module):
                     h = level.attn[j](h, zq)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h, zq)))
+        return self.conv_out(swish(self.norm_out(h, zq)))
 
 
 class VectorQuantizer(nn.Module):
@@ -431,8 +439,6 @@ class MoVQ(nn.Module):
         """Load from a .ckpt (read with torch.load(weights_only=True): no code runs), a .safetensors
         file, a folder holding one, or a Hugging Face repo id (default file movqgan_270M.ckpt).
         The shape is read from the weights. The codebook stays fp32 (distances are fp32)."""
-        from uni1_core.movq_load import load_state_dict, resolve_movq_file, check_state_dict
-
         path = resolve_movq_file(path_or_repo_id, cache_dir=cache_dir, filename=filename)
         sd = load_state_dict(path)
         cfg = MoVQConfig.from_state_dict(sd)
@@ -440,16 +446,9 @@ class MoVQ(nn.Module):
             model = cls(cfg)
         check_state_dict(model, sd, path)
         model.load_state_dict(sd, strict=True, assign=True)
-        model = model.to(device=device, dtype=dtype)
-        model.quantize.float()
+        for name, child in model.named_children():  # the codebook keeps its stored precision, in fp32
+            child.to(device=device, dtype=torch.float32 if name == "quantize" else dtype)
         return model.eval().requires_grad_(False)
-
-
-def convert_ckpt_to_safetensors(src: str | os.PathLike, dst: str | os.PathLike) -> MoVQConfig:
-    """Convert a MoVQGAN .ckpt to .safetensors once (restricted read; training-only keys dropped)."""
-    from uni1_core.movq_load import convert_ckpt_to_safetensors as convert
-
-    return convert(src, dst)
 
 
 # ----------------------------------------------------------------------------- pixels

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from uni1_core.checkpoint import CheckpointError, download_file
+from .checkpoint import CheckpointError, download_file
 
 DEFAULT_REPO = "ai-forever/MoVQGAN"
 DEFAULT_FILENAME = "movqgan_270M.ckpt"
@@ -162,7 +162,7 @@ def shape_of(sd: dict, key: str) -> tuple[int, ...]:
 
 def infer_config(sd: dict, norm_groups: int = 32):
     """MoVQConfig from original-layout weight shapes (the nominal resolution is taken as 256)."""
-    from uni1_core.movq import MoVQConfig
+    from .movq import MoVQConfig  # (movq imports this module: import here, not at the top)
 
     ch, in_channels = shape_of(sd, "encoder.conv_in.weight")[:2]
     levels = indices(sd, "encoder.down.")
@@ -225,7 +225,7 @@ def convert_ckpt_to_safetensors(src: str | os.PathLike, dst: str | os.PathLike):
     (safetensors, original key names and dtype). Returns the MoVQConfig."""
     from safetensors.torch import save_file
 
-    from uni1_core.movq import MoVQ
+    from .movq import MoVQ
 
     src, dst = Path(src), Path(dst)
     sd = load_state_dict(src)
