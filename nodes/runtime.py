@@ -84,6 +84,21 @@ def _force_full_load_kwargs() -> dict:
     return {"force_full_load": True} if "force_full_load" in params else {}
 
 
+class PatcherHandle(torch.nn.Module):
+    """The module ComfyUI's ModelPatcher manages: a plain container around a uni1_core module.
+
+    ModelPatcher writes bookkeeping attributes onto the module it manages (`device`,
+    `model_lowvram`, `model_loaded_weight_memory`, ...); uni1_core modules expose `device` as a
+    read-only property, so ComfyUI gets this container instead. Moving it moves `inner`."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args, **kwargs):
+        return self.inner(*args, **kwargs)
+
+
 @dataclass
 class Managed:
     """A torch module registered with ComfyUI's model manager (or plain, outside ComfyUI)."""
@@ -96,7 +111,8 @@ class Managed:
             return cls(module.to(torch_device()))
         patcher_cls = getattr(comfy_model_patcher, "CoreModelPatcher", None) or comfy_model_patcher.ModelPatcher
         size = mm.module_size(module) if hasattr(mm, "module_size") else 0
-        patcher = patcher_cls(module, load_device=torch_device(), offload_device=offload_device(), size=size)
+        patcher = patcher_cls(PatcherHandle(module), load_device=torch_device(), offload_device=offload_device(),
+                              size=size)
         return cls(module, patcher)
 
     def load(self) -> torch.nn.Module:

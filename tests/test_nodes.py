@@ -383,7 +383,10 @@ def test_dtype_choice(comfy):
 def test_models_go_through_load_models_gpu_with_full_load_when_supported(comfy, tmp_path, monkeypatch):
     module = torch.nn.Linear(4, 4)
     managed = comfy.nodes.runtime.Managed.wrap(module)
-    assert managed.patcher.model is module and managed.patcher.size == 4 * 4 * 4 + 4 * 4
+    assert managed.patcher.model.inner is module and managed.patcher.size == 4 * 4 * 4 + 4 * 4
+    # ComfyUI's patcher writes bookkeeping onto the module it manages; it gets a plain container
+    managed.patcher.model.device = torch.device("cpu")
+    assert list(managed.patcher.model.parameters()) == list(module.parameters())
     assert managed.load() is module
     assert comfy.calls["load_models_gpu"] == [([managed.patcher], True)]
     # the 2024 ComfyUI has no force_full_load keyword: it must not be passed
