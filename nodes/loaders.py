@@ -57,11 +57,11 @@ class Uni1ModelLoader:
                 "default": paths.DEMO,
                 "tooltip": "'demo' is the tiny model shipped with the pack (runs on a CPU in seconds). Other "
                            "entries are folders in ComfyUI/models/uni1/ (with config.json) or Hugging Face repo "
-                           "ids, downloaded into that folder on first use (Lumina-mGPT 2.0: about 14 GB)."}),
+                           "ids, downloaded into that folder on first use (Lumina-mGPT 2.0: 7B parameters, about 15 GB)."}),
             "dtype": (list(runtime.DTYPES), {
                 "default": "auto",
                 "tooltip": "Weight precision. auto: float32 on a CPU, bfloat16 on GPUs that support it, else "
-                           "float16. bfloat16 halves memory (Lumina-mGPT 2.0 needs about 16 GB of VRAM in bf16)."}),
+                           "float16. bfloat16 halves memory: Lumina-mGPT 2.0 holds about 15 GB of weights in bf16, plus its KV cache while sampling."}),
         }}
 
     @classmethod
