@@ -451,3 +451,22 @@ def test_center_crop_follows_the_reference_steps():
     assert np.array_equal(np.asarray(out), np.asarray(step.crop((85, 0, 341, 256))))
     tall = center_crop(Image.new("RGB", (300, 500)), 512, 256)  # upscaling to cover, no halving
     assert tall.size == (512, 256)
+
+
+def test_save_pretrained_keeps_what_shapes_cannot_tell(tmp_path):
+    cfg = MoVQConfig(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,), resolution=32, n_embed=8, norm_groups=8)
+    model = randomised(cfg, seed=2)
+    model.save_pretrained(tmp_path / "movq.safetensors")
+    loaded = MoVQ.from_pretrained(tmp_path)
+    assert loaded.cfg == cfg  # 8 norm groups and the nominal resolution came from the metadata
+    codes = torch.arange(6).view(1, 2, 3)
+    assert torch.equal(loaded.decode(codes), model.decode(codes))
+
+
+def test_decoder_that_disagrees_with_the_encoder_is_refused(small, tmp_path):
+    other = MoVQ(MoVQConfig(ch=64, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(128,), n_embed=16))
+    mixed = {k: v for k, v in small.state_dict().items() if not k.startswith("decoder.")}
+    mixed.update({k: v for k, v in other.state_dict().items() if k.startswith("decoder.")})
+    torch.save(mixed, tmp_path / "mixed.ckpt")
+    with pytest.raises(MoVQLoadError, match=r"mixed\.ckpt do not fit a consistent MoVQGAN.*wrong shapes: decoder\."):
+        MoVQ.from_pretrained(tmp_path / "mixed.ckpt")

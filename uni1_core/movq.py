@@ -22,7 +22,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .movq_load import check_state_dict, convert_ckpt_to_safetensors, infer_config, load_state_dict, resolve_movq_file
+from .movq_load import (
+    check_state_dict,
+    config_for,
+    convert_ckpt_to_safetensors,
+    infer_config,
+    load_state_dict,
+    resolve_movq_file,
+    write_safetensors,
+)
 
 __all__ = ["MoVQ", "MoVQConfig", "convert_ckpt_to_safetensors", "pil_to_tensor", "tensor_to_pil", "center_crop"]
 
@@ -438,10 +446,11 @@ class MoVQ(nn.Module):
     ) -> "MoVQ":
         """Load from a .ckpt (read with torch.load(weights_only=True): no code runs), a .safetensors
         file, a folder holding one, or a Hugging Face repo id (default file movqgan_270M.ckpt).
-        The shape is read from the weights. The codebook stays fp32 (distances are fp32)."""
+        The shape is read from the weights (or from the config that save_pretrained stored with
+        them), then every key and shape is checked. The codebook stays fp32 (distances are fp32)."""
         path = resolve_movq_file(path_or_repo_id, cache_dir=cache_dir, filename=filename)
         sd = load_state_dict(path)
-        cfg = MoVQConfig.from_state_dict(sd)
+        cfg = config_for(sd, path)
         with torch.device("meta"):
             model = cls(cfg)
         check_state_dict(model, sd, path)
@@ -449,6 +458,10 @@ class MoVQ(nn.Module):
         for name, child in model.named_children():  # the codebook keeps its stored precision, in fp32
             child.to(device=device, dtype=torch.float32 if name == "quantize" else dtype)
         return model.eval().requires_grad_(False)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Weights (original key names) and config to one .safetensors file that from_pretrained reads."""
+        write_safetensors(self.state_dict(), self.cfg, path)
 
 
 # ----------------------------------------------------------------------------- pixels

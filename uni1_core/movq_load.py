@@ -8,8 +8,10 @@ import or call code. A file it refuses is reported, never retried unrestricted.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -25,6 +27,10 @@ MODEL_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.", "qu
 # Training-only state that release checkpoints may carry next to the model (the reference loads
 # with strict=False): the perceptual/GAN loss with its discriminator, and EMA copies.
 TRAINING_ONLY_PREFIXES = ("loss.", "discriminator.", "ema_", "model_ema.")
+
+# safetensors metadata entry holding the MoVQConfig as JSON (written by save_pretrained and
+# convert): it carries what shapes cannot tell, such as the norm group count of a small model.
+CONFIG_METADATA_KEY = "movq_config"
 
 # Folder contents we look for, in order of preference.
 FOLDER_CANDIDATES = ("movq.safetensors", "movqgan_270M.safetensors", "movqgan_270M.ckpt", "movq.ckpt")
@@ -195,6 +201,24 @@ def infer_config(sd: dict, norm_groups: int = 32):
         raise MoVQLoadError(f"MoVQ weights describe an impossible network: {e}") from e
 
 
+def config_for(sd: dict, path: Path):
+    """The MoVQConfig stored in a safetensors file's metadata, else the one the shapes imply."""
+    from .movq import MoVQConfig
+
+    text = None
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            text = (f.metadata() or {}).get(CONFIG_METADATA_KEY)
+    if text is None:
+        return infer_config(sd)
+    try:
+        return MoVQConfig(**json.loads(text))
+    except (TypeError, ValueError) as e:
+        raise MoVQLoadError(f"MoVQ weights: {path} has an unusable {CONFIG_METADATA_KEY} metadata entry ({e})") from e
+
+
 def check_state_dict(model: nn.Module, sd: dict, path) -> None:
     """Every model key present with its exact shape, nothing else: a checkpoint that fits no
     consistent MoVQGAN (e.g. the decoder disagrees with the encoder) is reported key by key."""
@@ -222,19 +246,27 @@ def check_state_dict(model: nn.Module, sd: dict, path) -> None:
 
 def convert_ckpt_to_safetensors(src: str | os.PathLike, dst: str | os.PathLike):
     """Read `src` restrictedly, check it is a complete MoVQGAN, write its model tensors to `dst`
-    (safetensors, original key names and dtype). Returns the MoVQConfig."""
-    from safetensors.torch import save_file
-
+    (safetensors, original key names and dtype, the config as metadata). Returns the MoVQConfig."""
     from .movq import MoVQ
 
-    src, dst = Path(src), Path(dst)
+    src = Path(src)
     sd = load_state_dict(src)
-    cfg = infer_config(sd)
+    cfg = config_for(sd, src)
     with torch.device("meta"):
         model = MoVQ(cfg)
     check_state_dict(model, sd, src)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".partial")  # never leave a half-written file under the real name
-    save_file({k: v.contiguous().clone() for k, v in sd.items()}, str(tmp), metadata={"format": "pt", "source": src.name})
-    os.replace(tmp, dst)
+    write_safetensors(sd, cfg, dst)
     return cfg
+
+
+def write_safetensors(sd: dict, cfg, dst: str | os.PathLike) -> None:
+    """Tensors plus the config (as metadata) to `dst`, written to a temporary name first so an
+    interrupted write never leaves a truncated file under the real name."""
+    from safetensors.torch import save_file
+
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".partial")
+    metadata = {"format": "pt", CONFIG_METADATA_KEY: json.dumps(asdict(cfg))}
+    save_file({k: v.detach().contiguous().clone() for k, v in sd.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, dst)
