@@ -7,6 +7,10 @@
     logits = model(prompt_ids, cache=cache)             # prefill; cache.lengths += T
     logits = model(window_ids, cache=cache, n_valid=n)  # row b holds n[b] real tokens, then padding
     cache.lengths = cache.lengths - rejected            # roll back: later writes overwrite the slots
+    logits = model(prompt_ids, cache=cache, n_valid=n, last_only=True)   # (B, 1, vocab): row b's token n[b]-1
+
+Row b's new tokens go to cache slots lengths[b] .. lengths[b]+T-1, their RoPE positions are those
+slot numbers, and query t sees slots <= lengths[b]+t; afterwards lengths += n (default T).
 
 Per layer (pre-norm; `swin_norm` moves the norms after the sublayers):
 
@@ -373,7 +377,9 @@ class Uni1Model(nn.Module):
         if cfg.rope_scaling == "linear":
             pos = pos / cfg.rope_factor
         elif cfg.rope_scaling == "dynamic":
-            # NTK: past the trained length, stretch the base (computed per call, as the reference).
+            # NTK: past the trained length, stretch the base, computed per call from the call's
+            # largest position as the reference does (so, as there, cached keys written earlier
+            # keep the base of their own call once a sequence outgrows max_position_embeddings).
             seq_len = int(positions.max()) + 1
             if seq_len > cfg.max_position_embeddings:
                 ratio = cfg.rope_factor * seq_len / cfg.max_position_embeddings - (cfg.rope_factor - 1)
