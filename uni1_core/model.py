@@ -406,7 +406,7 @@ class Uni1Model(nn.Module):
             positions = torch.arange(T, device=input_ids.device)[None]
             layer_caches = [None] * len(self.model.layers)
         else:
-            n_valid, layer_caches, positions = self._cache_plan(cache, B, T, n_valid, input_ids.device)
+            n_valid, layer_caches, positions = self._cache_plan(cache, B, T, n_valid)
         cos, sin = self.rope(positions, x.dtype)
         for layer, layer_cache in zip(self.model.layers, layer_caches):
             x = layer(x, cos, sin, layer_cache)
@@ -422,7 +422,7 @@ class Uni1Model(nn.Module):
             cache.lengths.add_(n_valid)
         return logits
 
-    def _cache_plan(self, cache: KVCache, B: int, T: int, n_valid, device):
+    def _cache_plan(self, cache: KVCache, B: int, T: int, n_valid):
         """Slots, positions and mask for one cached call; the keys are cut at max(lengths) + T."""
         if cache.batch_size != B:
             raise ValueError(f"input_ids has {B} rows but the cache was made for {cache.batch_size}.")
