@@ -86,7 +86,7 @@ def _generate(args) -> int:
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     pipe = Uni1Pipeline.from_pretrained(args.model, dtype=dtype, device=device)
     policy = PRESETS[args.preset] if args.preset else pipe.default_policy
-    changes = {k: v for k, v in (("cfg", args.cfg), ("temperature", args.temperature),
+    changes = {k: v for k, v in (("cfg_scale", args.cfg), ("temperature", args.temperature),
                                  ("top_k", args.top_k), ("top_p", args.top_p)) if v is not None}
     policy = dataclasses.replace(policy, **changes)
     width, height = args.size or pipe.default_size
