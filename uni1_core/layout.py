@@ -210,8 +210,16 @@ def compute_layout(counts: list[int], relations: list[tuple[int, int, str, int |
     else:
         total_cols = n_cols + len(free)
         col_of = {s: col_level[find(s)] for s in constrained}
+        # free subjects go after the related ones, but right of anything placed "on the left"
+        # and left of anything placed "on the right"
+        lefts = [col_of[s] for s in constrained if positions[s][0] == 0]
+        rights = [col_of[s] for s in constrained if positions[s][0] == 2]
+        insert = max(lefts) + 1 if lefts else (0 if rights else n_cols)
+        for s in constrained:
+            if col_of[s] >= insert:
+                col_of[s] += len(free)
         for idx, s in enumerate(free):
-            col_of[s] = n_cols + idx
+            col_of[s] = insert + idx
         span = {}
         for s in constrained:
             span[s] = (row_level[s], row_level[s]) if s in v_touched else (0, n_rows - 1)

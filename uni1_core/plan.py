@@ -245,7 +245,10 @@ class Plan:
         want = {(i, k) for i, s in enumerate(subjects) for k in range(s.count)}
         have = [(b.subject, b.instance) for b in layout]
         if layout and len(set(have)) == len(have) == len(want) and set(have) == want:
-            return replace(plan, layout=layout)
+            given = replace(plan, layout=layout)
+            if not given.violations():
+                return given
+            # the boxes no longer fit the relations (a relation was edited): lay out again below
         # a box for an instance that no longer exists is still checked, so that a typo is caught
         for i, b in enumerate(layout):
             _check_box(b, i, subjects, check_instance=False)

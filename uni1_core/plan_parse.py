@@ -87,6 +87,9 @@ QUANTITY_PHRASES = {
     ("a", "lot", "of"): 5, ("plenty", "of"): 5, ("a", "crowd", "of"): 5,
 }
 MAX_COUNT = 50
+_QUANTITY_INDEX: dict[str, list] = {}
+for _p, _v in sorted(QUANTITY_PHRASES.items(), key=lambda pv: -len(pv[0])):
+    _QUANTITY_INDEX.setdefault(_p[0], []).append((_p, _v))
 DEFAULT_PLURAL_COUNT = 2
 
 DETERMINERS = {"a", "an", "the", "this", "that", "these", "those", "his", "her", "its", "their",
@@ -130,7 +133,9 @@ teapot kettle bucket barrel bucket chest crate cage nest egg bread cheese cookie
 hamburger fries taxi strawberry cherry grape lemon lime pear peach watermelon pineapple tomato
 potato onion pepper corn pumpkin cupcake pie candy chocolate coffee tea wine beer juice milk
 cloud sun moon planet rainbow volcano island mountain hill river lake waterfall wave
-car wheel engine sword shield bow axe hammer wand staff throne
+car wheel engine sword shield bow axe hammer wand staff throne light
+building painting ring king wing string swing ceiling earring pudding dumpling duckling sapling
+railing clothing stocking lightning wedding icing shed sled seed reed weed steed bed
 """.split())
 
 # Nouns of places and surfaces: after "on", "in", "at", ... they make the scene, not a subject.
@@ -141,7 +146,7 @@ dusk evening morning snow rain fog mist jungle cave studio classroom library res
 market village countryside farm stadium underwater water ground floor grass sand lawn wall
 landscape valley shore coast hillside rooftop roof town alley highway bridge playground
 universe galaxy clouds stars sunlight moonlight darkness winter summer autumn fall spring
-interior exterior yard backyard courtyard hallway corridor station airport harbor harbour
+storm thunderstorm blizzard sandstorm interior exterior yard backyard courtyard hallway corridor station airport harbor harbour
 surface table-top tabletop canvas paper void outdoors indoors nature wilderness swamp tundra
 """.split())
 
@@ -150,7 +155,9 @@ CONTAINER_NOUNS = {"box", "bowl", "cup", "basket", "jar", "vase", "bag", "glass"
                    "cage", "bucket", "pot", "mug", "tank", "aquarium", "nest", "drawer",
                    "bathtub", "tub", "sink", "pan", "crate", "chest", "barrel", "car", "boat",
                    "truck", "bus", "tent", "backpack", "suitcase", "envelope", "teapot", "kettle",
-                   "wine glass", "coffee mug", "coffee cup", "tea cup", "hand", "hands"}
+                   "wine glass", "coffee mug", "coffee cup", "tea cup", "hand", "carton", "pocket",
+                   "container", "jug", "pitcher", "fishbowl", "terrarium", "bubble", "snow globe",
+                   "cup", "oven", "microwave", "refrigerator", "fridge", "pool", "window", "frame"}
 
 IRREGULAR_PLURALS = {
     "person": "people", "man": "men", "woman": "women", "child": "children", "mouse": "mice",
@@ -162,9 +169,9 @@ IRREGULAR_PLURALS = {
     "hero": "heroes", "volcano": "volcanoes", "cactus": "cacti", "fungus": "fungi",
     "octopus": "octopuses", "die": "dice", "bus": "buses", "gentleman": "gentlemen",
     "fireman": "firemen", "snowman": "snowmen", "policeman": "policemen", "businessman": "businessmen",
-    "glasses": "glasses", "scissors": "scissors", "skis": "skis", "sunglasses": "sunglasses",
+    "scissors": "scissors", "skis": "skis", "sunglasses": "sunglasses",
     "headphones": "headphones", "fries": "fries", "stairs": "stairs", "pants": "pants",
-    "jeans": "jeans", "clothes": "clothes", "people": "people",
+    "jeans": "jeans", "clothes": "clothes",
 }
 SINGULAR_OF_IRREGULAR = {p: s for s, p in IRREGULAR_PLURALS.items()}
 # Words ending in "s" that are singular.
@@ -186,9 +193,9 @@ def singular(word: str) -> str:
     w = word.lower()
     if w in SINGULAR_OF_IRREGULAR:
         return SINGULAR_OF_IRREGULAR[w]
-    if w in IRREGULAR_PLURALS or w in SINGULAR_S_WORDS or len(w) <= 3 or not w.endswith("s"):
+    if w in IRREGULAR_PLURALS or w in SINGULAR_S_WORDS or len(w) <= 2 or not w.endswith("s"):
         return w
-    if w.endswith("ss") or w.endswith("us") or w.endswith("is"):
+    if w.endswith("ss") or w.endswith("us"):
         return w
     if w.endswith("ies") and len(w) > 4:
         return w[:-3] + "y"
@@ -418,6 +425,9 @@ ORDER_PHRASES = [(_phrases(t)[0], rel) for t, rel in (
     ("from top to bottom", "above"), ("top to bottom", "above"),
     ("from bottom to top", "below"), ("bottom to top", "below"), ("in a row", "left of"),
     ("side by side", "next to"), ("in a line", "left of"))]
+FUNCTION_WORDS |= {w for table in (RELATION_PHRASES, POSITION_PHRASES, ORDER_PHRASES)
+                   for words, _ in table for w in words}
+FUNCTION_WORDS |= {w for p in NEGATION_PHRASES for w in p} | {w for p in INTRO_PHRASES[""] for w in p}
 
 # ---------------------------------------------------------------------------------------------
 # Tokens
@@ -445,15 +455,15 @@ def tokenize(text: str) -> list[Token]:
 def parse_count(toks: list[Token], i: int) -> tuple[int, int] | None:
     """(count, tokens used) for a number at toks[i]: digits, words, "twenty one", quantities."""
     n = len(toks)
-    for phrase, value in QUANTITY_PHRASES.items():
+    for phrase, value in _QUANTITY_INDEX.get(toks[i].low, ()):
         k = len(phrase)
         if i + k <= n and tuple(t.low for t in toks[i:i + k]) == phrase:
             # "a lot of" and friends only count when a noun phrase follows.
             if i + k < n and toks[i + k].word:
                 return value, k
     low = toks[i].low
-    if low.isdigit():
-        return int(low), 1
+    if low.isascii() and low.isdigit():
+        return (int(low) if len(low) <= 9 else 10 ** 9), 1
     if low in NUMBER_WORDS:
         return NUMBER_WORDS[low], 1
     if low in TENS_WORDS:
@@ -466,10 +476,28 @@ def parse_count(toks: list[Token], i: int) -> tuple[int, int] | None:
     return None
 
 
+_INDEX: dict[int, dict[str, list]] = {}
+
+
+def _indexed(table) -> dict[str, list]:
+    """`table` grouped by first word (longest phrases first), built once per table."""
+    index = _INDEX.get(id(table))
+    if index is None:
+        index = {}
+        for words, value in table:
+            index.setdefault(words[0], []).append((words, value))
+        for v in index.values():
+            v.sort(key=lambda pr: -len(pr[0]))
+        _INDEX[id(table)] = index
+    return index
+
+
 def _match(toks: list[Token], i: int, table) -> tuple[int, str] | None:
-    """Longest phrase of `table` ((words, value) pairs, longest first) starting at toks[i]."""
+    """Longest phrase of `table` ((words, value) pairs) starting at toks[i]."""
     n = len(toks)
-    for words, value in table:
+    if i >= n:
+        return None
+    for words, value in _indexed(table).get(toks[i].low, ()):
         k = len(words)
         if i + k <= n and all(toks[i + j].low == words[j] for j in range(k)):
             return k, value
@@ -515,6 +543,8 @@ class _ClauseState:
         self.seg_start = True            # at the start of a comma segment
         self.pending_rel = None          # (relation, object, object2, text, token span): "Above the table, a lamp"
         self.pending_pos: str | None = None   # "On the left, a cat"
+        self.elliptic: list = []          # [(subject without noun, start, end)]: "a red, a green and a blue ball"
+        self.elliptic_joins = False       # the first elliptic subject joins the current group
 
     def seg_start_at(self, i: int, parser: "_Parser") -> bool:
         """True if toks[i] starts its clause or comma segment."""
@@ -529,6 +559,7 @@ class _Parser:
         self.text = text
         self.toks = tokenize(text)
         self.used = [False] * len(self.toks)
+        self._boundary: list[bool | None] = [None] * len(self.toks)
         self.subjects: list[dict] = []
         self.subject_spans: list[tuple[int, int]] = []   # token range of each subject's phrase
         self.relations: list[dict] = []
@@ -553,7 +584,13 @@ class _Parser:
             self.used[k] = True
 
     def is_boundary(self, i: int) -> bool:
-        """A token that ends a noun phrase."""
+        """A token that ends a noun phrase (memoised: the scanner asks often)."""
+        b = self._boundary[i]
+        if b is None:
+            b = self._boundary[i] = self._is_boundary(i)
+        return b
+
+    def _is_boundary(self, i: int) -> bool:
         t = self.toks[i]
         if not t.word or t.low in CLAUSE_END:
             return True
@@ -585,8 +622,10 @@ class _Parser:
         words_start = i
         while i < end and not self.is_boundary(i):
             # "a dog running": an -ing word after a known noun starts a trailing phrase.
-            if (i > words_start and toks[i].low.endswith("ing") and toks[i].low not in KNOWN_NOUNS
-                    and is_noun_like(toks[i - 1].low)):
+            low = toks[i].low
+            if (i > words_start and low.endswith(("ing", "ed")) and low not in KNOWN_NOUNS
+                    and (is_noun_like(toks[i - 1].low)
+                         or (low not in ADJECTIVES and (i + 1 >= end or self.is_boundary(i + 1))))):
                 break
             i += 1
         words = [t.low for t in toks[words_start:i]]
@@ -622,6 +661,38 @@ class _Parser:
                 attributes.append(m)
         return {"noun": noun, "count": count, "color": color, "attributes": attributes,
                 "_det": det}, i
+
+    def elliptic(self, i: int, end: int) -> tuple[dict, int, int] | None:
+        """ "a red" followed by "," or "and": a subject whose noun comes with the next one."""
+        toks = self.toks
+        j = i
+        count = 1
+        if j < end and toks[j].low in ("a", "an", "one"):
+            j += 1
+        else:
+            c = parse_count(toks, j)
+            if c is None:
+                return None
+            count, k = c
+            j += k
+        words = []
+        while j < end and not self.is_boundary(j):
+            words.append(toks[j].low)
+            j += 1
+        if not words or not (j < end and toks[j].low in (",", "and", "or")):
+            return None
+        if not all(w in BASIC_COLORS or w in COLOR_ALIASES or w in ADJECTIVES or w in OTHER_COLOR_WORDS
+                   for w in words):
+            return None
+        color = None
+        attributes = []
+        for w in words:
+            c = COLOR_ALIASES.get(w, w)
+            if c in BASIC_COLORS and color is None:
+                color = c
+            else:
+                attributes.append(w)
+        return {"noun": None, "count": count, "color": color, "attributes": attributes, "_det": None}, i, j
 
     def phrase_until_boundary(self, i: int, end: int) -> int:
         """End of a qualifier phrase object: "[det] [count] words" up to the next boundary."""
@@ -703,7 +774,11 @@ class _Parser:
             m = _match(toks, i, POSITION_PHRASES)
             if m and not (i + m[0] < end and toks[i + m[0]].low == "of"):
                 k, canon = m
-                if adjacent:
+                after = toks[i + k].low if i + k < end else ""
+                # "on the right is a cow", "..., on the right, a house": it introduces what follows
+                introduces = after in COPULAS or (at_seg_start and after == ",") or (
+                    not adjacent and after != "")
+                if adjacent and not introduces:
                     for s in st.group:
                         self.subjects[s]["attributes"].append(canon)
                     st.last_end = i + k
@@ -756,8 +831,29 @@ class _Parser:
 
             # a noun phrase: a new subject (or "the cat" again)
             np = self.noun_phrase(i, end, as_subject=True)
+            if np is None:
+                # "a red, a green and a blue ball": colours now, the noun comes later
+                ell = self.elliptic(i, end)
+                if ell is not None:
+                    if not st.elliptic:
+                        st.elliptic_joins = (st.list_next and st.last_end == i and st.group_open
+                                             and bool(st.group))
+                    st.elliptic.append(ell)
+                    self.take(i, ell[2])
+                    st.last_end = ell[2]
+                    i = ell[2]
+                    continue
             if np is not None:
                 subj, j = np
+                for n_part, (part, a, b) in enumerate(st.elliptic):
+                    part["noun"] = subj["noun"]
+                    idx = self.add_subject(part, a, b)
+                    if n_part == 0 and not st.elliptic_joins:
+                        st.group, st.group_open = [idx], True
+                    else:
+                        st.group = st.group + [idx]
+                    st.list_next, st.last_end = True, i
+                st.elliptic = []
                 if st.pending_pos:
                     subj["attributes"].append(st.pending_pos)
                     st.pending_pos = None
@@ -794,6 +890,9 @@ class _Parser:
                     st.last_end = k
                     continue
             i += 1   # not understood: stays unused and ends up in `unparsed`
+        for _, a, b in st.elliptic:          # colours whose noun never came stay as written
+            for k in range(a, b):
+                self.used[k] = False
         if st.pending_rel is not None:
             # "next to the window." with nothing placed there: the relation words stay as written
             a, b = st.pending_rel[4]
@@ -838,7 +937,15 @@ class _Parser:
                 return i + k
         # "a photo of", "a close-up of", "an image of"
         j = i + 1 if low in ("a", "an", "the") else i
-        m = _match(toks, j, INTRO_TABLE) if j < end else None
+        moods = j
+        while moods < end and toks[moods].low in MOOD_SINGLE:      # "a cinematic photo of"
+            moods += 1
+        m = _match(toks, moods, INTRO_TABLE) if moods < end else None
+        if m and moods > j and not (moods + m[0] < end and toks[moods + m[0]].low == "of"):
+            m = None
+        if m and moods > j:
+            self.style["mood"].extend(t.low for t in toks[j:moods])
+            j = moods
         if m and j + m[0] < end and toks[j + m[0]].low == "of":
             k, fld = m
             if fld == "composition":

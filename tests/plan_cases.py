@@ -1,0 +1,225 @@
+"""The table of prompts the planner is tested on, with what a careful reader expects of each.
+
+Two parts: GenEval-style template prompts (single object, two objects, counting, colours,
+position, colour attribution), whose expectations follow from the template's own words; and
+free-form prompts written by hand. Each case is a dict:
+
+    prompt      the text
+    subjects    [(noun, count, color, attributes)], in order of first mention
+    relations   [(subject index, relation, object index)] (order free); "between" cases add a 4th item
+    scene, negatives, medium, lighting, camera, composition, mood: checked when present
+    unparsed    words that must be kept verbatim in `unparsed` (checked when present)
+"""
+
+# COCO / GenEval object names with their plurals, written out (not computed by the planner).
+OBJECTS = [
+    ("person", "people"), ("bicycle", "bicycles"), ("car", "cars"), ("motorcycle", "motorcycles"),
+    ("airplane", "airplanes"), ("bus", "buses"), ("train", "trains"), ("truck", "trucks"),
+    ("boat", "boats"), ("traffic light", "traffic lights"), ("fire hydrant", "fire hydrants"),
+    ("stop sign", "stop signs"), ("parking meter", "parking meters"), ("bench", "benches"),
+    ("bird", "birds"), ("cat", "cats"), ("dog", "dogs"), ("horse", "horses"), ("sheep", "sheep"),
+    ("cow", "cows"), ("elephant", "elephants"), ("bear", "bears"), ("zebra", "zebras"),
+    ("giraffe", "giraffes"), ("backpack", "backpacks"), ("umbrella", "umbrellas"),
+    ("handbag", "handbags"), ("tie", "ties"), ("suitcase", "suitcases"), ("frisbee", "frisbees"),
+    ("skis", "skis"), ("snowboard", "snowboards"), ("sports ball", "sports balls"), ("kite", "kites"),
+    ("baseball bat", "baseball bats"), ("baseball glove", "baseball gloves"),
+    ("skateboard", "skateboards"), ("surfboard", "surfboards"), ("tennis racket", "tennis rackets"),
+    ("bottle", "bottles"), ("wine glass", "wine glasses"), ("cup", "cups"), ("fork", "forks"),
+    ("knife", "knives"), ("spoon", "spoons"), ("bowl", "bowls"), ("banana", "bananas"),
+    ("apple", "apples"), ("sandwich", "sandwiches"), ("orange", "oranges"),
+    ("broccoli", "broccolis"), ("carrot", "carrots"), ("hot dog", "hot dogs"), ("pizza", "pizzas"),
+    ("donut", "donuts"), ("cake", "cakes"), ("chair", "chairs"), ("couch", "couches"),
+    ("potted plant", "potted plants"), ("bed", "beds"), ("dining table", "dining tables"),
+    ("toilet", "toilets"), ("tv", "tvs"), ("laptop", "laptops"), ("computer mouse", "computer mice"),
+    ("tv remote", "tv remotes"), ("computer keyboard", "computer keyboards"),
+    ("cell phone", "cell phones"), ("microwave", "microwaves"), ("oven", "ovens"),
+    ("toaster", "toasters"), ("sink", "sinks"), ("refrigerator", "refrigerators"), ("book", "books"),
+    ("clock", "clocks"), ("vase", "vases"), ("scissors", "scissors"), ("teddy bear", "teddy bears"),
+    ("hair drier", "hair driers"), ("toothbrush", "toothbrushes"),
+]
+# Objects whose name works with "a" (plural-only names like "skis" and "scissors" are left out
+# of the singular templates).
+SINGULAR_OBJECTS = [o for o in OBJECTS if o[0] not in ("skis", "scissors", "sheep")]
+COLORS = ["red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white"]
+NUMBERS = [("two", 2), ("three", 3), ("four", 4), ("2", 2), ("3", 3), ("4", 4), ("five", 5)]
+POSITIONS = ["left of", "right of", "above", "below"]
+SHAPES = [("circle", "circles"), ("square", "squares"), ("triangle", "triangles"), ("star", "stars"),
+          ("hexagon", "hexagons"), ("heart", "hearts")]
+
+
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+def geneval_cases() -> list[dict]:
+    cases = []
+    objs = SINGULAR_OBJECTS
+    n = len(objs)
+    for k in range(20):                                     # single object
+        o = objs[(k * 5) % n][0]
+        cases.append({"prompt": f"a photo of {_a(o)}", "subjects": [(o, 1, None, [])], "relations": [],
+                      "medium": "photo"})
+    for k in range(25):                                     # two objects
+        a, b = objs[(k * 4) % n][0], objs[(k * 4 + 11) % n][0]
+        cases.append({"prompt": f"a photo of {_a(a)} and {_a(b)}",
+                      "subjects": [(a, 1, None, []), (b, 1, None, [])], "relations": []})
+    for k in range(25):                                     # counting
+        (sing, plur), (word, num) = OBJECTS[(k * 3) % len(OBJECTS)], NUMBERS[k % len(NUMBERS)]
+        cases.append({"prompt": f"a photo of {word} {plur}", "subjects": [(sing, num, None, [])], "relations": []})
+    for k in range(20):                                     # colours
+        o, c = objs[(k * 9 + 2) % n][0], COLORS[k % len(COLORS)]
+        cases.append({"prompt": f"a photo of {_a(c)} {o}", "subjects": [(o, 1, c, [])], "relations": []})
+    for k in range(25):                                     # position
+        a, b = objs[(k * 13 + 1) % n][0], objs[(k * 13 + 6) % n][0]
+        rel = POSITIONS[k % 4]
+        cases.append({"prompt": f"a photo of {_a(a)} {rel} {_a(b)}",
+                      "subjects": [(a, 1, None, []), (b, 1, None, [])], "relations": [(0, rel, 1)]})
+    for k in range(25):                                     # colour attribution
+        a, b = objs[(k * 10 + 4) % n][0], objs[(k * 10 + 9) % n][0]
+        ca, cb = COLORS[k % len(COLORS)], COLORS[(k * 3 + 1) % len(COLORS)]
+        cases.append({"prompt": f"a photo of {_a(ca)} {a} and {_a(cb)} {b}",
+                      "subjects": [(a, 1, ca, []), (b, 1, cb, [])], "relations": []})
+    for k in range(12):                                     # the demo model's world
+        (sa, pa), (sb, _) = SHAPES[k % len(SHAPES)], SHAPES[(k + 2) % len(SHAPES)]
+        word, num = NUMBERS[k % 3]
+        ca, cb = COLORS[k % 6], COLORS[(k + 3) % 6]
+        rel = POSITIONS[k % 4]
+        cases.append({"prompt": f"{word} {ca} {pa} {rel} {_a(cb)} {sb}",
+                      "subjects": [(sa, num, ca, []), (sb, 1, cb, [])], "relations": [(0, rel, 1)]})
+    return cases
+
+
+FREE_FORM = [
+    {"prompt": "two red circles to the left of a blue square",
+     "subjects": [("circle", 2, "red", []), ("square", 1, "blue", [])], "relations": [(0, "left of", 1)]},
+    {"prompt": "a red cube and a blue sphere",
+     "subjects": [("cube", 1, "red", []), ("sphere", 1, "blue", [])], "relations": []},
+    {"prompt": "A small green triangle is to the right of a large yellow star.",
+     "subjects": [("triangle", 1, "green", ["small"]), ("star", 1, "yellow", ["large"])],
+     "relations": [(0, "right of", 1)]},
+    {"prompt": "a cat on the left side of a dog",
+     "subjects": [("cat", 1, None, []), ("dog", 1, None, [])], "relations": [(0, "left of", 1)]},
+    {"prompt": "The lamp is left of the sofa",
+     "subjects": [("lamp", 1, None, []), ("sofa", 1, None, [])], "relations": [(0, "left of", 1)]},
+    {"prompt": "On the left, a red circle; on the right, a blue star.",
+     "subjects": [("circle", 1, "red", []), ("star", 1, "blue", [])], "relations": [(0, "left of", 1)]},
+    {"prompt": "on the left is a brown horse and on the right is a white cow",
+     "subjects": [("horse", 1, "brown", []), ("cow", 1, "white", [])], "relations": [(0, "left of", 1)]},
+    {"prompt": "a cat in the top left corner",
+     "subjects": [("cat", 1, None, ["in the top left corner"])], "relations": []},
+    {"prompt": "a bird above a tree",
+     "subjects": [("bird", 1, None, []), ("tree", 1, None, [])], "relations": [(0, "above", 1)]},
+    {"prompt": "a book on top of a table",
+     "subjects": [("book", 1, None, []), ("table", 1, None, [])], "relations": [(0, "on", 1)]},
+    {"prompt": "a ball beneath a chair",
+     "subjects": [("ball", 1, None, []), ("chair", 1, None, [])], "relations": [(0, "below", 1)]},
+    {"prompt": "a dog sleeping under a wooden table",
+     "subjects": [("dog", 1, None, ["sleeping"]), ("table", 1, None, ["wooden"])],
+     "relations": [(0, "under", 1)]},
+    {"prompt": "a man standing in front of a red car",
+     "subjects": [("man", 1, None, ["standing"]), ("car", 1, "red", [])], "relations": [(0, "in front of", 1)]},
+    {"prompt": "a house behind three tall trees",
+     "subjects": [("house", 1, None, []), ("tree", 3, None, ["tall"])], "relations": [(0, "behind", 1)]},
+    {"prompt": "a cat sitting next to a vase of flowers",
+     "subjects": [("cat", 1, None, ["sitting"]), ("vase", 1, None, ["of flowers"])],
+     "relations": [(0, "next to", 1)]},
+    {"prompt": "a goldfish inside a glass bowl",
+     "subjects": [("goldfish", 1, None, []), ("bowl", 1, None, ["glass"])], "relations": [(0, "inside", 1)]},
+    {"prompt": "a kitten in a basket",
+     "subjects": [("kitten", 1, None, []), ("basket", 1, None, [])], "relations": [(0, "inside", 1)]},
+    {"prompt": "a cup between a fork and a knife",
+     "subjects": [("cup", 1, None, []), ("fork", 1, None, []), ("knife", 1, None, [])],
+     "relations": [(0, "between", 1, 2)]},
+    {"prompt": "three apples on a plate next to a glass of milk",
+     "subjects": [("apple", 3, None, []), ("plate", 1, None, []), ("glass", 1, None, ["of milk"])],
+     "relations": [(0, "on", 1), (1, "next to", 2)]},
+    {"prompt": "twelve eggs in a carton",
+     "subjects": [("egg", 12, None, []), ("carton", 1, None, [])], "relations": [(0, "inside", 1)]},
+    {"prompt": "a dozen roses",
+     "subjects": [("rose", 12, None, [])], "relations": []},
+    {"prompt": "a pair of shoes",
+     "subjects": [("shoe", 2, None, [])], "relations": []},
+    {"prompt": "5 wolves howling at the moon",
+     "subjects": [("wolf", 5, None, ["howling", "at the moon"])], "relations": []},
+    {"prompt": "four children and two geese",
+     "subjects": [("child", 4, None, []), ("goose", 2, None, [])], "relations": []},
+    {"prompt": "three mice, two women and a man",
+     "subjects": [("mouse", 3, None, []), ("woman", 2, None, []), ("man", 1, None, [])], "relations": []},
+    {"prompt": "twenty-one balloons",
+     "subjects": [("balloon", 21, None, [])], "relations": []},
+    {"prompt": "a red apple, a yellow banana and a green pear",
+     "subjects": [("apple", 1, "red", []), ("banana", 1, "yellow", []), ("pear", 1, "green", [])],
+     "relations": []},
+    {"prompt": "a big fluffy white dog with a red collar",
+     "subjects": [("dog", 1, "white", ["big", "fluffy", "with a red collar"])], "relations": []},
+    {"prompt": "a woman in a blue dress holding an umbrella",
+     "subjects": [("woman", 1, None, ["in a blue dress", "holding an umbrella"])], "relations": []},
+    {"prompt": "a grey cat",
+     "subjects": [("cat", 1, "gray", [])], "relations": []},
+    {"prompt": "a navy blue car",
+     "subjects": [("car", 1, "blue", ["navy"])], "relations": []},
+    {"prompt": "a photo of a cat on a beach at sunset",
+     "subjects": [("cat", 1, None, [])], "relations": [], "scene": "on a beach at sunset", "medium": "photo"},
+    {"prompt": "a lighthouse on a cliff in a storm, oil painting, dramatic lighting",
+     "subjects": [("lighthouse", 1, None, []), ("cliff", 1, None, [])], "relations": [(0, "on", 1)],
+     "medium": "oil painting", "lighting": "dramatic lighting"},
+    {"prompt": "a watercolor of a fox in a snowy forest",
+     "subjects": [("fox", 1, None, [])], "relations": [], "medium": "watercolor", "scene": "in a snowy forest"},
+    {"prompt": "a close-up of a bee on a sunflower, macro, shallow depth of field",
+     "subjects": [("bee", 1, None, []), ("sunflower", 1, None, [])], "relations": [(0, "on", 1)],
+     "composition": "close-up", "camera": "macro, shallow depth of field"},
+    {"prompt": "portrait of an old man, 85mm, soft lighting, moody",
+     "subjects": [("man", 1, None, ["old"])], "relations": [], "composition": "portrait",
+     "camera": "85mm", "lighting": "soft lighting", "mood": "moody"},
+    {"prompt": "a city street at night, no people, without text",
+     "subjects": [("street", 1, None, ["city"])], "relations": [], "scene": "at night",
+     "negatives": ["people", "text"]},
+    {"prompt": "an empty beach with no boats or umbrellas",
+     "subjects": [("beach", 1, None, ["empty"])], "relations": [], "negatives": ["boats", "umbrellas"]},
+    {"prompt": "a red circle on a white background",
+     "subjects": [("circle", 1, "red", [])], "relations": [], "scene": "on a white background"},
+    {"prompt": "two orange squares above a purple triangle on a light gray background",
+     "subjects": [("square", 2, "orange", []), ("triangle", 1, "purple", [])], "relations": [(0, "above", 1)],
+     "scene": "on a light gray background"},
+    {"prompt": "a green star is left of a yellow triangle, and a purple square below the star",
+     "subjects": [("star", 1, "green", []), ("triangle", 1, "yellow", []), ("square", 1, "purple", [])],
+     "relations": [(0, "left of", 1), (2, "below", 0)]},
+    {"prompt": "Above the table, a lamp",
+     "subjects": [("table", 1, None, []), ("lamp", 1, None, [])], "relations": [(1, "above", 0)]},
+    {"prompt": "a cat and a dog next to each other",
+     "subjects": [("cat", 1, None, []), ("dog", 1, None, [])], "relations": [(0, "next to", 1)]},
+    {"prompt": "a red, a green and a blue ball from left to right",
+     "subjects": [("ball", 1, "red", []), ("ball", 1, "green", []), ("ball", 1, "blue", [])],
+     "relations": [(0, "left of", 1), (1, "left of", 2)]},
+    {"prompt": "a knight riding a horse, highly detailed, 8k",
+     "subjects": [("knight", 1, None, ["riding a horse"])], "relations": [], "unparsed": ["highly detailed", "8k"]},
+    {"prompt": "a tiny robot beside a huge mushroom in a forest, digital art",
+     "subjects": [("robot", 1, None, ["tiny"]), ("mushroom", 1, None, ["huge"])],
+     "relations": [(0, "next to", 1)], "scene": "in a forest", "medium": "digital art"},
+    {"prompt": "a black and white photo of a dog",
+     "subjects": [("dog", 1, None, [])], "relations": [], "medium": "black and white photo"},
+    {"prompt": "several sheep in a field",
+     "subjects": [("sheep", 3, None, [])], "relations": [], "scene": "in a field"},
+    {"prompt": "cats",
+     "subjects": [("cat", 2, None, [])], "relations": []},
+    {"prompt": "a hot dog to the right of a wine glass",
+     "subjects": [("hot dog", 1, None, []), ("wine glass", 1, None, [])], "relations": [(0, "right of", 1)]},
+    {"prompt": "a blue bird perched on a branch, anime style",
+     "subjects": [("bird", 1, "blue", ["perched"]), ("branch", 1, None, [])], "relations": [(0, "on", 1)],
+     "medium": "anime style"},
+    {"prompt": "a sandwich below a knife",
+     "subjects": [("sandwich", 1, None, []), ("knife", 1, None, [])], "relations": [(0, "below", 1)]},
+    {"prompt": "a cat is underneath a blue umbrella",
+     "subjects": [("cat", 1, None, []), ("umbrella", 1, "blue", [])], "relations": [(0, "under", 1)]},
+    {"prompt": "a vase near a window",
+     "subjects": [("vase", 1, None, []), ("window", 1, None, [])], "relations": [(0, "next to", 1)]},
+    {"prompt": "a tree and a cat, on the right, a yellow house",
+     "subjects": [("tree", 1, None, []), ("cat", 1, None, []), ("house", 1, "yellow", ["on the right"])],
+     "relations": []},
+    {"prompt": "a pink flamingo standing in a pond at the bottom",
+     "subjects": [("flamingo", 1, "pink", ["standing", "in a pond", "at the bottom"])], "relations": []},
+]
+
+
+def all_cases() -> list[dict]:
+    return geneval_cases() + FREE_FORM
