@@ -277,8 +277,8 @@ class Plan:
             if a in POSITIONS:
                 if with_position:
                     post.append(a)
-            elif a.split()[0] in POST_NOUN_LEADERS:
-                post.append(a)
+            elif a.split()[0] in POST_NOUN_LEADERS or (a not in PRE_COLOR_WORDS and a.split()[0].endswith(("ing", "ed"))):
+                post.append(a)     # "a dog with a red collar", "a car parked", "a bird flying"
             elif a in PRE_COLOR_WORDS:
                 pre.append(a)
             else:
@@ -327,7 +327,7 @@ class Plan:
         for r in self.relations:
             s = ref(r.subject)
             verb = "are" if self.subjects[r.subject].count > 1 else "is"
-            if s.split()[-1].endswith("ing"):     # "a cat sitting on a table" needs no verb
+            if s.split()[-1].endswith(("ing", "ed")):     # "a cat sitting on a table" needs no verb
                 verb = ""
             o = ref(r.object)
             if r.relation == "between":

@@ -42,6 +42,7 @@ POSITIONS = {
     "at the bottom": (None, 2), "in the center": (1, 1),
     "in the top left corner": (0, 0), "in the top right corner": (2, 0),
     "in the bottom left corner": (0, 2), "in the bottom right corner": (2, 2),
+    "in the background": (None, 0), "in the foreground": (None, 2),
 }
 
 SIZE_WORDS = {"tiny", "small", "little", "medium", "big", "large", "huge", "giant", "enormous",
@@ -53,8 +54,7 @@ PRE_COLOR_WORDS = SIZE_WORDS | {
     "light", "dark", "bright", "pale", "deep", "vivid", "pastel", "neon", "old", "new", "young",
     "ancient", "modern", "vintage", "beautiful", "cute", "ugly", "pretty", "lovely", "happy", "sad",
     "angry", "shiny", "glossy", "matte", "fluffy", "furry", "round", "square", "rectangular",
-    "triangular", "striped", "spotted", "dotted", "checkered", "glowing", "sleeping", "running",
-    "flying", "smiling", "broken", "empty", "full", "wet", "dry", "hot", "cold", "clean", "dirty",
+    "triangular", "striped", "spotted", "dotted", "checkered", "glowing", "broken", "empty", "full", "wet", "dry", "hot", "cold", "clean", "dirty",
     "single", "lonely", "majestic", "elegant", "simple", "tiny-looking", "fat", "skinny", "soft",
     "hard", "smooth", "rough", "transparent", "translucent", "colorful", "colourful", "golden",
     "silver", "rusty", "fresh", "ripe", "shallow",
@@ -132,7 +132,9 @@ pencil pen brush paper letter envelope map flag bell basket bag jar pot pan plat
 teapot kettle bucket barrel bucket chest crate cage nest egg bread cheese cookie burger
 hamburger fries taxi strawberry cherry grape lemon lime pear peach watermelon pineapple tomato
 potato onion pepper corn pumpkin cupcake pie candy chocolate coffee tea wine beer juice milk
-cloud sun moon planet rainbow volcano island mountain hill river lake waterfall wave
+cloud sun planet rainbow blossom petal feather flame fire smoke bubble lantern kite
+armchair fireplace rug carpet curtain pillow cushion blanket shelf bookshelf desk stool cabinet
+wardrobe dresser drawer bathtub shower towel sofa bench swing slide hammock car volcano island mountain hill river lake waterfall wave
 car wheel engine sword shield bow axe hammer wand staff throne light
 building painting ring king wing string swing ceiling earring pudding dumpling duckling sapling
 railing clothing stocking lightning wedding icing shed sled seed reed weed steed bed
@@ -146,7 +148,8 @@ dusk evening morning snow rain fog mist jungle cave studio classroom library res
 market village countryside farm stadium underwater water ground floor grass sand lawn wall
 landscape valley shore coast hillside rooftop roof town alley highway bridge playground
 universe galaxy clouds stars sunlight moonlight darkness winter summer autumn fall spring
-storm thunderstorm blizzard sandstorm interior exterior yard backyard courtyard hallway corridor station airport harbor harbour
+storm thunderstorm blizzard savanna savannah prairie plains moon mars corner
+seabed reef orbit sandstorm interior exterior yard backyard courtyard hallway corridor station airport harbor harbour
 surface table-top tabletop canvas paper void outdoors indoors nature wilderness swamp tundra
 """.split())
 
@@ -269,7 +272,9 @@ STYLE_PHRASES: dict[str, list[tuple[str, ...]]] = {
         "studio photo", "product photo", "macro photo", "macro photography", "photography",
         "impressionist painting", "impressionism", "surrealism", "surrealist", "art nouveau",
         "ukiyo-e", "isometric illustration", "paper cut", "origami", "stained glass",
-        "mosaic", "embroidery", "sculpture"),
+        "mosaic", "embroidery", "sculpture", "cyberpunk", "steampunk", "vaporwave", "synthwave",
+        "art deco", "baroque", "renaissance painting", "pop art", "graffiti", "chalk drawing",
+        "crayon drawing", "woodcut", "linocut", "gouache", "pastel drawing", "still life"),
     "lighting": _phrases(
         "cinematic lighting", "studio lighting", "soft lighting", "dramatic lighting",
         "natural light", "natural lighting", "golden hour", "blue hour", "backlit", "backlighting",
@@ -366,7 +371,7 @@ def _relation_phrases() -> list[tuple[tuple[str, ...], str]]:
                 table.append((tuple(f"{lead} {mid} of".split()), rel))
     table += [(p, r) for p, r in [
         (("on", "top", "of"), "on"), (("atop",), "on"), (("on",), "on"), (("onto",), "on"),
-        (("upon",), "on"), (("resting", "on"), "on"), (("sitting", "on"), "on"),
+        (("upon",), "on"),
         (("above",), "above"), (("over",), "above"), (("higher", "than"), "above"),
         (("below",), "below"), (("beneath",), "below"), (("lower", "than"), "below"),
         (("under",), "under"), (("underneath",), "under"),
@@ -413,6 +418,10 @@ def _position_phrases() -> list[tuple[tuple[str, ...], str]]:
             table.append((tuple(f"{lead} {mid} of the image".split()), "in the center"))
             table.append((tuple(f"{lead} {mid} of the picture".split()), "in the center"))
     table.append((("on", "top"), "at the top"))
+    for lead in ("in the", "in the far", "far in the"):
+        table.append((tuple(f"{lead} background".split()), "in the background"))
+        table.append((tuple(f"{lead} distance".split()), "in the background"))
+    table.append((("in", "the", "foreground"), "in the foreground"))
     table.sort(key=lambda pr: -len(pr[0]))
     return table
 
@@ -528,6 +537,11 @@ def is_noun_like(low: str) -> bool:
 # The scanner
 # ---------------------------------------------------------------------------------------------
 
+AMBIGUOUS_COMPOSITION = {"minimal", "centered", "centred", "symmetrical", "symmetric", "isometric",
+                         "panoramic", "minimalist", "minimalistic", "full-length"}
+NOT_NOUNS = {"middle", "center", "centre", "left", "right", "top", "bottom", "side", "one", "ones",
+             "front", "back", "foreground", "distance"}
+
 SCENE_ONLY_PREPOSITIONS = {"at", "against", "during", "amid", "among", "across", "through", "around",
                            "along", "outside", "by"}
 
@@ -595,9 +609,14 @@ class _Parser:
         if not t.word or t.low in CLAUSE_END:
             return True
         low = t.low
-        return (low in LIST_WORDS or low in PREPOSITIONS or low in COPULAS or low in DETERMINERS
-                or low in ("no", "not", "nor") or parse_count(self.toks, i) is not None
-                or _match(self.toks, i, STYLE_TABLE) is not None)
+        if (low in LIST_WORDS or low in PREPOSITIONS or low in COPULAS or low in DETERMINERS
+                or low in ("no", "not", "nor") or parse_count(self.toks, i) is not None):
+            return True
+        if _match(self.toks, i, ORDER_PHRASES) or _match(self.toks, i, POSITION_PHRASES):
+            return True
+        m = _match(self.toks, i, STYLE_TABLE)
+        # mood words ("a serene garden") and a few framing words are ordinary adjectives too
+        return m is not None and m[1] != "mood" and low not in AMBIGUOUS_COMPOSITION
 
     # -- noun phrases ---------------------------------------------------------------------------
     def noun_phrase(self, i: int, end: int, *, as_subject: bool) -> tuple[dict, int] | None:
@@ -622,10 +641,7 @@ class _Parser:
         words_start = i
         while i < end and not self.is_boundary(i):
             # "a dog running": an -ing word after a known noun starts a trailing phrase.
-            low = toks[i].low
-            if (i > words_start and low.endswith(("ing", "ed")) and low not in KNOWN_NOUNS
-                    and (is_noun_like(toks[i - 1].low)
-                         or (low not in ADJECTIVES and (i + 1 >= end or self.is_boundary(i + 1))))):
+            if i > words_start and self.is_participle(i, end):
                 break
             i += 1
         words = [t.low for t in toks[words_start:i]]
@@ -641,7 +657,9 @@ class _Parser:
             return None
         noun_sing = singular(last)
         is_plural = noun_sing != last
-        if as_subject and det is None and count is None and not is_noun_like(last):
+        if as_subject and det is None and count is None and (not is_noun_like(last) or last in BASIC_COLORS):
+            return None
+        if last in NOT_NOUNS:
             return None
         if count is not None and (count < 1 or count > MAX_COUNT):
             return None
@@ -704,8 +722,18 @@ class _Parser:
             j += c[1]
         k = j
         while k < end and not self.is_boundary(k):
+            if k > j and self.is_participle(k, end):      # "with long hair reading a book"
+                break
             k += 1
         return k if k > j else i
+
+    def is_participle(self, i: int, end: int) -> bool:
+        """ "a dog *sleeping* under", "a car *parked* in front of": a verb form that ends a noun phrase."""
+        low = self.toks[i].low
+        if not low.endswith(("ing", "ed")) or low in KNOWN_NOUNS:
+            return False
+        return is_noun_like(self.toks[i - 1].low) or (
+            low not in ADJECTIVES and (i + 1 >= end or self.is_boundary(i + 1)))
 
     # -- the scan -----------------------------------------------------------------------------
     def parse(self) -> None:
@@ -746,6 +774,7 @@ class _Parser:
                 st.seg_start = True
                 if st.last_end == i:
                     st.last_end = i + 1
+                    st.list_next = True
                 i += 1
                 continue
             at_seg_start, st.seg_start = st.seg_start, False
@@ -782,6 +811,7 @@ class _Parser:
                     for s in st.group:
                         self.subjects[s]["attributes"].append(canon)
                     st.last_end = i + k
+                    st.group_open = False     # "a dog on the right and a cat on the left"
                 else:
                     st.pending_pos = canon
                 self.take(i, i + k)
@@ -808,7 +838,9 @@ class _Parser:
                         continue
 
             # qualifiers of the previous subject: "with a red collar", "made of wood"
-            if low in QUALIFIER_WORDS and adjacent:
+            transitive = (low.endswith("ing") and i + 1 < end
+                          and (toks[i + 1].low in DETERMINERS or parse_count(toks, i + 1) is not None))
+            if (low in QUALIFIER_WORDS or transitive) and adjacent:   # "... facing a dragon"
                 k = self.phrase_until_boundary(i + 1, end)
                 if k == i + 1 and i + 2 < end and toks[i + 1].low in PREPOSITIONS:   # "made of wood"
                     k = self.phrase_until_boundary(i + 2, end)
@@ -913,6 +945,16 @@ class _Parser:
             self.style["lighting"].append(self.norm_text(i, i + 2))   # "moody lighting"
             self.take(i, i + 2)
             return i + 2
+        if at_seg_start:
+            j = i
+            while j < end and j - i < 4 and toks[j].word and toks[j].low not in DETERMINERS \
+                    and toks[j].low not in ("light", "lighting", "lights"):
+                j += 1
+            if (i < j < end and toks[j].low in ("light", "lighting", "lights")
+                    and (j + 1 == end or toks[j + 1].low == ",")):
+                self.style["lighting"].append(self.norm_text(i, j + 1))    # "..., soft morning light,"
+                self.take(i, j + 1)
+                return j + 1
         if low == "in" and i + 3 < end and [t.low for t in toks[i + 1:i + 4]] == ["the", "style", "of"]:
             j = i + 4
             while j < end and toks[j].low != ",":
@@ -928,8 +970,7 @@ class _Parser:
         m = _match(toks, i, STYLE_TABLE)
         if m:
             k, fld = m
-            ambiguous = (fld == "mood" or (fld == "composition" and k == 1 and low in (
-                "minimal", "centered", "centred", "symmetrical", "symmetric", "isometric", "panoramic")))
+            ambiguous = fld == "mood" or (fld == "composition" and k == 1 and low in AMBIGUOUS_COMPOSITION)
             if not ambiguous or self.segment_is_style_only(i, end):
                 target = self.composition if fld == "composition" else self.style[fld]
                 target.append(self.norm_text(i, i + k))
@@ -1106,7 +1147,9 @@ def _positions_to_relations(subjects: list[dict], relations: list[dict], texts: 
         return
     (i, a), (j, b) = placed
     pairs = {("on the left", "on the right"): "left of", ("on the right", "on the left"): "right of",
-             ("at the top", "at the bottom"): "above", ("at the bottom", "at the top"): "below"}
+             ("at the top", "at the bottom"): "above", ("at the bottom", "at the top"): "below",
+             ("in the background", "in the foreground"): "behind",
+             ("in the foreground", "in the background"): "in front of"}
     rel = pairs.get((a, b))
     if rel is None or i == j:
         return
