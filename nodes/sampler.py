@@ -12,11 +12,13 @@ from .vq import codes_to_pil
 MODES = ["sjd_coupled", "sjd", "ar"]
 TASKS = ["depth", "canny", "subject"]
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
+PREVIEW_EVERY_S = 1.0   # at least this long between two live previews (then 10x the decode time)
 
 
-def format_stats(stats: dict, width: int, height: int) -> str:
+def format_stats(stats: dict, width: int, height: int, batch: int = 1) -> str:
     """The sampler's statistics as a few readable lines, then the raw dict as JSON."""
-    lines = [f"{stats.get('mode', '?')} {width}x{height}: {stats.get('image_tokens', '?')} image tokens"]
+    head = f"{stats.get('mode', '?')} {width}x{height}" + (f", batch {batch}" if batch > 1 else "")
+    lines = [f"{head}: {stats.get('image_tokens', '?')} image tokens" + (" each" if batch > 1 else "")]
     if "forwards" in stats:
         fpt = stats.get("forwards_per_token")
         lines.append(f"{stats['forwards']} forwards" + (f" ({fpt:.3f} per token)" if fpt is not None else ""))
@@ -60,8 +62,8 @@ class Uni1SJDSampler:
                                    "tooltip": "Image height in pixels (see width). Ignored with a condition: "
                                               "the output is then twice the condition's height."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
-                                 "tooltip": "Random seed; image i of the batch uses seed + i. The same seed gives "
-                                            "the same image in every mode."}),
+                                 "tooltip": "Random seed; image i of the batch uses seed + i. The same seed and "
+                                            "settings give the same image again."}),
                 "mode": (MODES, {"default": "sjd_coupled",
                                  "tooltip": "sjd_coupled: speculative Jacobi decoding with coupled drafts (fewest "
                                             "forwards). sjd: the original SJD. ar: one token per forward (the "
@@ -112,7 +114,8 @@ class Uni1SJDSampler:
         movq = vq.ready() if vq is not None else None
         grid_rows, grid_cols = height // 8, width // 8
         total = grid_rows * (grid_cols + 1) + 1
-        progress = runtime.Progress(total, preview_fn=_previewer(movq, grid_rows, grid_cols) if movq else None)
+        progress = runtime.Progress(total, preview_fn=_previewer(movq, grid_rows, grid_cols) if movq else None,
+                                    preview_every=PREVIEW_EVERY_S)
         seeds = [(int(seed) + i) % (MAX_SEED + 1) for i in range(int(batch_size))]
         try:
             with torch.inference_mode():
@@ -127,7 +130,7 @@ class Uni1SJDSampler:
         finally:
             runtime.free_cache()
         stats = dict(result.stats, previews=progress.previews)
-        text = format_stats(stats, result.width, result.height)
+        text = format_stats(stats, result.width, result.height, len(seeds))
         tokens = Tokens(result.codes, condition_rows=0 if cond is None else cond.shape[0])
         return {"ui": {"uni1_stats": [text]}, "result": (tokens, text)}
 

@@ -580,3 +580,83 @@ def test_plan_node_explains_bad_input(comfy, prompt, plan_json, words):
     node = comfy.pack.NODE_CLASS_MAPPINGS["Uni1ReasoningPlan"]()
     with pytest.raises(ValueError, match=words):
         node.plan(prompt, plan_json)
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole chain on a complete tiny random model folder (the real file layout, CPU, seconds)
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    from tests.tiny_model_folder import build
+    return build(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture
+def tiny(comfy, tiny_folder):
+    import shutil
+    shutil.copytree(tiny_folder, comfy.models / "tiny")
+    M = comfy.pack.NODE_CLASS_MAPPINGS
+    assert M["Uni1ModelLoader"].VALIDATE_INPUTS(model_name="tiny") is True
+    (model,) = M["Uni1ModelLoader"]().load("tiny", "auto")
+    (vq,) = M["Uni1VQLoader"]().load(model, "from model folder")
+    return types.SimpleNamespace(M=M, model=model, vq=vq)
+
+
+SAMPLER_DEFAULTS = dict(seed=5, mode="sjd_coupled", cfg=2.0, temperature=1.0, top_k=0, top_p=1.0, window=0,
+                        regional=False, batch_size=1)
+
+
+def run_sampler(tiny, width=64, height=64, **changes):
+    return tiny.M["Uni1SJDSampler"]().sample(tiny.model, width, height, **{**SAMPLER_DEFAULTS, **changes})
+
+
+def test_text_to_image_chain_with_progress_and_live_preview(comfy, tiny, monkeypatch):
+    monkeypatch.setattr(comfy.nodes.sampler, "PREVIEW_EVERY_S", 0.0)
+    plan = tiny.M["Uni1ReasoningPlan"]().plan("two red circles to the left of a blue square")["result"][0]
+    out = run_sampler(tiny, plan=plan, vq=tiny.vq, batch_size=2)
+    tokens, stats = out["result"]
+    assert tokens.codes.shape == (2, 8, 8) and out["ui"]["uni1_stats"] == [stats]
+    assert stats.startswith("sjd_coupled 64x64, batch 2: 73 image tokens each")   # 8 rows x 9 + end
+    assert json.loads(stats.split("\n", 3)[3])["previews"] > 0
+    # the model and the VQ went through ComfyUI's memory manager
+    assert {id(m[0][0].model.inner) for m in comfy.calls["load_models_gpu"]} == {id(tiny.model.pipe.model),
+                                                                                 id(tiny.vq.movq)}
+    values = [c[0] for c in comfy.calls["progress"]]
+    assert values == sorted(values) and values[-1] == 146
+    previews = [c[2] for c in comfy.calls["progress"] if c[2] is not None]
+    assert previews and all(p[0] == "JPEG" and p[1].size == (64, 64) for p in previews)
+    (image,) = tiny.M["Uni1VQDecode"]().decode(tokens, tiny.vq, "generated")
+    assert image.shape == (2, 64, 64, 3) and image.dtype == torch.float32
+    assert 0 <= image.min() and image.max() <= 1 and image.std() > 0.01
+    # the same seed and settings give the same tokens; a prompt without a plan node is planned
+    again = run_sampler(tiny, prompt="two red circles to the left of a blue square", batch_size=2)["result"][0]
+    assert torch.equal(again.codes, tokens.codes)
+
+
+def test_cancel_raises_comfyui_interrupt_and_the_model_stays_usable(comfy, tiny):
+    before = run_sampler(tiny, prompt="a green triangle above a yellow star")["result"][0]
+    comfy.mm.flag = True                       # the user pressed Cancel
+    with pytest.raises(FakeInterrupt):
+        run_sampler(tiny, prompt="a green triangle above a yellow star")
+    assert comfy.mm.flag is False
+    after = run_sampler(tiny, prompt="a green triangle above a yellow star")["result"][0]
+    assert torch.equal(before.codes, after.codes)
+
+
+def test_omni_condition_is_the_upper_panel(comfy, tiny):
+    image = torch.rand(1, 40, 50, 3)
+    (cond,) = tiny.M["Uni1VQEncode"]().encode(image, tiny.vq, 64, 32)
+    assert cond.codes.shape == (1, 4, 8)
+    tokens = run_sampler(tiny, 16, 16, prompt="a purple ring", condition=cond, task="depth")["result"][0]
+    assert tokens.codes.shape == (1, 8, 8) and tokens.condition_rows == 4   # width/height follow the condition
+    assert torch.equal(tokens.codes[:, :4], cond.codes)
+    (lower,) = tiny.M["Uni1VQDecode"]().decode(tokens, tiny.vq, "generated")
+    (full,) = tiny.M["Uni1VQDecode"]().decode(tokens, tiny.vq, "full")
+    assert lower.shape == (1, 32, 64, 3) and full.shape == (1, 64, 64, 3)
+
+
+def test_sampler_errors_a_user_can_act_on(comfy, tiny):
+    with pytest.raises(ValueError, match="unsupported resolution 96x64.*nearest are"):
+        run_sampler(tiny, 96, 64, prompt="a cat")
+    with pytest.raises(comfy.nodes.paths.ModelPathError, match="'..'"):
+        tiny.M["Uni1ModelLoader"]().load("../tiny", "auto")
