@@ -83,6 +83,39 @@ class _Dag:
         return {u for u in range(len(self.out)) if self.out[u]} | {v for s in self.out for v in s}
 
 
+def _edges(bounds: list[tuple[float, float]], min_width: float = 0.02) -> list[float]:
+    """Edges of n columns (or rows): as equal as possible, with column c inside bounds[c].
+
+    bounds[c] is the part of the image column c must stay in (from absolute positions such as
+    "on the left": (0, 0.5)). Edges are the equal split clamped into the tightest monotone
+    bounds; with no positions this is just c / n.
+    """
+    n = len(bounds)
+    lower = [0.0] * (n + 1)     # lower[c] <= edge c
+    upper = [1.0] * (n + 1)
+    for c in range(n):
+        lower[c] = max(lower[c], bounds[c][0], lower[c - 1] + min_width if c else 0.0)
+    lower[n] = max(lower[n], lower[n - 1] + min_width) if n else 0.0
+    for c in range(n, 0, -1):
+        upper[c] = min(upper[c], bounds[c - 1][1], upper[c + 1] - min_width if c < n else 1.0)
+    upper[0] = min(upper[0], upper[1] - min_width) if n else 1.0
+    return [min(max(c / max(n, 1), lower[c]), upper[c]) if lower[c] <= upper[c] else c / max(n, 1)
+            for c in range(n + 1)]
+
+
+def _bounds(n: int, members: dict[int, list[int]], regions: list[int | None]) -> list[tuple[float, float]]:
+    """Per column (row): the intersection of the position regions of the subjects in it."""
+    out = []
+    for c in range(n):
+        lo, hi = 0.0, 1.0
+        for s in members.get(c, []):
+            if regions[s] is not None:
+                a, b = POSITION_REGIONS[regions[s]]
+                lo, hi = max(lo, a), min(hi, b)
+        out.append((lo, hi) if lo < hi else (0.0, 1.0))
+    return out
+
+
 def _grid_boxes(cell: Box, n: int, scale: float, max_aspect: float | None = 1.5) -> list[Box]:
     """n boxes filling `cell` row by row, each shrunk by `scale` around its slot's centre.
 
@@ -129,6 +162,14 @@ def compute_layout(counts: list[int], relations: list[tuple[int, int, str, int |
         while parent[s] is not None:
             s = parent[s]
         return s
+
+    # a contained subject's absolute position is its container's ("a cat in a box on the left")
+    positions = list(positions)
+    for s in range(n):
+        r = root(s)
+        if r != s and positions[s] != (None, None):
+            h, v = positions[r]
+            positions[r] = (positions[s][0] if h is None else h, positions[s][1] if v is None else v)
 
     # subjects on/under/in front of/behind each other share a column (union-find on roots)
     group = list(range(n))
@@ -214,17 +255,34 @@ def compute_layout(counts: list[int], relations: list[tuple[int, int, str, int |
         # and left of anything placed "on the right"
         lefts = [col_of[s] for s in constrained if positions[s][0] == 0]
         rights = [col_of[s] for s in constrained if positions[s][0] == 2]
-        insert = max(lefts) + 1 if lefts else (0 if rights else n_cols)
+        centred = any(positions[s][0] == 1 for s in constrained)
+        if lefts or rights or not centred:
+            insert = max(lefts) + 1 if lefts else (0 if rights else n_cols)
+            for s in constrained:
+                if col_of[s] >= insert:
+                    col_of[s] += len(free)
+            for idx, s in enumerate(free):
+                col_of[s] = insert + idx
+        else:   # something "in the center": free subjects on both sides of it
+            before = len(free) // 2
+            for s in constrained:
+                col_of[s] += before
+            for idx, s in enumerate(free):
+                col_of[s] = idx if idx < before else n_cols + idx
+        by_col: dict[int, list[int]] = {}
         for s in constrained:
-            if col_of[s] >= insert:
-                col_of[s] += len(free)
-        for idx, s in enumerate(free):
-            col_of[s] = insert + idx
+            by_col.setdefault(col_of[s], []).append(s)
+        col_x = _edges(_bounds(total_cols, by_col, [p[0] for p in positions]))
         span = {}
         for s in constrained:
             span[s] = (row_level[s], row_level[s]) if s in v_touched else (0, n_rows - 1)
         for s in free:
             span[s] = (0, n_rows - 1)
+        by_row: dict[int, list[int]] = {}
+        for s in constrained:
+            if s in v_touched:
+                by_row.setdefault(row_level[s], []).append(s)
+        row_y = _edges(_bounds(n_rows, by_row, [p[1] for p in positions]))
         for c in range(total_cols):
             members = sorted((s for s in col_of if col_of[s] == c), key=lambda s: (span[s][0], s))
             # interval colouring: subjects whose rows overlap sit side by side in the column
@@ -246,10 +304,11 @@ def compute_layout(counts: list[int], relations: list[tuple[int, int, str, int |
                 while last + 1 < n_slots and all(span[t][1] < span[s][0] or span[s][1] < span[t][0]
                                                   for t in slots[last + 1]):
                     last += 1
-                x0 = (c + first / n_slots) / total_cols
-                x1 = (c + (last + 1) / n_slots) / total_cols
-                y0 = span[s][0] / n_rows
-                y1 = (span[s][1] + 1) / n_rows
+                cw = col_x[c + 1] - col_x[c]
+                x0 = col_x[c] + first / n_slots * cw
+                x1 = col_x[c] + (last + 1) / n_slots * cw
+                y0 = row_y[span[s][0]]
+                y1 = row_y[span[s][1] + 1]
                 cells[s] = (x0, y0, x1, y1)
 
     # absolute positions pull a cell into that part of the image
@@ -265,6 +324,14 @@ def compute_layout(counts: list[int], relations: list[tuple[int, int, str, int |
             if min(y1, b) - max(y0, a) >= 0.1:
                 y0, y1 = max(y0, a), min(y1, b)
         cells[s] = (x0, y0, x1, y1)
+
+    # a subject on, under, in front of or behind another stays within its horizontal extent
+    for s, o, rel, _ in relations:
+        rs, ro = root(s), root(o)
+        if rel in SAME_COLUMN and rs != ro and rs in cells and ro in cells:
+            a0, a1 = max(cells[rs][0], cells[ro][0]), min(cells[rs][2], cells[ro][2])
+            if a1 - a0 >= 0.05:
+                cells[rs] = (a0, cells[rs][1], a1, cells[rs][3])
 
     boxes: list[list[Box] | None] = [None] * n
     supports = {root(o) for _, o, rel, _ in relations if rel in ("on", "under", "in front of", "behind")}
@@ -290,8 +357,15 @@ def compute_layout(counts: list[int], relations: list[tuple[int, int, str, int |
 
 
 def _clean(b: Box) -> Box:
-    x0, y0, x1, y1 = (min(1.0, max(0.0, v)) for v in b)
-    return (round(x0, 4), round(y0, 4), round(x1, 4), round(y1, 4))
+    """Inside the canvas, 4 decimals, never thinner than 0.001."""
+    x0, y0, x1, y1 = (round(min(1.0, max(0.0, v)), 4) for v in b)
+    if x1 - x0 < 0.001:
+        x0 = min(x0, 0.999)
+        x1 = round(x0 + 0.001, 4)
+    if y1 - y0 < 0.001:
+        y0 = min(y0, 0.999)
+        y1 = round(y0 + 0.001, 4)
+    return (x0, y0, x1, y1)
 
 
 # ---------------------------------------------------------------------------------------------

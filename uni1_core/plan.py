@@ -168,6 +168,12 @@ class Plan:
             i = bad[0]
             raise PlanError(f"relations[{i}] ({self.describe_relation(i)}) cannot hold together with the "
                             "other relations and positions; remove or change one of them")
+        bad = plan.position_violations()
+        if bad:
+            i = bad[0]
+            pos = [a for a in self.subjects[i].attributes if a in POSITIONS][-1]
+            raise PlanError(f"subjects[{i}].attributes: {pos!r} cannot hold together with the relations; "
+                            "remove the position or the relation that contradicts it")
         return plan
 
     def boxes_of(self, subject: int) -> list[tuple[float, float, float, float]]:
@@ -401,8 +407,16 @@ def make_plan(prompt: str) -> Plan:
         dropped.append(rel_texts[i])
         del rel_texts[i]
         plan = replace(plan, relations=plan.relations[:i] + plan.relations[i + 1:])
+    # an absolute position the relations rule out ("a cat left of a dog, the cat on the right")
+    # goes the same way
+    for i in plan.position_violations():
+        s = plan.subjects[i]
+        dropped.extend(a for a in s.attributes if a in POSITIONS)
+        subjects = list(plan.subjects)
+        subjects[i] = replace(s, attributes=[a for a in s.attributes if a not in POSITIONS])
+        plan = replace(plan, subjects=subjects)
     if dropped:
-        plan = replace(plan, unparsed=plan.unparsed + dropped[::-1])
+        plan = replace(plan, layout=_layout_boxes(plan), unparsed=plan.unparsed + dropped[::-1])
     return plan
 
 
