@@ -66,9 +66,14 @@ class Server:
             f"    base_path: {self.base}\n"
             "    custom_nodes: custom_nodes\n"
             "    uni1: models/uni1\n")
-        # A model folder that only this yaml makes visible: the loader must list it.
-        (self.models / "yaml-visible-model").mkdir()
-        (self.models / "yaml-visible-model" / "config.json").write_text("{}")
+        # A model folder that only this yaml makes visible: the loader must list and load it.
+        sys.path.insert(0, str(ROOT))
+        try:
+            from tests.tiny_model_folder import build
+        finally:
+            sys.path.pop(0)
+        # 128x128 gives the interrupt test a few hundred sampling steps to land in
+        build(self.models / "tiny-user-model", sizes=((64, 64), (32, 64), (128, 128)))
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
@@ -247,9 +252,18 @@ def test_pack_registers_its_nodes_and_model_folder(server, comfy_log_on_failure)
     choices = info["Uni1ModelLoader"]["input"]["required"]["model_name"][0]
     assert choices[0] == "demo"
     # the folder given by extra_model_paths.yaml is listed: folder_paths registration kept it
-    assert "yaml-visible-model" in choices
+    assert "tiny-user-model" in choices
     # the web extension is served
     assert any("uni1.js" in e for e in server.get_json("/extensions"))
+
+
+def test_a_model_folder_placed_in_models_uni1_runs(server, comfy_log_on_failure):
+    prompt = demo_workflow(seed=4, width=64, height=64, batch_size=2)
+    prompt[node_id(prompt, "Uni1ModelLoader")]["inputs"]["model_name"] = "tiny-user-model"
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    refs = entry["outputs"][node_id(prompt, "SaveImage")]["images"]
+    assert [server.image(r).size for r in refs] == [(64, 64), (64, 64)]
 
 
 def test_demo_workflow_makes_an_image(server, comfy_log_on_failure):
@@ -275,8 +289,10 @@ def test_interrupt_mid_sampling_then_the_next_run_succeeds(server, comfy_log_on_
     client_id = uuid.uuid4().hex
     ws = WebSocket(server.port, client_id)
     try:
-        # A slow request (plain AR, a batch) so that the interrupt lands inside the sampling loop.
-        slow = demo_workflow(seed=2, mode="ar", batch_size=4)
+        # A slow request (plain AR, a batch, the tiny model's largest size) so that the interrupt
+        # lands inside the sampling loop.
+        slow = demo_workflow(seed=2, mode="ar", batch_size=4, width=128, height=128)
+        slow[node_id(slow, "Uni1ModelLoader")]["inputs"]["model_name"] = "tiny-user-model"
         sampler_id = node_id(slow, "Uni1SJDSampler")
         status, body = server.queue(slow, client_id)
         assert status == 200, body
@@ -305,7 +321,8 @@ def test_interrupt_mid_sampling_then_the_next_run_succeeds(server, comfy_log_on_
 
     # The same graph with another seed: the model loaded before the interrupt is reused from the
     # cache (not reloaded) and works.
-    again = demo_workflow(seed=3)
+    again = demo_workflow(seed=3, width=64, height=64)
+    again[node_id(again, "Uni1ModelLoader")]["inputs"]["model_name"] = "tiny-user-model"
     entry = server.run(again)
     assert entry["status"]["status_str"] == "success", entry["status"]
     cached = next(m[1]["nodes"] for m in entry["status"]["messages"] if m[0] == "execution_cached")
