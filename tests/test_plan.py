@@ -307,3 +307,25 @@ def test_llm_plan_json_with_an_error_names_the_field():
     bad = PLAN_JSON.replace('"count": 2', '"count": -2')
     with pytest.raises(PlanError, match=r"subjects\[0\]\.count"):
         Plan.from_text(f"```json\n{bad}\n```")
+
+
+def test_llm_plan_json_in_its_own_words_is_normalised():
+    answer = """<think>Two circles, one square. Circles go left.</think>
+```json
+{"subjects": [{"noun": "Red Circles", "count": "two", "color": null},
+              {"noun": "square", "count": 1.0, "color": "Blue", "attributes": "large"},
+              {"noun": "star", "color": "gold"}],
+ "relations": [{"subject": "circles", "object": 1, "relation": "to the left of"},
+               {"subject": 2, "object": "square", "relation": "ON_TOP_OF"}],
+ "style": "watercolor", "negatives": "text, watermark",
+ "reasoning": "a dragon would be nice", "layout": [{"subject": 0, "instance": 0, "x0": 10, "y0": 10, "x1": 200, "y1": 200}]}
+```"""
+    plan = Plan.from_text(answer)
+    assert [(s.noun, s.count, s.color, s.attributes) for s in plan.subjects] == [
+        ("circle", 2, "red", []), ("square", 1, "blue", ["large"]), ("star", 1, None, ["gold"])]
+    assert [(r.subject, r.relation, r.object) for r in plan.relations] == [(0, "left of", 1), (2, "on", 1)]
+    assert plan.style.medium == "watercolor" and plan.negatives == ["text", "watermark"]
+    assert "dragon" not in plan.to_json()
+    check_layout(plan)
+    assert plan.conditioning_text() == ("Two red circles are to the left of a large blue square. "
+                                        "A gold star is on the large blue square. Watercolor.")

@@ -269,7 +269,14 @@ class Plan:
         """
         payload = extract_llm_payload(text)
         if isinstance(payload, dict):
-            return cls.from_json(payload)
+            data = _lenient(payload)
+            try:
+                return cls.from_json(data)
+            except PlanError as exc:
+                if not str(exc).startswith("layout") or not data.get("layout"):
+                    raise
+                # the model's boxes are unusable (pixels, half a layout...): lay out afresh
+                return cls.from_json({**data, "layout": []})
         return make_plan(payload)
 
     # -- rendering -------------------------------------------------------------------------------------
@@ -428,6 +435,90 @@ def parse_llm_output(text: str) -> Plan:
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
+
+def _lenient(data: dict) -> dict:
+    """Another model's plan JSON, put into this schema where its meaning is clear.
+
+    Plural or capitalised nouns, counts as strings or words, colour names outside the basic
+    set, relation phrasings ("to the left of", "left_of"), subjects named instead of indexed, a
+    style given as one string: all are normalised. Fields this schema does not have (often the
+    model's reasoning) are left out, so they never reach the conditioning text.
+    """
+    from .plan_parse import RELATION_PHRASES, _match, parse_count, singular, tokenize
+
+    out: dict = {k: data[k] for k in ("version", "scene", "composition", "layout") if k in data}
+    subjects = []
+    for s in data.get("subjects") or []:
+        if isinstance(s, str):
+            s = {"noun": s}
+        if not isinstance(s, dict):
+            subjects.append(s)      # from_json names the problem
+            continue
+        s = {k: s[k] for k in ("noun", "count", "color", "attributes") if k in s}
+        attributes = s.get("attributes", [])
+        attributes = [attributes] if isinstance(attributes, str) else list(attributes or [])
+        color = s.get("color")
+        if isinstance(color, str):
+            color = COLOR_ALIASES.get(color.strip().lower(), color.strip().lower()) or None
+            if color is not None and color not in BASIC_COLORS:
+                attributes.insert(0, color)
+                color = None
+        noun = s.get("noun")
+        if isinstance(noun, str):
+            words = noun.strip().lower().split()
+            while words and words[0] in ("a", "an", "the"):
+                words = words[1:]
+            while len(words) > 1 and COLOR_ALIASES.get(words[0], words[0]) in BASIC_COLORS and color is None:
+                color = COLOR_ALIASES.get(words[0], words[0])
+                words = words[1:]
+            if words:
+                words[-1] = singular(words[-1])
+            noun = " ".join(words)
+        count = s.get("count", 1)
+        if isinstance(count, str):
+            toks = tokenize(count)
+            parsed = parse_count(toks, 0) if toks else None
+            count = parsed[0] if parsed and parsed[1] == len(toks) else count
+        elif isinstance(count, float) and count.is_integer():
+            count = int(count)
+        subjects.append({"noun": noun, "count": count, "color": color, "attributes": attributes})
+    out["subjects"] = subjects
+    nouns = [s.get("noun") if isinstance(s, dict) else None for s in subjects]
+    relations = []
+    for r in data.get("relations") or []:
+        if isinstance(r, dict):
+            r = {k: r[k] for k in ("subject", "object", "relation", "object2") if k in r}
+            for key in ("subject", "object", "object2"):
+                v = r.get(key)
+                if isinstance(v, str) and v.strip().isdigit():
+                    r[key] = int(v)
+                elif isinstance(v, str) and singular(v.strip().lower().split()[-1] if v.strip() else "") in [
+                        (n or "").split()[-1] if n else None for n in nouns]:
+                    head = singular(v.strip().lower().split()[-1])
+                    r[key] = [(n or "").split()[-1] if n else None for n in nouns].index(head)
+            rel = r.get("relation")
+            if isinstance(rel, str):
+                toks = tokenize(rel.replace("_", " "))
+                m = _match(toks, 0, RELATION_PHRASES) if toks else None
+                if m and m[0] == len(toks):
+                    r["relation"] = m[1]
+                elif rel.replace("_", " ").strip().lower() in RELATIONS:
+                    r["relation"] = rel.replace("_", " ").strip().lower()
+        relations.append(r)
+    out["relations"] = relations
+    style = data.get("style")
+    if isinstance(style, str):
+        style = {"medium": style}
+    if isinstance(style, dict):
+        out["style"] = {k: v for k, v in style.items() if k in STYLE_FIELDS}
+    for key in ("negatives", "unparsed"):
+        v = data.get(key)
+        if isinstance(v, str):
+            v = [x.strip() for x in v.split(",") if x.strip()]
+        if v is not None:
+            out[key] = v
+    return out
+
 
 def _layout_boxes(plan: Plan) -> list[Box]:
     counts = [s.count for s in plan.subjects]

@@ -575,7 +575,6 @@ class _Parser:
         self.used = [False] * len(self.toks)
         self._boundary: list[bool | None] = [None] * len(self.toks)
         self.subjects: list[dict] = []
-        self.subject_spans: list[tuple[int, int]] = []   # token range of each subject's phrase
         self.relations: list[dict] = []
         self.relation_texts: list[str] = []
         self.style = {"medium": [], "lighting": [], "camera": [], "mood": []}
@@ -622,7 +621,6 @@ class _Parser:
     def noun_phrase(self, i: int, end: int, *, as_subject: bool) -> tuple[dict, int] | None:
         """Parse "[det] [count] modifiers* head" at i. Returns (subject dict, next index)."""
         toks = self.toks
-        start = i
         det = None
         count = None
         while i < end:
@@ -669,16 +667,8 @@ class _Parser:
             else:
                 count = 1
         noun = " ".join(head_words[:-1] + [noun_sing])
-        color = None
-        attributes: list[str] = []
-        for m in mods:
-            c = COLOR_ALIASES.get(m, m)
-            if c in BASIC_COLORS and color is None:
-                color = c
-            else:
-                attributes.append(m)
-        return {"noun": noun, "count": count, "color": color, "attributes": attributes,
-                "_det": det}, i
+        color, attributes = _color_and_attributes(mods)
+        return {"noun": noun, "count": count, "color": color, "attributes": attributes, "_det": det}, i
 
     def elliptic(self, i: int, end: int) -> tuple[dict, int, int] | None:
         """ "a red" followed by "," or "and": a subject whose noun comes with the next one."""
@@ -702,14 +692,7 @@ class _Parser:
         if not all(w in BASIC_COLORS or w in COLOR_ALIASES or w in ADJECTIVES or w in OTHER_COLOR_WORDS
                    for w in words):
             return None
-        color = None
-        attributes = []
-        for w in words:
-            c = COLOR_ALIASES.get(w, w)
-            if c in BASIC_COLORS and color is None:
-                color = c
-            else:
-                attributes.append(w)
+        color, attributes = _color_and_attributes(words)
         return {"noun": None, "count": count, "color": color, "attributes": attributes, "_det": None}, i, j
 
     def phrase_until_boundary(self, i: int, end: int) -> int:
@@ -750,7 +733,7 @@ class _Parser:
         """True if the comma segment starting at i is only style words ("..., oil painting,")."""
         j = i
         any_style = False
-        while j < end and toks_low(self.toks, j) not in (",",) and self.toks[j].low not in CLAUSE_END:
+        while j < end and self.toks[j].low != "," and self.toks[j].low not in CLAUSE_END:
             m = _match(self.toks, j, STYLE_TABLE) or _match(self.toks, j, INTRO_TABLE)
             if m and m[1]:
                 any_style = True
@@ -1097,7 +1080,6 @@ class _Parser:
                         and all(a in old["attributes"] for a in subj["attributes"])):
                     return k
         self.subjects.append(subj)
-        self.subject_spans.append((i, j))
         return len(self.subjects) - 1
 
     def add_relation(self, s: int, o: int, rel: str, o2: int | None, text: str) -> None:
@@ -1136,8 +1118,16 @@ class _Parser:
         return [r for r in runs if r]
 
 
-def toks_low(toks: list[Token], i: int) -> str:
-    return toks[i].low
+def _color_and_attributes(modifiers: list[str]) -> tuple[str | None, list[str]]:
+    """The first basic colour word is the colour; every other modifier is an attribute, in order."""
+    color, attributes = None, []
+    for m in modifiers:
+        c = COLOR_ALIASES.get(m, m)
+        if c in BASIC_COLORS and color is None:
+            color = c
+        else:
+            attributes.append(m)
+    return color, attributes
 
 
 def _positions_to_relations(subjects: list[dict], relations: list[dict], texts: list[str]) -> None:
