@@ -8,7 +8,15 @@
 // The server sends these in the node's "ui" output (nodes/plan.py, nodes/sampler.py); nothing here
 // is needed for the nodes to work, so an incompatible front end only loses the displays.
 import { app } from "../../scripts/app.js";
-import { ComfyWidgets } from "../../scripts/widgets.js";
+
+// The multiline text widget of the classic front end; newer front ends may not ship this module,
+// and then the readout falls back to a one-line text widget.
+let ComfyWidgets = null;
+try {
+    ({ ComfyWidgets } = await import("../../scripts/widgets.js"));
+} catch (err) {
+    console.warn("uni1: scripts/widgets.js not available, using plain text widgets", err);
+}
 
 const READOUT = "uni1_readout";
 
@@ -16,7 +24,9 @@ const READOUT = "uni1_readout";
 function showText(node, text) {
     let widget = node.widgets?.find((w) => w.name === READOUT);
     if (!widget) {
-        widget = ComfyWidgets["STRING"](node, READOUT, ["STRING", { multiline: true }], app).widget;
+        widget = ComfyWidgets
+            ? ComfyWidgets["STRING"](node, READOUT, ["STRING", { multiline: true }], app).widget
+            : node.addWidget("text", READOUT, "", () => {}, { serialize: false });
         widget.serialize = false; // a display: never saved into the workflow or sent to the server
         widget.options = { ...(widget.options ?? {}), serialize: false };
         const el = widget.inputEl;
