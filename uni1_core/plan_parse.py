@@ -556,7 +556,7 @@ class _ClauseState:
         self.last_end = -1               # token index just past the current group's phrase
         self.seg_start = True            # at the start of a comma segment
         self.pending_rel = None          # (relation, object, object2, text, token span): "Above the table, a lamp"
-        self.pending_pos: str | None = None   # "On the left, a cat"
+        self.pending_pos = None          # (position, token span): "On the left, a cat"
         self.elliptic: list = []          # [(subject without noun, start, end)]: "a red, a green and a blue ball"
         self.elliptic_joins = False       # the first elliptic subject joins the current group
 
@@ -581,6 +581,7 @@ class _Parser:
         self.composition: list[str] = []
         self.scene: list[str] = []
         self.negatives: list[str] = []
+        self.lost: list[str] = []            # relation texts that named one subject twice
 
     # -- helpers ------------------------------------------------------------------------------
     def span_text(self, i: int, j: int) -> str:
@@ -595,6 +596,10 @@ class _Parser:
     def take(self, i: int, j: int) -> None:
         for k in range(i, j):
             self.used[k] = True
+
+    def untake(self, i: int, j: int) -> None:
+        for k in range(i, j):
+            self.used[k] = False
 
     def is_boundary(self, i: int) -> bool:
         """A token that ends a noun phrase (memoised: the scanner asks often)."""
@@ -796,7 +801,9 @@ class _Parser:
                     st.last_end = i + k
                     st.group_open = False     # "a dog on the right and a cat on the left"
                 else:
-                    st.pending_pos = canon
+                    if st.pending_pos:                    # two in a row: the first stays as written
+                        self.untake(*st.pending_pos[1])
+                    st.pending_pos = (canon, (i, i + k))
                 self.take(i, i + k)
                 i += k
                 continue
@@ -870,7 +877,7 @@ class _Parser:
                     st.list_next, st.last_end = True, i
                 st.elliptic = []
                 if st.pending_pos:
-                    subj["attributes"].append(st.pending_pos)
+                    subj["attributes"].append(st.pending_pos[0])
                     st.pending_pos = None
                 idx = self.add_subject(subj, i, j)
                 self.take(i, j)
@@ -905,14 +912,13 @@ class _Parser:
                     st.last_end = k
                     continue
             i += 1   # not understood: stays unused and ends up in `unparsed`
-        for _, a, b in st.elliptic:          # colours whose noun never came stay as written
-            for k in range(a, b):
-                self.used[k] = False
-        if st.pending_rel is not None:
-            # "next to the window." with nothing placed there: the relation words stay as written
-            a, b = st.pending_rel[4]
-            for k in range(a, b):
-                self.used[k] = False
+        # what was waiting for a noun that never came stays as written:
+        for _, a, b in st.elliptic:          # "a red and a blue."
+            self.untake(a, b)
+        if st.pending_pos:                   # "On the left."
+            self.untake(*st.pending_pos[1])
+        if st.pending_rel is not None:       # "next to the window."
+            self.untake(*st.pending_rel[4])
 
     def style_or_intro(self, i: int, end: int, at_seg_start: bool) -> int | None:
         """Style phrases and "a photo of"; returns the next index if it consumed something."""
@@ -1083,7 +1089,8 @@ class _Parser:
         return len(self.subjects) - 1
 
     def add_relation(self, s: int, o: int, rel: str, o2: int | None, text: str) -> None:
-        if s == o or (o2 is not None and s == o2):
+        if s == o or (o2 is not None and s == o2) or o == o2:
+            self.lost.append(text)           # "the cat left of the cat": kept as written
             return
         r = {"subject": s, "object": o, "relation": rel}
         if o2 is not None:
@@ -1163,7 +1170,7 @@ def parse_prompt(text: str) -> tuple[dict, list[str]]:
         "style": {k: ", ".join(dict.fromkeys(v)) for k, v in p.style.items()},
         "composition": ", ".join(dict.fromkeys(p.composition)),
         "negatives": list(dict.fromkeys(p.negatives)),
-        "unparsed": p.unparsed(),
+        "unparsed": p.unparsed() + p.lost,
     }
     return plan, list(p.relation_texts)
 
