@@ -141,7 +141,7 @@ def test_parity_with_diffusers_decode(twins):
     got = ours.decode(codes, max_batch=2)
     assert got.shape == (2, 3, 24, 40)
     assert (got - expected).abs().max().item() < 1e-4
-    assert torch.equal(ours.decode(codes, max_batch=1), got) or (ours.decode(codes) - got).abs().max() < 1e-5
+    assert (ours.decode(codes, max_batch=1) - got).abs().max().item() < 1e-5  # one image at a time: same pixels
 
 
 def test_chunked_attention_and_quantiser_are_exact(twins, monkeypatch):
