@@ -320,6 +320,7 @@ def test_added_token_flags(pair):
     (lambda s: s["added_tokens"][0].update(id=5), "is written with id 5"),
     (lambda s: s["model"]["merges"].append(["zzz", "qqq"]), "not in the vocabulary"),
     (lambda s: s["model"]["merges"].append("a b c"), "bad merge 'a b c'"),
+    (lambda s: s["model"].update(merges=[" ".join(m) for m in s["model"]["merges"]] + ["x y z"]), "bad merge 'x y z'"),
 ])
 def test_unsupported_components_are_refused_by_name(pair, change, message):
     spec = json.loads(json.dumps(pair[2]))

@@ -440,13 +440,15 @@ class BPE:
     def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], ignore_merges=False):
         self.vocab = vocab
         self.ignore_merges = ignore_merges
-        self.ranks: dict[tuple[str, str], tuple[int, str]] = {}
-        for rank, (a, b) in enumerate(merges):
-            for part in (a, b, a + b):
-                if part not in vocab:
-                    raise TokenizerError(f"merge #{rank} {a!r} + {b!r} uses {part!r}, which is not "
-                                         "in the vocabulary: the tokenizer file is inconsistent")
-            self.ranks[(a, b)] = (rank, a + b)   # a repeated pair keeps its last rank, as in tokenizers
+        # A repeated pair keeps its last rank, as in tokenizers.
+        self.ranks = {(a, b): (rank, a + b) for rank, (a, b) in enumerate(merges)}
+        parts = {a for a, _ in self.ranks} | {b for _, b in self.ranks} | {m for _, m in self.ranks.values()}
+        if not parts <= vocab.keys():
+            rank, (a, b) = next((r, m) for r, m in enumerate(merges)
+                                if not {m[0], m[1], m[0] + m[1]} <= vocab.keys())
+            missing = next(p for p in (a, b, a + b) if p not in vocab)
+            raise TokenizerError(f"merge #{rank} {a!r} + {b!r} uses {missing!r}, which is not in the "
+                                 "vocabulary: the tokenizer file is inconsistent")
         self.cache: dict[str, list[int]] = {}
 
     def merge(self, word: str) -> list[str]:
@@ -497,19 +499,22 @@ class BPE:
 
 
 def _parse_merges(merges) -> list[tuple[str, str]]:
-    out = []
-    for m in merges:
-        if isinstance(m, str):
-            if m.startswith("#version"):
-                continue
-            parts = m.split(" ")
-            if len(parts) != 2:
-                raise TokenizerError(f"bad merge {m!r} (line {len(out) + 1}): expected 'a b'")
-            out.append((parts[0], parts[1]))
-        elif isinstance(m, (list, tuple)) and len(m) == 2:
-            out.append((m[0], m[1]))
-        else:
-            raise TokenizerError(f"bad merge {m!r}: expected 'a b' or [a, b]")
+    """Merges as "a b" strings (older files) or [a, b] pairs (newer ones), in rank order."""
+    if not isinstance(merges, list):
+        raise TokenizerError("the BPE model's 'merges' is not a list")
+    if all(isinstance(m, str) for m in merges):
+        out = [m.split(" ") for m in merges if not m.startswith("#version")]
+        bad = next((k for k, p in enumerate(out) if len(p) != 2), None)
+        if bad is not None:
+            raise TokenizerError(f"bad merge {' '.join(out[bad])!r} (merge #{bad}): expected 'a b'")
+        return [(a, b) for a, b in out]
+    try:
+        out = list(map(tuple, merges))
+    except TypeError:
+        out = []
+    if len(out) != len(merges) or set(map(len, out)) - {2}:
+        bad = next(k for k, m in enumerate(merges) if not isinstance(m, (list, tuple)) or len(m) != 2)
+        raise TokenizerError(f"bad merge {merges[bad]!r} (merge #{bad}): expected 'a b' or [a, b]")
     return out
 
 
