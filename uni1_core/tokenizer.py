@@ -13,8 +13,14 @@ is refused with an error that names it, rather than tokenized slightly different
 
 `tokenizers` matches `\\p{L}`, `\\p{N}` and `\\s` with Oniguruma's Unicode 16 tables and
 normalises with Unicode 9 tables, while Python's `unicodedata` has the tables of its own
-release (14.0 for Python 3.11). The two small tables below bridge that gap; the tests check
-every code point against `tokenizers`.
+release (14.0 for Python 3.11). The small tables below bridge that gap; the tests check every
+code point against `tokenizers`. Known limit: on a Python whose tables are newer than 14.0
+(3.12+), combining marks and compositions first assigned in Unicode 15+ (rare scripts) may
+normalise differently from `tokenizers`.
+
+Differences from `tokenizers` by design: `vocab_size` is the largest id + 1 (the range of ids
+the model's embedding must cover), and `decode` rejects an id the file does not define
+(`tokenizers` silently skips it) so that image-code ids never vanish from decoded text.
 """
 from __future__ import annotations
 
