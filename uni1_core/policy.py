@@ -138,12 +138,8 @@ class SamplingPolicy:
         if self.top_p is not None and self.top_p < 1:
             p = _top_p(p, self.top_p)
         f = forced.to(c.device)[positions]
-        is_forced = f >= 0
-        if bool(is_forced.any()):
-            one_hot = torch.zeros_like(p)
-            one_hot.scatter_(1, f.clamp_min(0)[:, None], 1.0)
-            p = torch.where(is_forced[:, None], one_hot, p)
-        return p
+        one_hot = torch.zeros_like(p).scatter_(1, f.clamp_min(0)[:, None], 1.0)
+        return torch.where((f >= 0)[:, None], one_hot, p)
 
 
 def _top_n_sigma(l: torch.Tensor, n: float) -> torch.Tensor:

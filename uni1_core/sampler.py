@@ -84,27 +84,27 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ _shr(x, 31)
 
 
-def random_keys(seeds: torch.Tensor, positions: torch.Tensor, iterations: torch.Tensor | int,
-                purpose: int) -> torch.Tensor:
-    """int64 hash of (seed, position, iteration, purpose); seeds (B,), positions (B, T), iterations (B,)."""
+def random_keys(seeds: torch.Tensor, positions: torch.Tensor, iterations: torch.Tensor | int) -> torch.Tensor:
+    """int64 hash of (seed, position, iteration); seeds (B,), positions (B, T), iterations (B,) or an int.
+    `draw(keys, purpose)` turns it into the uniforms of one purpose."""
     h = _mix(seeds[:, None] + _GOLDEN)
     h = _mix(h + positions * _GOLDEN)
-    h = _mix(h + torch.as_tensor(iterations, device=seeds.device).reshape(-1, 1) * _GOLDEN)
-    return _mix(h + purpose)
+    return _mix(h + torch.as_tensor(iterations, device=seeds.device).reshape(-1, 1) * _GOLDEN)
 
 
-def _uniform(keys: torch.Tensor) -> torch.Tensor:
-    """float64 uniforms in [0, 1) from 53 bits of the hash."""
-    return _shr(keys, 11).double() * 2.0 ** -53
+def draw(keys: torch.Tensor, purpose: int) -> torch.Tensor:
+    """float64 uniforms in [0, 1) from 53 bits of the hash of (keys, purpose)."""
+    return _shr(_mix(keys + _signed(purpose * _GOLDEN % (1 << 64))), 11).double() * 2.0 ** -53
 
 
-def random_uniform(seeds, positions, iterations, purpose) -> torch.Tensor:
-    return _uniform(random_keys(seeds, positions, iterations, purpose))
+def random_uniform(seeds, positions, iterations, purpose: int) -> torch.Tensor:
+    """Uniforms in [0, 1) keyed by (seed, position, iteration, purpose)."""
+    return draw(random_keys(seeds, positions, iterations), purpose)
 
 
 def gumbel_noise(seeds: torch.Tensor, positions: torch.Tensor, size: int) -> torch.Tensor:
     """(B, T, size) float32 standard Gumbel noise, a function of (seed, position, code) only."""
-    base = random_keys(seeds, positions, 0, GUMBEL)
+    base = _mix(random_keys(seeds, positions, 0) + _signed(GUMBEL * _GOLDEN % (1 << 64)))
     h = _mix(base[..., None] + torch.arange(1, size + 1, device=seeds.device) * _GOLDEN)
     u = (_shr(h, 11).double() + 0.5) * 2.0 ** -53                  # strictly inside (0, 1)
     return (-torch.log(-torch.log(u))).float()
@@ -143,27 +143,30 @@ class Verdict(NamedTuple):
     fallbacks: torch.Tensor   # (B, T) bool: a residual that fell back to p was used there
 
 
-def verify_window(P, D, Q, m, u_accept, u_residual, u_fresh, rule: str, gumbel=None) -> Verdict:
+def verify_window(P, D, Q, m, keys, rule: str, gumbel=None) -> Verdict:
     """Verify one window per image and decide the next drafts.
 
     P: (B, T, V') the law at window positions j = 0..T-1 (stream positions n_b + j).
     D, Q: (B, T) drafts at those positions and (B, T, V') the laws they were drawn from;
-        only j < m_b hold drafts. u_*: (B, T) float64 uniforms. gumbel: (B, T, V') noise.
-    rule: "sjd", "maximal" or "gumbel".
+        only j < m_b hold drafts. keys: (B, T) `random_keys` of (seed, position, iteration).
+    rule: "sjd", "maximal" or "gumbel"; gumbel: (B, T, V') the positions' noise.
 
     Committed: tokens[:, :a+1] (a = accepted drafts, then the residual sample or the bonus).
     Next drafts: tokens[:, a+1 : m+1] with law next_q (= P: the rule that keeps it exact).
     """
     B, T, V = P.shape
+    fresh = sample_from(P, draw(keys, FRESH))
+    if T == 1:                                                   # plain AR: nothing to verify
+        none = torch.zeros(B, 1, dtype=torch.bool, device=P.device)
+        return Verdict(torch.zeros(B, dtype=torch.long, device=P.device), fresh, P, none, none)
     j = torch.arange(T, device=P.device)[None, :]
     has_draft = j < m[:, None]
     p_d = P.gather(-1, D[..., None]).squeeze(-1).double()
     q_d = Q.gather(-1, D[..., None]).squeeze(-1).double()
-    keep = (u_accept * q_d < p_d) & has_draft                    # u < p/q without dividing
+    keep = (draw(keys, ACCEPT) * q_d < p_d) & has_draft         # u < p/q without dividing
     a = torch.cumprod(keep.long(), dim=1).sum(1)                 # leading run of kept drafts
     res_law, res_bad = residual_law(P, Q)
-    resid = sample_from(res_law, u_residual)
-    fresh = sample_from(P, u_fresh)
+    resid = sample_from(res_law, draw(keys, RESIDUAL))
     at_a = j == a[:, None]
     rejected_at_a = at_a & (a < m)[:, None]
     if rule == "maximal":
@@ -188,7 +191,7 @@ def verify_window(P, D, Q, m, u_accept, u_residual, u_fresh, rule: str, gumbel=N
 # ---------------------------------------------------------------------------------------------
 # The loop
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str = "sjd",
                  policy: SamplingPolicy | str | None = None, seeds: list[int] | None = None,
                  window: int | None = None, coupling: str = "maximal", regions=None,
@@ -280,8 +283,10 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
 
     stats = {"mode": mode, "window": L, "coupling": coupling if mode == "sjd_coupled" else None,
              "batch": B, "forwards": 0, "prefill_forwards": 0, "image_tokens": S,
-             "accepted_hist": [0] * L, "residual_fallbacks": 0, "regions": R}
+             "regions": R}
     per_image_forwards = torch.zeros(B, dtype=torch.long, device=device)
+    accepted_hist = torch.zeros(L, dtype=torch.long, device=device)
+    fallbacks = torch.zeros((), dtype=torch.long, device=device)
 
     def check_cancel():
         if should_cancel is not None and should_cancel():
@@ -319,11 +324,12 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
             stats["prefill_forwards"] = 1
 
         while True:
-            active = n < S
-            if not bool(active.any()):
+            left = int((S - n).max())                                         # the one host sync
+            if left == 0:
                 break
+            active = n < S
             m = torch.where(active, (S - 1 - n).clamp_max(L - 1), torch.zeros_like(n))   # drafts used
-            T = int(m.max()) + 1
+            T = min(L, left)
             window_ids = torch.cat([last[:, None], sub_ids[D[:, : T - 1]]], dim=1)
             n_valid = torch.where(active, m + 1, torch.zeros_like(m))
             check_cancel()
@@ -341,10 +347,8 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
                 reg_w = region_w.gather(2, pos[:, None, :].expand(B, R, T)).permute(0, 2, 1).reshape(B * T, R)
             P = policy.probs(cond, uncond, pos.reshape(-1), guidance, forced, reg_c, reg_w).view(B, T, V)
 
-            verdict = verify_window(
-                P, D[:, :T], Q[:, :T], m,
-                random_uniform(seeds_t, pos, it, ACCEPT), random_uniform(seeds_t, pos, it, RESIDUAL),
-                random_uniform(seeds_t, pos, it, FRESH), rule, None if G is None else G[:, :T])
+            verdict = verify_window(P, D[:, :T], Q[:, :T], m, random_keys(seeds_t, pos, it), rule,
+                                    None if G is None else G[:, :T])
             a = torch.where(active, verdict.accepted, torch.zeros_like(n))
             tokens = verdict.tokens
 
@@ -352,9 +356,8 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
             stream.scatter_(1, n[:, None] + steps[None, :T], torch.where(active[:, None], tokens, stream.gather(1, n[:, None] + steps[None, :T])))
             x = tokens.gather(1, a[:, None]).squeeze(1)
             last = torch.where(active, sub_ids[x], last)
-            stats["accepted_hist"] = [h + int(c) for h, c in
-                                      zip(stats["accepted_hist"], torch.bincount(a[active], minlength=L).tolist())]
-            stats["residual_fallbacks"] += int((verdict.fallbacks & active[:, None]).sum())
+            accepted_hist += torch.zeros_like(accepted_hist).scatter_add_(0, a, active.long())
+            fallbacks += (verdict.fallbacks & active[:, None]).sum()
             n = torch.where(active, n + a + 1, n)
             cache.lengths = base + n[row_image]                              # exactly the committed prefix
             it = it + active.long()
@@ -389,6 +392,8 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
     codes = stream[:, code_pos].view(B, grid.rows, grid.cols)
     if not bool(((stream[:, code_pos] < C)).all()):
         raise RuntimeError("internal error: a structural token was sampled inside a row")
+    stats["accepted_hist"] = accepted_hist.tolist()
+    stats["residual_fallbacks"] = int(fallbacks)
     stats["per_image_forwards"] = per_image_forwards.tolist()
     stats["forwards_per_token"] = stats["forwards"] / S
     stats["per_image_forwards_per_token"] = [f / S for f in stats["per_image_forwards"]]
