@@ -15,7 +15,8 @@ tokenizers = pytest.importorskip("tokenizers")
 from tokenizers import AddedToken as HFAddedToken  # noqa: E402
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers  # noqa: E402
 
-from training.bpe import CHAMELEON_ADDED, LUMINA_ADDED, QWEN25_ADDED, build_bpe_tokenizer_json  # noqa: E402
+from training.bpe import (  # noqa: E402
+    CHAMELEON_ADDED, LUMINA_ADDED, QWEN25_ADDED, build_bpe_tokenizer_json, write_tokenizer_folder)
 from uni1_core.tokenizer import (  # noqa: E402
     GPT2_PATTERN, LLAMA3_PATTERN, QWEN2_PATTERN, TextTokenizer, TokenizerError, _unicode_classes, compile_split_pattern, nfc)
 
@@ -389,3 +390,38 @@ def test_bpe_training_refuses_impossible_sizes():
         build_bpe_tokenizer_json(["abc"], 300, LUMINA_ADDED)
     with pytest.raises(ValueError, match="distinct"):
         build_bpe_tokenizer_json(["abc"], 400, ["<a>", "<a>"])
+
+
+def test_written_folder_loads_in_transformers_like_the_reference(tmp_path):
+    """The reference loads the tokenizer with AutoTokenizer; the demo model's folder must too."""
+    transformers = pytest.importorskip("transformers")
+    spec = build_bpe_tokenizer_json(_corpus(seed=6, n=200), 600, LUMINA_ADDED)
+    folder = write_tokenizer_folder(tmp_path / "model", spec)
+    ref = transformers.AutoTokenizer.from_pretrained(str(folder))
+    ours = TextTokenizer.from_dir(folder)
+    assert ref.bos_token_id is None and ours.bos_id == ref.eos_token_id == ours.token_to_id("<|endoftext|>")
+    assert len(ref) == ours.vocab_size == 600
+    rng = random.Random(8)
+    specials = [e if isinstance(e, str) else e["content"] for e in LUMINA_ADDED]
+    for text in HARD_CASES[:60] + [_random_text(rng, specials) for _ in range(100)]:
+        ids = ours.encode(text)
+        assert ids == ref.encode(text, add_special_tokens=False), text
+        assert ours.decode(ids) == ref.decode(ids, skip_special_tokens=False)
+
+
+def test_tens_of_thousands_of_added_tokens(pair):
+    """Added-token matching is one trie walk, not a loop per token: 20,000 of them load and
+    encode quickly, and the longest match wins ("<r123" over "<r12")."""
+    spec = json.loads(json.dumps(pair[2]))
+    taken = {t["content"] for t in spec["added_tokens"]}
+    next_id = max(t["id"] for t in spec["added_tokens"]) + 1
+    names = [n for n in (f"<reserved{k}>" for k in range(20000)) if n not in taken]
+    names += [f"<r{k}" for k in range(3000)]          # "<r1" is a prefix of "<r12", of "<r123" ...
+    spec["added_tokens"] += [{"id": next_id + k, "content": n, "single_word": False, "lstrip": False,
+                              "rstrip": False, "normalized": False, "special": True} for k, n in enumerate(names)]
+    ours, hf = TextTokenizer(spec), Tokenizer.from_str(json.dumps(spec))
+    rng = random.Random(9)
+    for _ in range(200):
+        text = "".join(rng.choice([rng.choice(names), rng.choice(names)[:-1], " x", "<reserved", "1>", "<r", "9"])
+                       for _ in range(rng.randint(1, 12)))
+        _check(ours, hf, text)

@@ -9,8 +9,10 @@ ties broken by the pair's text, so the result depends only on the corpus.
 """
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter, defaultdict
+from pathlib import Path
 
 from uni1_core.tokenizer import BYTE_TO_CHAR, QWEN2_PATTERN, compile_split_pattern, nfc, to_byte_chars
 
@@ -115,6 +117,21 @@ def build_bpe_tokenizer_json(corpus_texts, vocab_size: int, special_tokens) -> d
                   "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False,
                   "ignore_merges": False, "vocab": vocab, "merges": [[a, b] for a, b in merges]},
     }
+
+
+def write_tokenizer_folder(folder, spec: dict, eos_token: str = "<|endoftext|>") -> Path:
+    """Write `tokenizer.json` and a Qwen2-style `tokenizer_config.json` (no BOS, so the prompt
+    starts with EOS, as for the release) into `folder`; both `TextTokenizer.from_dir` and
+    `transformers.AutoTokenizer` read the result."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if eos_token not in {t["content"] for t in spec["added_tokens"]}:
+        raise ValueError(f"eos_token {eos_token!r} is not one of the added tokens")
+    (folder / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    config = {"tokenizer_class": "Qwen2Tokenizer", "bos_token": None, "eos_token": eos_token,
+              "pad_token": eos_token, "model_max_length": 131072, "clean_up_tokenization_spaces": False}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return folder
 
 
 # The added tokens of a Lumina-mGPT 2.0 tokenizer: Qwen2.5's 22 (ids 151643..151664 in the
