@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass, field, fields, replace
 
 from .layout import compute_layout, position_holds, relation_holds
-from .plan_parse import (BASIC_COLORS, COLOR_ALIASES, MAX_COUNT, POSITIONS, PRE_COLOR_WORDS,
+from .plan_parse import (BASIC_COLORS, COLOR_ALIASES, MAX_COUNT, OTHER_COLOR_WORDS, POSITIONS, PRE_COLOR_WORDS,
                          RELATION_TEXT, RELATIONS, article, extract_llm_payload, number_word,
                          parse_prompt, plural)
 
@@ -292,7 +292,7 @@ class Plan:
                     post.append(a)
             elif a.split()[0] in POST_NOUN_LEADERS or (a not in PRE_COLOR_WORDS and a.split()[0].endswith(("ing", "ed"))):
                 post.append(a)     # "a dog with a red collar", "a car parked", "a bird flying"
-            elif a in PRE_COLOR_WORDS:
+            elif a in PRE_COLOR_WORDS or a in OTHER_COLOR_WORDS:     # "a small navy blue car"
                 pre.append(a)
             else:
                 mid.append(a)

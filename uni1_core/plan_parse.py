@@ -537,6 +537,9 @@ def is_noun_like(low: str) -> bool:
 # The scanner
 # ---------------------------------------------------------------------------------------------
 
+# "X light" that is a thing, not lighting: "two traffic lights".
+LIGHT_OBJECTS = {"traffic", "street", "tail", "head", "flash", "desk", "ceiling", "night", "fairy",
+                 "string", "christmas", "tea", "search", "spot", "flood", "porch", "brake", "landing"}
 AMBIGUOUS_COMPOSITION = {"minimal", "centered", "centred", "symmetrical", "symmetric", "isometric",
                          "panoramic", "minimalist", "minimalistic", "full-length"}
 NOT_NOUNS = {"middle", "center", "centre", "left", "right", "top", "bottom", "side", "one", "ones",
@@ -929,7 +932,7 @@ class _Parser:
             self.take(i, i + 1)
             return i + 1
         if i + 1 < end and toks[i + 1].low in ("lighting", "light", "lights") and toks[i].word and (
-                low not in BASIC_COLORS and low not in FUNCTION_WORDS and low not in ("traffic", "street")
+                low not in BASIC_COLORS and low not in FUNCTION_WORDS and low not in LIGHT_OBJECTS
                 and (toks[i + 1].low == "lighting" or low in ("warm", "soft", "cold", "neon", "natural", "dim"))):
             self.style["lighting"].append(self.norm_text(i, i + 2))   # "moody lighting"
             self.take(i, i + 2)
@@ -937,10 +940,10 @@ class _Parser:
         if at_seg_start:
             j = i
             while j < end and j - i < 4 and toks[j].word and toks[j].low not in DETERMINERS \
-                    and toks[j].low not in ("light", "lighting", "lights"):
+                    and parse_count(toks, j) is None and toks[j].low not in ("light", "lighting", "lights"):
                 j += 1
             if (i < j < end and toks[j].low in ("light", "lighting", "lights")
-                    and (j + 1 == end or toks[j + 1].low == ",")):
+                    and toks[j - 1].low not in LIGHT_OBJECTS and (j + 1 == end or toks[j + 1].low == ",")):
                 self.style["lighting"].append(self.norm_text(i, j + 1))    # "..., soft morning light,"
                 self.take(i, j + 1)
                 return j + 1
