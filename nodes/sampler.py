@@ -112,11 +112,11 @@ class Uni1SJDSampler:
         policy = pipe.with_policy(cfg_scale=float(cfg), temperature=float(temperature),
                                   top_k=int(top_k) or None, top_p=float(top_p) if top_p < 1 else None)
         movq = vq.ready() if vq is not None else None
-        grid_rows, grid_cols = height // 8, width // 8
-        total = grid_rows * (grid_cols + 1) + 1
-        progress = runtime.Progress(total, preview_fn=_previewer(movq, grid_rows, grid_cols) if movq else None,
-                                    preview_every=PREVIEW_EVERY_S)
         seeds = [(int(seed) + i) % (MAX_SEED + 1) for i in range(int(batch_size))]
+        rows, cols = height // 8, width // 8
+        total = len(seeds) * (rows * (cols + 1) + 1)     # stream tokens over the batch, as on_progress counts
+        progress = runtime.Progress(total, preview_fn=_previewer(movq, rows) if movq else None,
+                                    preview_every=PREVIEW_EVERY_S)
         try:
             with torch.inference_mode():
                 result = pipe.sample(
@@ -142,7 +142,7 @@ def finished_rows(done_mask: torch.Tensor) -> int:
     return int(complete.cumprod(0).sum())
 
 
-def _previewer(movq, rows: int, cols: int):
+def _previewer(movq, rows: int):
     """preview_fn for runtime.Progress: the sampler's on_preview(codes, done_mask) -> the finished
     rows of the first image, decoded and padded to the full size."""
     def preview(codes, done_mask):

@@ -440,7 +440,7 @@ def test_cancel_becomes_comfyui_interrupt(comfy):
 
 def test_preview_decodes_finished_rows_padded_to_full_size(comfy):
     sampler = comfy.nodes.sampler
-    preview = sampler._previewer(FakeMoVQ(), rows=4, cols=3)
+    preview = sampler._previewer(FakeMoVQ(), rows=4)
     codes = torch.full((2, 4, 3), 15)
     done = torch.zeros(2, 4, 3, dtype=torch.bool)
     assert preview(codes, done) is None
