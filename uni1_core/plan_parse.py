@@ -951,7 +951,7 @@ class _Parser:
             j = i + 4
             while j < end and toks[j].low != ",":
                 j += 1
-            self.style["medium"].append(self.norm_text(i + 1, j))
+            self.style["medium"].append(self.norm_text(i, j))          # "in the style of van gogh"
             self.take(i, j)
             return j
         if i + 1 < end and toks[i + 1].low == "style" and toks[i].word and low not in FUNCTION_WORDS:
@@ -1036,6 +1036,17 @@ class _Parser:
             self.take(i, j + 2)
             st.last_end = j + 2
             return j + 2
+        if j < end and toks[j].low in ("it", "them") and group:
+            # "a phone next to it": the subject named just before this group
+            earlier = [s for s in range(len(self.subjects)) if s not in group]
+            if not earlier:
+                return None
+            text = self.norm_text(i, j + 1)
+            for s in group:
+                self.add_relation(s, earlier[-1], rel, None, text)
+            self.take(i, j + 1)
+            st.last_end = j + 1
+            return j + 1
         np = self.noun_phrase(j, end, as_subject=False)
         if np is None:
             return None
