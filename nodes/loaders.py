@@ -11,14 +11,32 @@ from .handles import CATEGORY, UNI1_MODEL, UNI1_VQ, ModelHandle, VQHandle
 log = logging.getLogger("uni1")
 
 
+def _progress_tqdm():
+    """A tqdm class for huggingface_hub that also drives the node's ComfyUI progress bar (the
+    files fetched so far), so a first-use download is visible in the UI, not only the console."""
+    from huggingface_hub.utils import tqdm as hub_tqdm
+
+    class NodeProgressTqdm(hub_tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.node_progress = runtime.Progress(int(self.total or 0))
+
+        def update(self, n=1):
+            out = super().update(n)
+            self.node_progress.on_progress(int(self.n), int(self.total or self.n))
+            return out
+
+    return NodeProgressTqdm
+
+
 def _download(repo_id: str):
-    """Fetch a Hugging Face repo into models/uni1/<owner>/<name> (console progress bar); later
-    runs find the folder locally and never touch the network."""
+    """Fetch a Hugging Face repo into models/uni1/<owner>/<name>; later runs find the folder
+    locally (it is then listed under the same name) and never touch the network."""
     from huggingface_hub import snapshot_download
     target = paths.download_dir(repo_id)
     log.info("uni1: downloading %s into %s (once; later runs are offline)", repo_id, target)
     try:
-        snapshot_download(repo_id, local_dir=str(target))
+        snapshot_download(repo_id, local_dir=str(target), tqdm_class=_progress_tqdm())
     except Exception as exc:
         raise RuntimeError(
             f"could not download {repo_id} from Hugging Face ({exc}). Download it yourself into "

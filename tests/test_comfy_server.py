@@ -266,6 +266,8 @@ def test_a_model_folder_placed_in_models_uni1_runs(server, comfy_log_on_failure)
     assert [server.image(r).size for r in refs] == [(64, 64), (64, 64)]
 
 
+@pytest.mark.skipif(not (ROOT / "uni1_core" / "demo_model" / "config.json").is_file(),
+                    reason="SKIPPED: uni1_core/demo_model is not in this checkout yet; the demo workflow needs it")
 def test_demo_workflow_makes_an_image(server, comfy_log_on_failure):
     prompt = demo_workflow(seed=1)
     entry = server.run(prompt)

@@ -660,3 +660,33 @@ def test_sampler_errors_a_user_can_act_on(comfy, tiny):
         run_sampler(tiny, 96, 64, prompt="a cat")
     with pytest.raises(comfy.nodes.paths.ModelPathError, match="'..'"):
         tiny.M["Uni1ModelLoader"]().load("../tiny", "auto")
+
+
+def test_a_repo_id_is_downloaded_once_into_the_models_folder_with_ui_progress(comfy, monkeypatch):
+    import huggingface_hub
+    fetched = []
+
+    def fake_snapshot_download(repo_id, local_dir, tqdm_class):
+        fetched.append(repo_id)
+        bar = tqdm_class(total=3, desc="Fetching 3 files")
+        for name in ("config.json", "tokenizer.json", "model.safetensors"):
+            Path(local_dir).mkdir(parents=True, exist_ok=True)
+            (Path(local_dir) / name).write_text("{}")
+            bar.update(1)
+        bar.close()
+        return local_dir
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    resolve = comfy.nodes.loaders.resolve_model_source
+    path = resolve("Alpha-VLLM/Lumina-mGPT-2.0")
+    assert Path(path) == comfy.models / "Alpha-VLLM" / "Lumina-mGPT-2.0"
+    assert [c[:2] for c in comfy.calls["progress"]] == [(1, 3), (2, 3), (3, 3)]
+    # next time it is a local folder under the same name: no second download
+    assert comfy.nodes.paths.list_models().count("Alpha-VLLM/Lumina-mGPT-2.0") == 1
+    assert Path(resolve("Alpha-VLLM/Lumina-mGPT-2.0")) == Path(path).resolve()
+    assert fetched == ["Alpha-VLLM/Lumina-mGPT-2.0"]
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(RuntimeError, match="huggingface-cli download someone/model --local-dir"):
+        resolve("someone/model")
