@@ -88,6 +88,29 @@ def grid():
     return ImageGrid(32, 32)        # 4 x 4 codes, stream of 21 tokens
 
 
+def greedy_by_full_forwards(model, vocab, grid, prompt, policy):
+    """Reference decode: every token from full, uncached forwards of the cond and uncond rows."""
+    from uni1_core.policy import forced_sub_ids, image_logits, sub_vocab_ids
+    header, sub = grid.header_ids(vocab), sub_vocab_ids(vocab)
+    g, forced, stream = policy.guidance(grid), forced_sub_ids(grid, vocab), []
+    with torch.no_grad():
+        for k in range(grid.stream_len):
+            c = image_logits(model(torch.tensor([prompt + header + stream]))[:, -1], vocab)
+            u = image_logits(model(torch.tensor([header + stream]))[:, -1], vocab)
+            stream.append(int(sub[policy.probs(c, u, torch.tensor([k]), g, forced).argmax(-1)]))
+    return grid.codes_from_stream(torch.tensor(stream), vocab)
+
+
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_greedy_ar_equals_uncached_decoding(model, vocab, conditioned):
+    cond = torch.randint(0, vocab.num_codes, (2, 4), generator=torch.Generator().manual_seed(1))
+    grid = ImageGrid(32, 32, prefix_codes=cond if conditioned else None)
+    greedy = POLICY.replace(top_k=1)
+    ar = sample_codes(model, vocab, grid, PROMPTS, mode="ar", policy=greedy, seeds=[0, 1, 2])
+    for b in range(3):
+        assert torch.equal(ar.codes[b], greedy_by_full_forwards(model, vocab, grid, PROMPTS[b], greedy))
+
+
 def test_greedy_modes_equal_ar(model, vocab, grid):
     greedy = POLICY.replace(top_k=1)
     ar = sample_codes(model, vocab, grid, PROMPTS, mode="ar", policy=greedy, seeds=[0, 1, 2])
@@ -182,6 +205,24 @@ def test_cancel_then_rerun_equals_clean_run(model, vocab, grid):
     assert len(calls) == 4                       # stopped before the 4th forward (prefill + 2 windows)
     again = sample_codes(model, vocab, grid, PROMPTS, mode="sjd", policy=POLICY, seeds=[7, 8, 9])
     assert torch.equal(again.codes, clean.codes)
+
+
+def test_condition_rows_are_prefilled_and_kept(model, vocab):
+    """Image-conditioned requests: the condition's rows are forced; they are committed with the
+    prefill (no forward each), and every mode agrees with ar on the rest under greedy decoding."""
+    cond = torch.randint(0, vocab.num_codes, (2, 4), generator=torch.Generator().manual_seed(1))
+    grid = ImageGrid(32, 32, prefix_codes=cond)
+    greedy = POLICY.replace(top_k=1)
+    ar = sample_codes(model, vocab, grid, PROMPTS[:2], mode="ar", policy=greedy, seeds=[0, 1])
+    assert torch.equal(ar.codes[:, :2], cond.expand(2, 2, 4))
+    free = grid.stream_len - 2 * (grid.cols + 1)
+    assert ar.stats["forwards"] == free and ar.stats["image_tokens"] == free
+    for mode, coupling, window in RUNS[1:]:
+        out = sample_codes(model, vocab, grid, PROMPTS[:2], mode=mode, coupling=coupling, window=window,
+                           policy=greedy, seeds=[0, 1])
+        assert torch.equal(out.codes, ar.codes), (mode, coupling, window)
+    sampled = sample_codes(model, vocab, grid, PROMPTS[:2], mode="sjd_coupled", policy=POLICY, seeds=[0, 1])
+    assert torch.equal(sampled.codes[:, :2], cond.expand(2, 2, 4))
 
 
 def test_progress_and_preview(model, vocab, grid):

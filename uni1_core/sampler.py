@@ -241,7 +241,11 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
     forced = forced_sub_ids(grid, vocab).to(device)
     guidance = policy.guidance(grid).to(device)
     use_cfg = bool((guidance != 1.0).any())
-    header = list(grid.header_ids(vocab))
+    # A leading run of forced positions (the condition rows of an image-conditioned request)
+    # is committed up front and prefilled with the header, as the reference prefills it.
+    free = (forced < 0).nonzero()
+    n0 = int(free[0]) if len(free) else S
+    header = list(grid.header_ids(vocab)) + sub_ids[forced[:n0]].tolist()
 
     # ---- rows of the batched forward: cond, regions, uncond --------------------------------
     row_ids = [list(p) + header for p in cond_prompts]
@@ -265,24 +269,25 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
     region_rows, region_w = region_rows.to(device), region_w.to(device)
     cond_rows = torch.arange(B, device=device)
     row_image = torch.tensor(row_image, device=device)
-    # Everything but the last header token is prefilled; that token is the first window input.
+    # Everything but the last header (or forced) token is prefilled; that token is the first window input.
     base = torch.tensor([len(r) - 1 for r in row_ids], device=device)
 
     seeds_t = torch.tensor(seeds, dtype=torch.long, device=device)
-    n = torch.zeros(B, dtype=torch.long, device=device)                # committed stream tokens
+    n = torch.full((B,), n0, dtype=torch.long, device=device)          # committed stream tokens
     it = torch.zeros(B, dtype=torch.long, device=device)               # forwards seen by each image
     last = torch.full((B,), header[-1], dtype=torch.long, device=device)
     D = torch.zeros(B, L, dtype=torch.long, device=device)             # drafts at n .. n+L-2 (slot L-1: pad)
     Q = torch.zeros(B, L, V, dtype=torch.float32, device=device)
-    G = gumbel_noise(seeds_t, torch.arange(L, device=device)[None].expand(B, L), V) if rule == "gumbel" else None
+    G = gumbel_noise(seeds_t, n0 + torch.arange(L, device=device)[None].expand(B, L), V) if rule == "gumbel" else None
     stream = torch.zeros(B, S + L, dtype=torch.long, device=device)
+    stream[:, :n0] = forced[:n0]
     uniform_q = torch.zeros(V, device=device)
     uniform_q[:C] = 1.0 / C
     steps = torch.arange(L, device=device)
     code_pos = torch.tensor([k for k in range(S - 1) if k % (grid.cols + 1) < grid.cols], device=device)
 
     stats = {"mode": mode, "window": L, "coupling": coupling if mode == "sjd_coupled" else None,
-             "batch": B, "forwards": 0, "prefill_forwards": 0, "image_tokens": S,
+             "batch": B, "forwards": 0, "prefill_forwards": 0, "image_tokens": S - n0,
              "regions": R}
     per_image_forwards = torch.zeros(B, dtype=torch.long, device=device)
     accepted_hist = torch.zeros(L, dtype=torch.long, device=device)
@@ -359,7 +364,7 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
             accepted_hist += torch.zeros_like(accepted_hist).scatter_add_(0, a, active.long())
             fallbacks += (verdict.fallbacks & active[:, None]).sum()
             n = torch.where(active, n + a + 1, n)
-            cache.lengths = base + n[row_image]                              # exactly the committed prefix
+            cache.lengths = base + (n - n0)[row_image]                       # exactly the committed prefix
             it = it + active.long()
 
             # next drafts: slot s <- window position a+1+s while it had a draft or was the last
@@ -395,10 +400,11 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
     stats["accepted_hist"] = accepted_hist.tolist()
     stats["residual_fallbacks"] = int(fallbacks)
     stats["per_image_forwards"] = per_image_forwards.tolist()
-    stats["forwards_per_token"] = stats["forwards"] / S
-    stats["per_image_forwards_per_token"] = [f / S for f in stats["per_image_forwards"]]
+    tokens = max(S - n0, 1)
+    stats["forwards_per_token"] = stats["forwards"] / tokens
+    stats["per_image_forwards_per_token"] = [f / tokens for f in stats["per_image_forwards"]]
     stats["seconds"] = time.perf_counter() - t0
-    stats["tokens_per_second"] = B * S / max(stats["seconds"], 1e-9)
+    stats["tokens_per_second"] = B * (S - n0) / max(stats["seconds"], 1e-9)
     return SampleResult(codes=codes, streams=streams, stats=stats)
 
 
