@@ -111,7 +111,9 @@ class Managed:
             return cls(module.to(torch_device()))
         patcher_cls = getattr(comfy_model_patcher, "CoreModelPatcher", None) or comfy_model_patcher.ModelPatcher
         size = mm.module_size(module) if hasattr(mm, "module_size") else 0
-        patcher = patcher_cls(PatcherHandle(module), load_device=torch_device(), offload_device=offload_device(),
+        # Named after the wrapped class, so ComfyUI's log says "Requested to load MoVQ".
+        handle_cls = type(type(module).__name__, (PatcherHandle,), {})
+        patcher = patcher_cls(handle_cls(module), load_device=torch_device(), offload_device=offload_device(),
                               size=size)
         return cls(module, patcher)
 
