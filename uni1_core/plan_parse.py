@@ -136,6 +136,7 @@ cloud sun planet rainbow blossom petal feather flame fire smoke bubble lantern k
 armchair fireplace rug carpet curtain pillow cushion blanket shelf bookshelf desk stool cabinet
 wardrobe dresser drawer bathtub shower towel sofa bench swing slide hammock car volcano island mountain hill river lake waterfall wave
 car wheel engine sword shield bow axe hammer wand staff throne light
+eye hair face hand arm leg head nose mouth ear beard tail paw fur neck shoulder finger
 building painting ring king wing string swing ceiling earring pudding dumpling duckling sapling
 railing clothing stocking lightning wedding icing shed sled seed reed weed steed bed
 """.split())
@@ -353,7 +354,18 @@ PREPOSITIONS = {"of", "with", "in", "on", "at", "to", "from", "by", "near", "und
                 "above", "below", "beneath", "behind", "beside", "between", "inside", "into",
                 "onto", "next", "left", "right", "for", "without", "against", "around", "along",
                 "across", "through", "among", "atop", "underneath", "upon", "within", "during",
-                "alongside", "toward", "towards", "like", "as", "than"}
+                "alongside", "toward", "towards", "like", "as", "than", "outside", "away", "out",
+                "off", "up", "down", "amid", "beyond", "past", "while", "where", "whose"}
+# Verbs that end a noun phrase ("green eyes *gaze* outside"); participles are found by suffix.
+VERBS = set("""
+sits sit stands stand lies lie hangs hang floats float flies fly swims swim runs run walks walk
+holds hold wears wear looks look gazes gaze stares stare watches watch glows glow shines shine
+reflects reflect casts cast fills fill covers cover surrounds surround leans lean rests rest
+plays play eats eat drinks drink reads read rides ride jumps jump dances dance sleeps sleep
+smiles smile waits wait grows grow rises rise falls fall sings sing carries carry hides hide
+peeks peek perches perch looms loom towers tower sparkles sparkle shimmers shimmer appears appear
+seems seem has have is are was were
+""".split())
 NEGATION_PHRASES = _phrases("with no", "without any", "without", "free of", "no", "not",
                             "devoid of", "excluding", "except")
 SCENE_PREPOSITIONS = {"on", "in", "at", "against", "under", "inside", "within", "near", "by",
@@ -617,7 +629,7 @@ class _Parser:
             return True
         low = t.low
         if (low in LIST_WORDS or low in PREPOSITIONS or low in COPULAS or low in DETERMINERS
-                or low in ("no", "not", "nor") or parse_count(self.toks, i) is not None):
+                or low in ("no", "not", "nor") or low in VERBS or parse_count(self.toks, i) is not None):
             return True
         if _match(self.toks, i, ORDER_PHRASES) or _match(self.toks, i, POSITION_PHRASES):
             return True
@@ -842,6 +854,8 @@ class _Parser:
                     self.take(i, k)
                     i = k
                     st.last_end = k
+                    # what follows is about this subject only, and a list after it starts afresh
+                    st.group, st.group_open = st.group[-1:], False
                     continue
 
             # fillers: list words and copulas
@@ -938,15 +952,16 @@ class _Parser:
             self.take(i, i + 2)
             return i + 2
         if at_seg_start:
-            j = i
-            while j < end and j - i < 4 and toks[j].word and toks[j].low not in DETERMINERS \
-                    and parse_count(toks, j) is None and toks[j].low not in ("light", "lighting", "lights"):
+            j = self.style_segment(i, end)      # "..., soft natural light from the left, ..."
+            if j is not None:
+                return j
+        if low == "shot" and i + 1 < end and toks[i + 1].low in ("on", "with"):   # "shot on 85mm"
+            j = i + 2
+            while j < end and toks[j].low != ",":
                 j += 1
-            if (i < j < end and toks[j].low in ("light", "lighting", "lights")
-                    and toks[j - 1].low not in LIGHT_OBJECTS and (j + 1 == end or toks[j + 1].low == ",")):
-                self.style["lighting"].append(self.norm_text(i, j + 1))    # "..., soft morning light,"
-                self.take(i, j + 1)
-                return j + 1
+            self.style["camera"].append(self.norm_text(i, j))
+            self.take(i, j)
+            return j
         if low == "in" and i + 3 < end and [t.low for t in toks[i + 1:i + 4]] == ["the", "style", "of"]:
             j = i + 4
             while j < end and toks[j].low != ",":
@@ -994,6 +1009,44 @@ class _Parser:
             self.take(i, j + k)
             return j + k
         return None
+
+    def style_segment(self, i: int, end: int) -> int | None:
+        """A short comma segment that ends in a style head is style as a whole:
+        "minimalist food photography" (medium), "soft morning light" (lighting)."""
+        toks = self.toks
+        e = i
+        while e < end and toks[e].low != ",":
+            e += 1
+        if not 2 <= e - i <= 7:
+            return None
+        # a lighting direction: "soft natural light from the left"
+        tail_end = e
+        for k in range(i + 1, e):
+            if toks[k].low == "from" and toks[k - 1].low in ("light", "lighting", "lights", "sunlight"):
+                tail_end = k
+                break
+        words = toks[i:tail_end]
+        if any(not t.word or t.low in DETERMINERS or parse_count(toks, i + n) is not None
+               for n, t in enumerate(words)):
+            return None
+        fld = None
+        for k in (3, 2, 1):
+            if len(words) <= k:
+                continue
+            start = tail_end - k
+            m = _match(toks, start, STYLE_TABLE) or _match(toks, start, INTRO_TABLE)
+            if m and m[0] == k and m[1] and m[1] != "mood":
+                fld = m[1]
+                break
+        last = words[-1].low
+        if fld is None and last in ("light", "lighting", "lights") and words[-2].low not in LIGHT_OBJECTS:
+            fld, k = "lighting", 1
+        if fld is None or any(is_noun_like(t.low) and t.low not in SCENE_NOUNS
+                              for t in toks[i:tail_end - k]):
+            return None
+        (self.composition if fld == "composition" else self.style[fld]).append(self.norm_text(i, e))
+        self.take(i, e)
+        return e
 
     def negation(self, i: int, end: int) -> int | None:
         """ "no people", "without text or watermarks": returns the next index, or None."""
