@@ -37,7 +37,7 @@ COLOURS = {
 }
 
 # Object side length as a fraction of the image side.
-SIZES = {"small": 0.20, "medium": 0.28, "large": 0.38}
+SIZES = {"small": 0.25, "medium": 0.33, "large": 0.42}
 
 RELATIONS = ("left of", "right of", "above", "below")
 

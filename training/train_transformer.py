@@ -1,0 +1,309 @@
+"""Train the demo text-to-image transformer and write the demo model folder.
+
+    python -m training.train_transformer --movq uni1_core/demo_model/movq.safetensors --out uni1_core/demo_model
+
+The model goes through exactly the code path of Lumina-mGPT 2.0:
+- text: a byte-level BPE (training/bpe.py) in the real `tokenizer.json` format with the
+  Chameleon-named special tokens, trained on the captions below;
+- sequence: `[BOS] "Generate an image of 64x64 according to the following prompt:\\n{caption}<reserved08706>"
+  <racm3:break> <grid 2> <grid 2>`, then 8 rows of 8 codes each closed by a row end, then the
+  end of image (uni1_core.sequence builds it, as at inference);
+- network: uni1_core.model.Uni1Model with a Chameleon config.json (qk-norm, SwiGLU, RoPE), small;
+- image codes: the demo MoVQ's 512 codes at `image_token_offset` (config.json "uni1").
+
+Captions are the planner's canonical form: each procedural scene (training/world.py) is turned
+into a `Plan` (subjects with count, colour and sometimes a size word; the relation between the
+two groups) and rendered with `plan.conditioning_text()`, so that at inference the planner's
+output is in the training distribution. Colours are left out of a caption now and then (the
+model then picks one), and a medium ("Photo.") is sometimes appended, as the planner writes for
+"a photo of ...". One batch in ten is unconditional: the header and the image only, exactly the
+row classifier-free guidance runs at inference.
+
+Loss: cross-entropy over the image codes of the stream (row ends and the end of image are
+forced at inference, so they are not learned). Batches hold sequences of one length (the
+caption lengths are bucketed), so no padding or attention mask is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+# Idle OpenMP threads must sleep, not spin: on a shared 2-core machine a spinning thread steals
+# the core its partner needs (measured here: 2 spinning threads ran 10x slower than 1 thread,
+# 2 passive threads 2x faster). Must be set before torch loads its OpenMP runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F
+
+from training.bpe import LUMINA_ADDED, build_bpe_tokenizer_json
+from training.world import SIZES, random_scene, render_batch
+from uni1_core.model import ModelConfig, Uni1Model
+from uni1_core.movq import MoVQ
+from uni1_core.plan import Plan, Relation, Style, Subject
+from uni1_core.sequence import T2I_TEMPLATE, TURN_END, ImageGrid, ImageVocab, t2i_prompt_ids
+from uni1_core.tokenizer import TextTokenizer
+
+SIZE = 64
+SIZE_WORDS = {"small": ("small", "tiny"), "large": ("large", "big")}
+MEDIUMS = ("photo", "drawing", "illustration", "painting", "digital art", "cartoon")
+EOS = "<|endoftext|>"
+
+
+# ---------------------------------------------------------------------------------------------
+# captions
+
+
+# The planner keeps words it does not understand, verbatim, as a last sentence ("... Please.").
+# A few captions end with such a sentence of common English words, so that the model learns that
+# the last sentence may be noise.
+FILLER_WORDS = ("please", "draw", "show", "me", "make", "just", "exactly", "simple", "nice", "clean", "here",
+                "now", "i", "want", "would", "like", "to", "see", "some", "nothing", "else", "only", "very",
+                "good", "the", "it", "as", "well", "with", "along", "together", "group", "side", "by", "its",
+                "own", "view", "scene", "single", "one", "really", "quick", "thanks", "kind", "of")
+# In a flat picture "on" and "under" are "above" and "below"; the planner keeps the words.
+RELATION_SYNONYMS = {"above": ("above", "above", "on"), "below": ("below", "below", "under")}
+
+
+def scene_plan(scene, rng: random.Random, colour_drop: float = 0.3, size_word: float = 0.25, medium: float = 0.1,
+               filler: float = 0.1) -> Plan:
+    """The Plan a planner would have made for this scene; some details left unsaid at random."""
+    subjects = []
+    for g in scene.groups:
+        attributes = []
+        if g.size in SIZE_WORDS and rng.random() < size_word:
+            attributes.append(rng.choice(SIZE_WORDS[g.size]))
+        colour = None if rng.random() < colour_drop else g.colour
+        subjects.append(Subject(g.shape, g.count, colour, attributes))
+    relations = []
+    if scene.relation is not None:
+        rel, subject, reference = scene.relation
+        relations.append(Relation(subject, reference, rng.choice(RELATION_SYNONYMS.get(rel, (rel,)))))
+    style = Style(medium=rng.choice(MEDIUMS)) if rng.random() < medium else Style()
+    unparsed = [" ".join(rng.choice(FILLER_WORDS) for _ in range(rng.randint(1, 3)))] if rng.random() < filler else []
+    return Plan(subjects=subjects, relations=relations, style=style, unparsed=unparsed)
+
+
+def caption(scene, rng: random.Random) -> str:
+    return scene_plan(scene, rng).conditioning_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenizer and config
+
+
+def train_tokenizer(seed: int, vocab_size: int, n_captions: int = 4000) -> dict:
+    """BPE on full prompt texts, so the template's words and the captions' words become tokens."""
+    rng = random.Random(seed)
+    corpus = [T2I_TEMPLATE.format(w=SIZE, h=SIZE, prompt=caption(random_scene(rng), rng)) + TURN_END for _ in range(n_captions)]
+    return build_bpe_tokenizer_json(corpus, vocab_size, LUMINA_ADDED)
+
+
+def model_config(tokenizer: TextTokenizer, hidden: int, layers: int, heads: int, num_codes: int) -> ModelConfig:
+    offset = tokenizer.vocab_size
+    eos = tokenizer.token_to_id(EOS)
+    raw = {
+        "architectures": ["ChameleonForConditionalGeneration"],
+        "model_type": "chameleon",
+        "vocab_size": offset + num_codes,
+        "hidden_size": hidden,
+        "intermediate_size": 256 * math.ceil(hidden * 8 / 3 / 256),
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": heads,
+        "max_position_embeddings": 256,
+        "rope_theta": 10000.0,
+        "rms_norm_eps": 1e-5,
+        "hidden_act": "silu",
+        "model_parallel_size": 1,
+        "swin_norm": False,
+        "mask_image_logits": True,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": False,
+        "bos_token_id": eos,
+        "eos_token_id": eos,
+        "pad_token_id": None,
+        "vocabulary_map": {tokenizer.id_to_token(i): i for i in range(tokenizer.vocab_size)},
+        "uni1": {
+            "image_token_offset": offset,
+            "num_image_codes": num_codes,
+            "sizes": [[SIZE, SIZE]],
+            "default_size": [SIZE, SIZE],
+        },
+    }
+    return ModelConfig.from_dict(raw)
+
+
+TOKENIZER_CONFIG = {
+    # Qwen2-family tokenizers have no BOS: the xllmx wrapper then prepends EOS (spec section 3).
+    "tokenizer_class": "Qwen2Tokenizer",
+    "bos_token": None,
+    "eos_token": EOS,
+    "pad_token": EOS,
+    "model_max_length": 256,
+    "add_prefix_space": False,
+    "clean_up_tokenization_spaces": False,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+@torch.no_grad()
+def build_dataset(movq: MoVQ, n: int, seed: int, chunk: int = 256) -> tuple[list, torch.Tensor]:
+    """n scenes and their (n, 8, 8) MoVQ codes."""
+    rng = random.Random(seed)
+    scenes = [random_scene(rng) for _ in range(n)]
+    codes = []
+    for i in range(0, n, chunk):
+        images = torch.from_numpy(render_batch(scenes[i : i + chunk], SIZE))
+        codes.append(movq.encode(images).to(torch.int16))
+    return scenes, torch.cat(codes)
+
+
+def make_batches(prompts: list[list[int]], batch: int, rng: random.Random) -> list[list[int]]:
+    """Indices grouped into batches whose prompts have one length (no padding needed)."""
+    by_len: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_len.setdefault(len(p), []).append(i)
+    batches = []
+    for idx in by_len.values():
+        rng.shuffle(idx)
+        batches += [idx[k : k + batch] for k in range(0, len(idx), batch) if len(idx[k : k + batch]) >= max(2, batch // 4)]
+    rng.shuffle(batches)
+    return batches
+
+
+def sequences(prompt_ids: list[list[int]], codes: torch.Tensor, grid: ImageGrid, vocab: ImageVocab) -> torch.Tensor:
+    """(B, T) prompt + header + stream ids; prompts all of one length (possibly zero: unconditional)."""
+    header = grid.header_ids(vocab)
+    rows = [torch.tensor(p + header, dtype=torch.long) for p in prompt_ids]
+    streams = [grid.stream_from_codes(c.long(), vocab) for c in codes]
+    return torch.stack([torch.cat([r, s]) for r, s in zip(rows, streams)])
+
+
+def code_loss(model: Uni1Model, ids: torch.Tensor, start: int, vocab: ImageVocab, grid: ImageGrid) -> torch.Tensor:
+    """Cross-entropy of the image codes, over the code sub-vocabulary. `start`: index of stream position 0."""
+    logits = model(ids[:, :-1])
+    stream = torch.arange(grid.stream_len)
+    is_code = torch.tensor([grid.cell(k) is not None for k in range(grid.stream_len)])
+    pos = start + stream[is_code]  # token positions of codes; predicted from position - 1
+    pred = logits[:, pos - 1, vocab.code_offset : vocab.code_offset + vocab.num_codes]
+    target = vocab.id_to_code(ids[:, pos])
+    return F.cross_entropy(pred.reshape(-1, vocab.num_codes), target.reshape(-1))
+
+
+# ---------------------------------------------------------------------------------------------
+# writing the model folder
+
+
+def write_folder(model: Uni1Model, tokenizer_json: dict, movq_file: Path, out: Path) -> None:
+    """The demo model folder, laid out like a real one: config.json, model.safetensors, the
+    tokenizer files and the MoVQ the codes belong to."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    (out / "model.safetensors").chmod(0o644)
+    if movq_file.resolve() != (out / "movq.safetensors").resolve():
+        shutil.copyfile(movq_file, out / "movq.safetensors")
+    (out / "tokenizer.json").write_text(json.dumps(tokenizer_json, ensure_ascii=False))
+    (out / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--movq", type=Path, default=Path("uni1_core/demo_model/movq.safetensors"))
+    p.add_argument("--out", type=Path, default=Path("uni1_core/demo_model"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--scenes", type=int, default=40000)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=24)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--hidden", type=int, default=192)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--text-vocab", type=int, default=640)
+    p.add_argument("--uncond-every", type=int, default=10, help="every n-th batch has no caption (for CFG)")
+    p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--data-cache", type=Path, default=None, help="reuse encoded scenes from this .pt file")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    t0 = time.time()
+
+    tokenizer_json = train_tokenizer(args.seed, args.text_vocab)
+    tokenizer = TextTokenizer(tokenizer_json, bos_token=None, eos_token=EOS, source="demo tokenizer")
+    movq = MoVQ.from_pretrained(args.movq)
+    config = model_config(tokenizer, args.hidden, args.layers, args.heads, movq.num_codes)
+    vocab = ImageVocab.from_tokenizer(tokenizer, config.vocab_size, config.raw["uni1"])
+    grid = ImageGrid(SIZE, SIZE)
+    print(f"tokenizer: {tokenizer.vocab_size} ids; model vocab {config.vocab_size} ({time.time() - t0:.0f}s)", flush=True)
+
+    if args.data_cache is not None and args.data_cache.is_file():
+        scenes, codes = torch.load(args.data_cache, weights_only=False)
+    else:
+        scenes, codes = build_dataset(movq, args.scenes, args.seed + 1)
+        if args.data_cache is not None:
+            torch.save((scenes, codes), args.data_cache)
+    print(f"{len(scenes)} scenes encoded ({time.time() - t0:.0f}s)", flush=True)
+
+    model = Uni1Model(config)
+    with torch.no_grad():  # small init, as in GPT-2: keeps the first steps of a tiny model stable
+        for name, param in model.named_parameters():
+            if param.ndim == 2:
+                param.normal_(0.0, 0.02)
+    print(f"transformer: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
+    decay = [p for n, p in model.named_parameters() if p.ndim == 2]
+    other = [p for n, p in model.named_parameters() if p.ndim != 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": other, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.95))
+
+    batches: list[list[int]] = []
+    step, ema = 0, None
+    warmup = max(1, min(100, args.steps // 10))
+    while step < args.steps:
+        if not batches:  # a new epoch: new captions for every scene (different details left out)
+            captions = [caption(s, rng) for s in scenes]
+            prompts = [t2i_prompt_ids(tokenizer, c, SIZE, SIZE) for c in captions]
+            batches = make_batches(prompts, args.batch, rng)
+        idx = batches.pop()
+        if step % args.uncond_every == args.uncond_every - 1:
+            batch_prompts = [[] for _ in idx]  # the unconditional row: header and image only
+        else:
+            batch_prompts = [prompts[i] for i in idx]
+        ids = sequences(batch_prompts, codes[idx], grid, vocab)
+        start = len(batch_prompts[0]) + 3
+        lr = args.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss = code_loss(model, ids, start, vocab, grid)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if step % 25 == 0:
+            print(f"step {step}/{args.steps} loss {ema:.3f} lr {lr:.2e} {time.time() - t0:.0f}s", flush=True)
+        if step % args.save_every == 0 or step == args.steps:
+            model.eval()
+            write_folder(model, tokenizer_json, args.movq, args.out)
+            model.train()
+            print(f"saved {args.out} at step {step}", flush=True)
+    print(f"done in {time.time() - t0:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
