@@ -329,3 +329,10 @@ def test_llm_plan_json_in_its_own_words_is_normalised():
     check_layout(plan)
     assert plan.conditioning_text() == ("Two red circles are to the left of a large blue square. "
                                         "A gold star is on the large blue square. Watercolor.")
+
+
+def test_summary_stays_short():
+    prompt = ", ".join(f"a red {noun}" for noun in ["cat", "dog", "bird", "fish", "cow", "horse", "sheep", "bear",
+                                                    "zebra", "giraffe", "lion", "tiger", "wolf", "fox", "deer"] * 3)
+    summary = make_plan(prompt).summary()
+    assert len(summary) == 200 and summary.endswith("…")

@@ -31,6 +31,7 @@ from .plan_parse import (BASIC_COLORS, COLOR_ALIASES, MAX_COUNT, OTHER_COLOR_WOR
 
 PLAN_VERSION = 1
 STYLE_FIELDS = ("medium", "lighting", "camera", "mood")
+SUMMARY_MAX = 200   # characters; the node UI shows one line
 # Attributes starting with these words follow the noun: "a dog with a red collar".
 POST_NOUN_LEADERS = {"with", "wearing", "holding", "carrying", "of", "made", "in", "at", "on",
                      "for", "from", "covered", "filled", "full", "under", "near", "by", "inside",
@@ -214,7 +215,20 @@ class Plan:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+        """The plan as JSON. With an indent, each subject, relation and box is one line, which
+        keeps the text short enough to edit by hand; `indent=None` gives one compact line."""
+        d = self.to_dict()
+        if indent is None:
+            return json.dumps(d, ensure_ascii=False)
+        pad = " " * indent
+        fields_ = []
+        for key, value in d.items():
+            if isinstance(value, list) and value and isinstance(value[0], dict):
+                items = ",\n".join(pad * 2 + json.dumps(v, ensure_ascii=False) for v in value)
+                fields_.append(f"{pad}{json.dumps(key)}: [\n{items}\n{pad}]")
+            else:
+                fields_.append(f"{pad}{json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}")
+        return "{\n" + ",\n".join(fields_) + "\n}"
 
     @classmethod
     def from_json(cls, data: str | dict) -> Plan:
@@ -382,7 +396,8 @@ class Plan:
             parts.append("no " + ", ".join(self.negatives))
         if self.unparsed:
             parts.append(f"{len(self.unparsed)} unparsed")
-        return " | ".join(parts)
+        line = " | ".join(parts)
+        return line if len(line) <= SUMMARY_MAX else line[:SUMMARY_MAX - 1].rstrip() + "…"
 
     def regions(self) -> list[tuple[str, tuple[float, float, float, float]]]:
         """(text, (x0, y0, x1, y1)) for every subject instance, for regional guidance."""
