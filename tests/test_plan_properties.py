@@ -197,3 +197,11 @@ def test_conditioning_text_reads_back_as_the_same_plan(plan):
 def _content(plan: Plan):
     key = [(s.noun, s.count, s.color, tuple(s.attributes)) for s in plan.subjects]
     return sorted(key), sorted((key[r.subject], r.relation, key[r.object]) for r in plan.relations)
+
+
+def test_long_word_salad_prompts_give_valid_plans():
+    """Long prompts with many contradicting relations: each still gives a usable, consistent plan."""
+    rng = random.Random(7)
+    for _ in range(8):
+        prompt = " ".join(rng.choice(VOCAB) for _ in range(300))
+        check_plan(make_plan(prompt))

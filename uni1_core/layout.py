@@ -208,8 +208,9 @@ def compute_layout(counts: list[int], relations: list[tuple[int, int, str, int |
         elif rel in ("below", "under", "in front of"):
             vert.add(ro, rs)
     # positions order subjects against each other: left < center < right, top < middle < bottom
-    for a in range(n):
-        for b in range(n):
+    placed = [s for s in range(n) if positions[s] != (None, None)]
+    for a in placed:
+        for b in placed:
             ha, va = positions[a]
             hb, vb = positions[b]
             ra, rb = root(a), root(b)
@@ -231,9 +232,9 @@ def compute_layout(counts: list[int], relations: list[tuple[int, int, str, int |
     row_level = vert.levels()
     h_touched, v_touched = horiz.touched(), vert.touched()
     positioned = {root(s) for s in range(n) if positions[s] != (None, None)}
-    free = [s for s in tops if s not in related and s not in positioned and find(s) == s
-            and all(find(t) != s or t == s for t in tops)]
-    constrained = [s for s in tops if s not in free]
+    free = [s for s in tops if s not in related and s not in positioned]
+    free_set = set(free)
+    constrained = [s for s in tops if s not in free_set]
     n_rows = 1 + max([row_level[s] for s in constrained if s in v_touched] or [0])
     n_cols = 1 + max([col_level[find(s)] for s in constrained] or [-1])
 

@@ -103,36 +103,36 @@ class Plan:
         _check(isinstance(self.version, int) and not isinstance(self.version, bool),
                "version must be an integer")
         _check(self.version <= PLAN_VERSION,
-               f"version {self.version} is newer than this planner understands ({PLAN_VERSION}); update ComfyUI-Uni1")
+               lambda: f"version {self.version} is newer than this planner understands ({PLAN_VERSION}); update ComfyUI-Uni1")
         _check(isinstance(self.subjects, list), "subjects must be a list")
         for i, s in enumerate(self.subjects):
             where = f"subjects[{i}]"
-            _check(isinstance(s, Subject), f"{where} must be an object with noun, count, color, attributes")
-            _check(isinstance(s.noun, str) and s.noun.strip() != "", f"{where}.noun must be a non-empty string")
+            _check(isinstance(s, Subject), lambda: f"{where} must be an object with noun, count, color, attributes")
+            _check(isinstance(s.noun, str) and s.noun.strip() != "", lambda: f"{where}.noun must be a non-empty string")
             _check(isinstance(s.count, int) and not isinstance(s.count, bool) and 1 <= s.count <= MAX_COUNT,
-                   f"{where}.count must be a positive integer (1 to {MAX_COUNT}), got {s.count!r}")
+                   lambda: f"{where}.count must be a positive integer (1 to {MAX_COUNT}), got {s.count!r}")
             _check(s.color is None or s.color in BASIC_COLORS,
-                   f"{where}.color must be null or one of {', '.join(BASIC_COLORS)}; got {s.color!r} "
+                   lambda: f"{where}.color must be null or one of {', '.join(BASIC_COLORS)}; got {s.color!r} "
                    "(put other colour words in attributes)")
             _check(isinstance(s.attributes, list) and all(isinstance(a, str) and a.strip() for a in s.attributes),
-                   f"{where}.attributes must be a list of non-empty strings")
+                   lambda: f"{where}.attributes must be a list of non-empty strings")
         n = len(self.subjects)
         _check(isinstance(self.relations, list), "relations must be a list")
         for i, r in enumerate(self.relations):
             where = f"relations[{i}]"
-            _check(isinstance(r, Relation), f"{where} must be an object with subject, object, relation")
-            _check(r.relation in RELATIONS, f"{where}.relation must be one of {', '.join(RELATIONS)}; got {r.relation!r}")
+            _check(isinstance(r, Relation), lambda: f"{where} must be an object with subject, object, relation")
+            _check(r.relation in RELATIONS, lambda: f"{where}.relation must be one of {', '.join(RELATIONS)}; got {r.relation!r}")
             for name in ("subject", "object"):
                 v = getattr(r, name)
                 _check(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n,
-                       f"{where}.{name} must be the index of a subject (0 to {n - 1}); got {v!r}")
-            _check(r.subject != r.object, f"{where}: a subject cannot be {r.relation} itself")
+                       lambda: f"{where}.{name} must be the index of a subject (0 to {n - 1}); got {v!r}")
+            _check(r.subject != r.object, lambda: f"{where}: a subject cannot be {r.relation} itself")
             if r.relation == "between":
                 v = r.object2
                 _check(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n and v not in (r.subject, r.object),
-                       f"{where}.object2 must be the index of a third subject (0 to {n - 1}) for 'between'; got {v!r}")
+                       lambda: f"{where}.object2 must be the index of a third subject (0 to {n - 1}) for 'between'; got {v!r}")
             else:
-                _check(r.object2 is None, f"{where}.object2 is only used with 'between'")
+                _check(r.object2 is None, lambda: f"{where}.object2 is only used with 'between'")
         _check(isinstance(self.layout, list), "layout must be a list")
         for i, b in enumerate(self.layout):
             _check_box(b, i, self.subjects)
@@ -141,16 +141,16 @@ class Plan:
             _check(len(seen) == len(self.layout), "layout has two boxes for the same subject instance")
             want = {(i, k) for i, s in enumerate(self.subjects) for k in range(s.count)}
             missing = sorted(want - seen)
-            _check(not missing, f"layout has no box for subjects[{missing[0][0]}] instance {missing[0][1]} "
+            _check(not missing, lambda: f"layout has no box for subjects[{missing[0][0]}] instance {missing[0][1]} "
                                 if missing else "")
         for name in ("scene", "composition"):
-            _check(isinstance(getattr(self, name), str), f"{name} must be a string")
+            _check(isinstance(getattr(self, name), str), lambda: f"{name} must be a string")
         _check(isinstance(self.style, Style), "style must be an object with medium, lighting, camera, mood")
         for name in STYLE_FIELDS:
-            _check(isinstance(getattr(self.style, name), str), f"style.{name} must be a string")
+            _check(isinstance(getattr(self.style, name), str), lambda: f"style.{name} must be a string")
         for name in ("negatives", "unparsed"):
             v = getattr(self, name)
-            _check(isinstance(v, list) and all(isinstance(x, str) for x in v), f"{name} must be a list of strings")
+            _check(isinstance(v, list) and all(isinstance(x, str) for x in v), lambda: f"{name} must be a list of strings")
 
     # -- layout ------------------------------------------------------------------------------------
     def positions(self) -> list[tuple[int | None, int | None]]:
@@ -178,20 +178,28 @@ class Plan:
         return plan
 
     def boxes_of(self, subject: int) -> list[tuple[float, float, float, float]]:
-        return [b.xyxy for b in sorted(self.layout, key=lambda b: b.instance) if b.subject == subject]
+        return self._boxes_by_subject().get(subject, [])
+
+    def _boxes_by_subject(self) -> dict[int, list[tuple[float, float, float, float]]]:
+        out: dict[int, list] = {}
+        for b in sorted(self.layout, key=lambda b: (b.subject, b.instance)):
+            out.setdefault(b.subject, []).append(b.xyxy)
+        return out
 
     def violations(self) -> list[int]:
         """Indices of relations the current layout does not satisfy."""
+        boxes = self._boxes_by_subject()
         bad = []
         for i, r in enumerate(self.relations):
-            o2 = self.boxes_of(r.object2) if r.object2 is not None else None
-            if not relation_holds(r.relation, self.boxes_of(r.subject), self.boxes_of(r.object), o2):
+            o2 = boxes.get(r.object2, []) if r.object2 is not None else None
+            if not relation_holds(r.relation, boxes.get(r.subject, []), boxes.get(r.object, []), o2):
                 bad.append(i)
         return bad
 
     def position_violations(self) -> list[int]:
         """Indices of subjects whose boxes are not where their absolute position says."""
-        return [i for i, p in enumerate(self.positions()) if not position_holds(p, self.boxes_of(i))]
+        boxes = self._boxes_by_subject()
+        return [i for i, p in enumerate(self.positions()) if not position_holds(p, boxes.get(i, []))]
 
     # -- JSON ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -245,7 +253,7 @@ class Plan:
         _check(isinstance(data, dict), "the plan must be a JSON object with subjects, relations, layout, ...")
         known = {"version", "subjects", "relations", "layout", "scene", "style", "composition", "negatives", "unparsed"}
         unknown = sorted(set(data) - known)
-        _check(not unknown, f"unknown field {unknown[0]!r} in the plan (fields: {', '.join(sorted(known))})"
+        _check(not unknown, lambda: f"unknown field {unknown[0]!r} in the plan (fields: {', '.join(sorted(known))})"
                if unknown else "")
         subjects = [_subject(s, i) for i, s in enumerate(_list(data, "subjects"))]
         relations = [_relation(r, i) for i, r in enumerate(_list(data, "relations"))]
@@ -255,7 +263,7 @@ class Plan:
             style = {}
         _check(isinstance(style, dict), "style must be an object with medium, lighting, camera, mood")
         bad = sorted(set(style) - set(STYLE_FIELDS))
-        _check(not bad, f"unknown field style.{bad[0]} (fields: {', '.join(STYLE_FIELDS)})" if bad else "")
+        _check(not bad, lambda: f"unknown field style.{bad[0]} (fields: {', '.join(STYLE_FIELDS)})" if bad else "")
         style_obj = Style(**{k: _string(style.get(k, ""), f"style.{k}") for k in STYLE_FIELDS})
         version = data.get("version", PLAN_VERSION)
         plan = cls(subjects=subjects, relations=relations, layout=[], scene=_string(data.get("scene", ""), "scene"),
@@ -544,55 +552,57 @@ def _layout_boxes(plan: Plan) -> list[Box]:
 
 def _check_box(b, i: int, subjects: list[Subject], check_instance: bool = True) -> None:
     where, n = f"layout[{i}]", len(subjects)
-    _check(isinstance(b, Box), f"{where} must be an object with subject, instance, x0, y0, x1, y1")
+    _check(isinstance(b, Box), lambda: f"{where} must be an object with subject, instance, x0, y0, x1, y1")
     _check(isinstance(b.subject, int) and not isinstance(b.subject, bool) and 0 <= b.subject < n,
-           f"{where}.subject must be the index of a subject (0 to {n - 1}); got {b.subject!r}")
+           lambda: f"{where}.subject must be the index of a subject (0 to {n - 1}); got {b.subject!r}")
     cnt = subjects[b.subject].count
     _check(isinstance(b.instance, int) and not isinstance(b.instance, bool)
            and 0 <= b.instance < (cnt if check_instance else MAX_COUNT),
-           f"{where}.instance must be 0 to {cnt - 1} (subjects[{b.subject}].count is {cnt}); got {b.instance!r}")
+           lambda: f"{where}.instance must be 0 to {cnt - 1} (subjects[{b.subject}].count is {cnt}); got {b.instance!r}")
     for name in ("x0", "y0", "x1", "y1"):
         v = getattr(b, name)
         _check(isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0,
-               f"{where}.{name} must be a number between 0 and 1; got {v!r}")
-    _check(b.x0 < b.x1, f"{where}: x0 must be smaller than x1 (got {b.x0} >= {b.x1})")
-    _check(b.y0 < b.y1, f"{where}: y0 must be smaller than y1 (got {b.y0} >= {b.y1})")
+               lambda: f"{where}.{name} must be a number between 0 and 1; got {v!r}")
+    _check(b.x0 < b.x1, lambda: f"{where}: x0 must be smaller than x1 (got {b.x0} >= {b.x1})")
+    _check(b.y0 < b.y1, lambda: f"{where}: y0 must be smaller than y1 (got {b.y0} >= {b.y1})")
 
 
-def _check(ok: bool, message: str) -> None:
+def _check(ok: bool, message) -> None:
+    """Raise PlanError(message) unless ok; `message` may be a function, so that the text is only
+    built on failure (validation runs on every plan the planner makes)."""
     if not ok:
-        raise PlanError(message)
+        raise PlanError(message() if callable(message) else message)
 
 
 def _list(data: dict, key: str) -> list:
     v = data.get(key, [])
     if v is None:
         v = []
-    _check(isinstance(v, list), f"{key} must be a list")
+    _check(isinstance(v, list), lambda: f"{key} must be a list")
     return v
 
 
 def _string(v, where: str) -> str:
     if v is None:
         return ""
-    _check(isinstance(v, str), f"{where} must be a string; got {v!r}")
+    _check(isinstance(v, str), lambda: f"{where} must be a string; got {v!r}")
     return v
 
 
 def _strings(v, where: str) -> list[str]:
     if v is None:
         return []
-    _check(isinstance(v, list) and all(isinstance(x, str) for x in v), f"{where} must be a list of strings")
+    _check(isinstance(v, list) and all(isinstance(x, str) for x in v), lambda: f"{where} must be a list of strings")
     return list(v)
 
 
 def _fields(obj, where: str, cls, required: tuple[str, ...]) -> dict:
-    _check(isinstance(obj, dict), f"{where} must be an object with {', '.join(f.name for f in fields(cls))}")
+    _check(isinstance(obj, dict), lambda: f"{where} must be an object with {', '.join(f.name for f in fields(cls))}")
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(obj) - names)
-    _check(not unknown, f"unknown field {where}.{unknown[0]} (fields: {', '.join(sorted(names))})" if unknown else "")
+    _check(not unknown, lambda: f"unknown field {where}.{unknown[0]} (fields: {', '.join(sorted(names))})" if unknown else "")
     for r in required:
-        _check(r in obj, f"{where}.{r} is missing")
+        _check(r in obj, lambda: f"{where}.{r} is missing")
     return obj
 
 
@@ -602,7 +612,7 @@ def _subject(obj, i: int) -> Subject:
     if isinstance(color, str):
         color = COLOR_ALIASES.get(color.strip().lower(), color.strip().lower()) or None
     attrs = d.get("attributes", [])
-    _check(isinstance(attrs, list), f"subjects[{i}].attributes must be a list of strings")
+    _check(isinstance(attrs, list), lambda: f"subjects[{i}].attributes must be a list of strings")
     return Subject(noun=d["noun"], count=d.get("count", 1), color=color, attributes=list(attrs))
 
 

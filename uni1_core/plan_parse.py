@@ -702,6 +702,8 @@ class _Parser:
             if c is None:
                 return None
             count, k = c
+            if not 1 <= count <= MAX_COUNT:
+                return None
             j += k
         words = []
         while j < end and not self.is_boundary(j):
