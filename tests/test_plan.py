@@ -336,3 +336,20 @@ def test_summary_stays_short():
                                                     "zebra", "giraffe", "lion", "tiger", "wolf", "fox", "deer"] * 3)
     summary = make_plan(prompt).summary()
     assert len(summary) == 200 and summary.endswith("…")
+
+
+def test_plans_do_not_depend_on_the_hash_seed():
+    """Deterministic across processes: no set or dict iteration order leaks into a plan."""
+    import os
+    import subprocess
+    import sys
+    prompts = [c["prompt"] for c in CASES[::5]]
+    code = ("import json, sys; from uni1_core.plan import make_plan; "
+            "print(json.dumps([make_plan(p).to_json() for p in json.loads(sys.stdin.read())]))")
+    outs = []
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        run = subprocess.run([sys.executable, "-c", code], input=json.dumps(prompts), capture_output=True,
+                             text=True, env=env, check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+        outs.append(json.loads(run.stdout))
+    assert outs[0] == outs[1] == [make_plan(p).to_json() for p in prompts]
