@@ -353,3 +353,13 @@ def test_plans_do_not_depend_on_the_hash_seed():
                              text=True, env=env, check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
         outs.append(json.loads(run.stdout))
     assert outs[0] == outs[1] == [make_plan(p).to_json() for p in prompts]
+
+
+def test_llm_json_with_trailing_commas_is_repaired():
+    answer = "```json\n" + PLAN_JSON.replace("]}", "],}").replace('"left of"}', '"left of"},') + "\n```"
+    assert Plan.from_text(answer).conditioning_text() == "Two red circles are to the left of a blue square."
+
+
+def test_llm_json_that_cannot_be_read_is_an_error_not_a_prompt():
+    with pytest.raises(PlanError, match="not valid JSON"):
+        Plan.from_text('```json\n{"subjects": [{"noun": "cat" "count": 2}]}\n```')

@@ -205,3 +205,15 @@ def test_long_word_salad_prompts_give_valid_plans():
     for _ in range(8):
         prompt = " ".join(rng.choice(VOCAB) for _ in range(300))
         check_plan(make_plan(prompt))
+
+
+@FAST
+@given(st.one_of(st.text(max_size=200), prompt_words,
+                 st.builds(lambda a, b: f"<think>{a}</think>```json\n{b}\n```", st.text(max_size=50),
+                           st.text(alphabet='{}[]":,0123456789 subjectsnounct', max_size=80))))
+def test_llm_answers_give_a_plan_or_a_plan_error(text):
+    try:
+        plan = Plan.from_text(text)
+    except PlanError:
+        return
+    check_plan(plan)

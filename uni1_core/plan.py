@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, fields, replace
 
 from .layout import compute_layout, position_holds, relation_holds
 from .plan_parse import (BASIC_COLORS, COLOR_ALIASES, MAX_COUNT, OTHER_COLOR_WORDS, POSITIONS, PRE_COLOR_WORDS,
-                         RELATION_TEXT, RELATIONS, article, extract_llm_payload, number_word,
+                         LLMAnswerError, RELATION_TEXT, RELATIONS, article, extract_llm_payload, number_word,
                          parse_prompt, plural)
 
 PLAN_VERSION = 1
@@ -289,7 +289,10 @@ class Plan:
         Reasoning (<think>...</think>) never reaches the plan; a JSON plan is validated like an
         edited one; anything else is planned like a prompt.
         """
-        payload = extract_llm_payload(text)
+        try:
+            payload = extract_llm_payload(text)
+        except LLMAnswerError as exc:
+            raise PlanError(str(exc)) from None
         if isinstance(payload, dict):
             data = _lenient(payload)
             try:

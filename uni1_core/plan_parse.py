@@ -1289,6 +1289,19 @@ def _json_objects(text: str):
         i = text.find("{", end)
 
 
+class LLMAnswerError(ValueError):
+    """Another model's answer holds a JSON block that cannot be read."""
+
+
+def _repair_json(text: str) -> dict | None:
+    """The usual slips of a language model writing JSON: trailing commas and // comments."""
+    fixed = re.sub(r"//[^\n\"]*$", "", text, flags=re.M)
+    fixed = re.sub(r",\s*([}\]])", r"\1", fixed)
+    for obj in _json_objects(fixed):
+        return obj
+    return None
+
+
 def extract_llm_payload(text: str) -> dict | str:
     """The plan dictionary, or the rewritten prompt, inside another model's answer.
 
@@ -1307,9 +1320,22 @@ def extract_llm_payload(text: str) -> dict | str:
                         "text"):
                 if isinstance(obj.get(key), str) and obj[key].strip():
                     return obj[key].strip()
-    fences = [m.group(2) for m in _FENCE_RE.finditer(body)]
+    fences = [m for m in _FENCE_RE.finditer(body)]
+    looks_like_json = [m.group(2) for m in fences if m.group(1).lower() == "json" or m.group(2).lstrip().startswith("{")]
+    if not fences and body.lstrip().startswith("{"):
+        looks_like_json = [body]
+    for chunk in looks_like_json:
+        obj = _repair_json(chunk)
+        if obj is not None and "subjects" in obj:
+            return obj
+        if obj is None:
+            try:
+                json.loads(chunk)
+            except json.JSONDecodeError as exc:
+                raise LLMAnswerError(f"the model's answer has a JSON block that is not valid JSON ({exc.msg} at "
+                                     f"line {exc.lineno} column {exc.colno}); ask it for plain JSON or fix the block") from None
     if fences:
-        body = fences[0]
+        body = fences[0].group(2)
     lines = [ln for ln in body.splitlines()]
     # drop a preface line ("Sure! Here is an enhanced prompt:") and what came before it
     for k, ln in enumerate(lines):
