@@ -201,8 +201,8 @@ def compute_layout(counts: list[int], relations: list[tuple[int, int, str, int |
         elif rel == "between" and o2 is not None:
             g2 = find(root(o2))
             related.add(root(o2))
-            if len({gs, go, g2}) == 3:
-                horiz.add(go, gs) and horiz.add(gs, g2)
+            if len({gs, go, g2}) == 3 and horiz.add(go, gs):    # object, subject, object2 from left to right
+                horiz.add(gs, g2)
         elif rel in ("above", "on", "behind"):
             vert.add(rs, ro)
         elif rel in ("below", "under", "in front of"):
@@ -230,7 +230,7 @@ def compute_layout(counts: list[int], relations: list[tuple[int, int, str, int |
     tops = [s for s in range(n) if parent[s] is None]
     col_level = horiz.levels()
     row_level = vert.levels()
-    h_touched, v_touched = horiz.touched(), vert.touched()
+    v_touched = vert.touched()
     positioned = {root(s) for s in range(n) if positions[s] != (None, None)}
     free = [s for s in tops if s not in related and s not in positioned]
     free_set = set(free)

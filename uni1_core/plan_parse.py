@@ -368,11 +368,6 @@ seems seem has have is are was were
 """.split())
 NEGATION_PHRASES = _phrases("with no", "without any", "without", "free of", "no", "not",
                             "devoid of", "excluding", "except")
-SCENE_PREPOSITIONS = {"on", "in", "at", "against", "under", "inside", "within", "near", "by",
-                      "during", "under", "beneath", "across", "through", "over", "underneath",
-                      "among", "amid", "around", "along", "beside", "behind", "above", "below",
-                      "before", "after", "outside", "into", "onto", "atop"}
-
 
 def _relation_phrases() -> list[tuple[tuple[str, ...], str]]:
     table: list[tuple[tuple[str, ...], str]] = []
