@@ -130,7 +130,8 @@ class SamplingPolicy:
         if self.temperature != 1.0:
             l = l / self.temperature
         if self.top_k is not None and self.top_k < num_codes:
-            kth = torch.topk(l, self.top_k, dim=-1).values[:, -1:]
+            # the k-th largest value (selection, cheaper than topk's partial sort on CPU)
+            kth = l.kthvalue(l.shape[-1] - self.top_k + 1, dim=-1, keepdim=True).values
             l = l.masked_fill(l < kth, -math.inf)                             # ties at the k-th value stay
         if self.top_n_sigma is not None:
             l = _top_n_sigma(l, self.top_n_sigma)

@@ -358,7 +358,8 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
             tokens = verdict.tokens
 
             # commit tokens[:a+1] at n..n+a (writes past that are overwritten by later commits)
-            stream.scatter_(1, n[:, None] + steps[None, :T], torch.where(active[:, None], tokens, stream.gather(1, n[:, None] + steps[None, :T])))
+            at = n[:, None] + steps[None, :T]
+            stream.scatter_(1, at, torch.where(active[:, None], tokens, stream.gather(1, at)))
             x = tokens.gather(1, a[:, None]).squeeze(1)
             last = torch.where(active, sub_ids[x], last)
             accepted_hist += torch.zeros_like(accepted_hist).scatter_add_(0, a, active.long())
