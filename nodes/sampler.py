@@ -55,12 +55,14 @@ class Uni1SJDSampler:
         return {
             "required": {
                 "model": (UNI1_MODEL, {"tooltip": "From Uni1 Model Loader."}),
-                "width": ("INT", {"default": 256, "min": 32, "max": 2048, "step": 32,
-                                  "tooltip": "Image width in pixels; must be one of the model's sizes (the error "
-                                             "lists the nearest ones). Lumina-mGPT 2.0: 768x768 and 72 others."}),
-                "height": ("INT", {"default": 256, "min": 32, "max": 2048, "step": 32,
-                                   "tooltip": "Image height in pixels (see width). Ignored with a condition: "
-                                              "the output is then twice the condition's height."}),
+                "width": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 32,
+                                  "tooltip": "Image width in pixels, one of the model's sizes (a wrong one fails "
+                                             "with the nearest listed). 0: the model's default size (Lumina-mGPT "
+                                             "2.0: 768x768, which has 72 siblings of the same area; demo: 64x64)."}),
+                "height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 32,
+                                   "tooltip": "Image height in pixels (see width; 0 for either means the model's "
+                                              "default size). Ignored with a condition: the output is then twice "
+                                              "the condition's height."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
                                  "tooltip": "Random seed; image i of the batch uses seed + i. The same seed and "
                                             "settings give the same image again."}),
@@ -109,6 +111,8 @@ class Uni1SJDSampler:
             width, height = cond.shape[1] * 8, cond.shape[0] * 16
 
         pipe = model.ready()
+        if cond is None and not (width and height):
+            width, height = pipe.default_size
         policy = pipe.with_policy(cfg_scale=float(cfg), temperature=float(temperature),
                                   top_k=int(top_k) or None, top_p=float(top_p) if top_p < 1 else None)
         movq = vq.ready() if vq is not None else None

@@ -655,6 +655,12 @@ def test_omni_condition_is_the_upper_panel(comfy, tiny):
     assert lower.shape == (1, 32, 64, 3) and full.shape == (1, 64, 64, 3)
 
 
+def test_size_zero_means_the_models_default(comfy, tiny):
+    tokens, stats = run_sampler(tiny, 0, 0, prompt="a purple ring")["result"]
+    assert (tokens.width, tokens.height) == tuple(tiny.model.pipe.default_size) == (64, 64)
+    assert stats.startswith("sjd_coupled 64x64")
+
+
 def test_sampler_errors_a_user_can_act_on(comfy, tiny):
     with pytest.raises(ValueError, match="unsupported resolution 96x64.*nearest are"):
         run_sampler(tiny, 96, 64, prompt="a cat")
