@@ -211,7 +211,17 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
     on_progress(done, total): image tokens committed over the batch. on_preview(codes, done):
         (B, rows, cols) partial codes (0 where not yet drawn) and a bool mask.
     should_cancel(): checked before every forward; True raises Cancelled.
-    Returns SampleResult(codes, streams, stats).
+    Returns SampleResult(codes, streams, stats). stats (JSON-ready):
+        mode, window, coupling, batch, regions (region rows per image, max)
+        forwards            batched forwards after the prefill (a CFG batch counts once)
+        prefill_forwards    1 (the prompts and headers, one batched forward)
+        image_tokens        stream tokens sampled per image (codes, row ends, end of image;
+                            condition rows excluded)
+        forwards_per_token  forwards / image_tokens (for the batch: its slowest image)
+        per_image_forwards, per_image_forwards_per_token
+        accepted_hist       [a] = (image, forward) pairs that kept a drafts, i.e. committed a+1 tokens
+        residual_fallbacks  rejections whose residual was empty or not finite (then p was used)
+        seconds, tokens_per_second (all images)
     """
     t0 = time.perf_counter()
     policy = get_policy(policy)
