@@ -157,3 +157,25 @@ def test_bad_metadata_is_refused():
 def test_score_is_mean_over_tags():
     s = score([("a", True), ("a", False), ("b", True)])
     assert s == {"a": 0.5, "b": 1.0, "overall": 0.75}
+
+
+@pytest.mark.parametrize("side", [14, 20, 28])
+def test_shapes_survive_rounding_and_blur(side):
+    """A decoder rounds corners and softens edges: a rounded square is still a square, a blurred
+    disc still a circle, a blunted triangle still a triangle."""
+    from PIL import ImageDraw
+
+    def drawn(shape):
+        im = Image.new("RGB", (64, 64), (230, 230, 225))
+        d = ImageDraw.Draw(im)
+        box = (20, 20, 20 + side, 20 + side)
+        if shape == "square":
+            d.rounded_rectangle(box, radius=side * 0.3, fill=(40, 80, 220))
+        elif shape == "circle":
+            d.ellipse(box, fill=(40, 80, 220))
+        else:
+            d.polygon((20 + side / 2, 20 + side * 0.1, 20 + side, 20 + side, 20, 20 + side), fill=(40, 80, 220))
+        return im.filter(ImageFilter.GaussianBlur(1.0))
+
+    for shape in SHAPES:
+        assert _found(drawn(shape)) == [(shape, "blue")], shape

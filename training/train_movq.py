@@ -31,16 +31,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F
 
-from training.world import random_scene, render, render_batch
+from training.world import SIZES, random_scene, render_batch
 from uni1_core.geneval import detect
 from uni1_core.movq import MoVQ, MoVQConfig, tensor_to_pil
 
 DEMO_MOVQ = MoVQConfig(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1, attn_resolutions=(32,), n_embed=512, embed_dim=4)
 
 
-def image_pool(n: int, size: int, seed: int) -> torch.Tensor:
+def image_pool(n: int, size: int, seed: int, sizes: dict[str, float] = SIZES) -> torch.Tensor:
     rng = random.Random(seed)
-    return torch.from_numpy(render_batch([random_scene(rng) for _ in range(n)], size))
+    return torch.from_numpy(render_batch([random_scene(rng, sizes=sizes) for _ in range(n)], size))
 
 
 def random_crops(pool: torch.Tensor, batch: int, crop: int, gen: torch.Generator) -> torch.Tensor:
@@ -121,13 +121,20 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--restart-every", type=int, default=100)
     p.add_argument("--init", type=Path, default=None, help="continue from these MoVQ weights (a second stage)")
+    p.add_argument("--stop-at", type=int, default=None, help="stop (and save) after this step, schedule unchanged")
+    p.add_argument("--sizes", default=None, help="object sizes small,medium,large as image fractions "
+                   f"(default {','.join(str(v) for v in SIZES.values())})")
+    p.add_argument("--decoder-only", action="store_true",
+                   help="train only the decoder (with --init): the codes of every image stay exactly those of "
+                        "--init, so a transformer trained on them meanwhile stays valid")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     t0 = time.time()
-    pool = image_pool(args.pool, 64, args.seed)
+    sizes = dict(zip(SIZES, (float(v) for v in args.sizes.split(",")))) if args.sizes else SIZES
+    pool = image_pool(args.pool, 64, args.seed, sizes)
     print(f"rendered {len(pool)} scenes in {time.time() - t0:.0f}s", flush=True)
 
     movq = MoVQ(DEMO_MOVQ)
@@ -137,10 +144,17 @@ def main(argv=None):
         movq.requires_grad_(True).train()
     else:
         init_codebook(movq, pool, gen)
-    opt = torch.optim.Adam(movq.parameters(), lr=args.lr, betas=(0.9, 0.99))
+    if args.decoder_only:
+        if args.init is None:
+            p.error("--decoder-only needs --init")
+        for module in (movq.encoder, movq.quant_conv, movq.quantize):
+            module.requires_grad_(False)
+        probe = pool[:64]
+        probe_codes = movq.encode(probe)
+    opt = torch.optim.Adam([q for q in movq.parameters() if q.requires_grad], lr=args.lr, betas=(0.9, 0.99))
     total = args.crop_steps + args.full_steps
     usage = torch.zeros(DEMO_MOVQ.n_embed, dtype=torch.long)
-    for step in range(total):
+    for step in range(total if args.stop_at is None else min(total, args.stop_at)):
         lr = args.lr * 0.5 * (1 + math.cos(math.pi * step / total)) if step > 50 else args.lr * (step + 1) / 51
         for group in opt.param_groups:
             group["lr"] = lr
@@ -149,17 +163,20 @@ def main(argv=None):
         loss, codes, z = train_step(movq, opt, images)
         usage += torch.bincount(codes.flatten(), minlength=DEMO_MOVQ.n_embed)
         if (step + 1) % args.restart_every == 0:
-            restarted = restart_dead_codes(movq, usage, z, gen) if step < total - 2 * args.restart_every else 0
+            late = step >= total - 2 * args.restart_every
+            restarted = 0 if late or args.decoder_only else restart_dead_codes(movq, usage, z, gen)
             print(
                 f"step {step + 1}/{total} pixel loss {loss:.4f} codes used {(usage > 0).sum().item()} "
                 f"restarted {restarted} lr {lr:.2e} {time.time() - t0:.0f}s",
                 flush=True,
             )
             usage.zero_()
-        if (step + 1) % 100 == 0 or step + 1 == total:
+        if (step + 1) % 100 == 0 or step + 1 == total or step + 1 == args.stop_at:
             save(movq.eval(), args.out)
             movq.train()
     movq.eval()
+    if args.decoder_only:
+        assert torch.equal(movq.encode(probe), probe_codes), "decoder-only training changed the codes"
     agree, psnr = detection_agreement(movq)
     print(f"done in {time.time() - t0:.0f}s: round-trip PSNR {psnr:.1f} dB, evaluator agreement {agree:.3f}", flush=True)
     save(movq, args.out)

@@ -155,6 +155,7 @@ def place_groups(
     relation: tuple[str, int, int] | None,
     gap: float = 0.06,
     tries: int = 200,
+    sizes: dict[str, float] = SIZES,
 ) -> list[tuple[float, float, float, float]] | None:
     """Random non-touching boxes for every object; under a relation each group keeps to its half.
 
@@ -169,7 +170,7 @@ def place_groups(
                 region = _region(rel, "subject")
             elif gi == reference:
                 region = _region(rel, "reference")
-        side = SIZES[g.size]
+        side = sizes[g.size]
         for _ in range(g.count):
             for _ in range(tries):
                 s = side * rng.uniform(0.9, 1.1)
@@ -209,10 +210,11 @@ def _margin(region, lo_x, hi_x, lo_y, hi_y, s):
     return lo_x, hi_x, lo_y, hi_y
 
 
-def random_scene(rng: random.Random, max_objects: int = 4) -> Scene:
+def random_scene(rng: random.Random, max_objects: int = 4, sizes: dict[str, float] = SIZES) -> Scene:
+    """`sizes` overrides the object sizes (the first MoVQ stage of the demo model used smaller ones)."""
     while True:
         groups, relation = random_groups(rng, max_objects)
-        boxes = place_groups(rng, groups, relation)
+        boxes = place_groups(rng, groups, relation, sizes=sizes)
         if boxes is None:
             continue
         objects, group_of = [], []

@@ -101,23 +101,32 @@ def _components(mask: np.ndarray, hue: np.ndarray) -> np.ndarray:
 
 
 def classify_shape(blob: np.ndarray) -> str:
-    """circle / square / triangle (apex up) / unknown, from a boolean mask cropped to its box."""
+    """circle / square / triangle (apex up) / unknown, from a boolean mask cropped to its box.
+
+    Three numbers that survive blur and a lossy decoder's rounded corners:
+    - top/bottom: mean width of the top quarter of rows over that of the bottom quarter
+      (triangle about 0.2, disc and square about 1);
+    - fill: share of the box covered (disc 0.785, square 1, triangle 0.5);
+    - diagonal reach: how far the blob reaches along the diagonals from its centroid, over how far
+      along the axes (disc 1, square sqrt 2; a square with rounded corners lies between).
+    """
     bh, bw = blob.shape
     if bh < 3 or bw < 3 or max(bh, bw) > 2.2 * min(bh, bw):
         return "unknown"
     fill = blob.mean()
     widths = blob.sum(1) / bw
     quarter = max(1, bh // 4)
-    top, bottom = widths[:quarter].mean(), widths[-quarter:].mean()
-    if top < 0.6 * bottom and 0.35 <= fill <= 0.7:
+    top_bottom = widths[:quarter].mean() / max(widths[-quarter:].mean(), 1e-6)
+    if (top_bottom < 0.5 and fill <= 0.8) or (top_bottom < 0.7 and fill < 0.7):
         return "triangle"
-    # A square fills its box's corners, a circle leaves them empty; the corner test survives the
-    # rounding that blur and a lossy decoder give small squares better than the fill alone.
-    k = max(1, round(0.2 * min(bh, bw)))
-    corners = (blob[:k, :k].mean() + blob[:k, -k:].mean() + blob[-k:, :k].mean() + blob[-k:, -k:].mean()) / 4
-    if fill >= 0.8 and corners >= 0.5:
+    ys, xs = np.nonzero(blob)
+    dy, dx = np.abs(ys - ys.mean()), np.abs(xs - xs.mean())
+    # extents measured to pixel edges (+0.5 per axis), so a pixelated disc reads about 1.0
+    reach = ((dx + dy + 1.0) / np.sqrt(2.0)).max() / (np.maximum(dx, dy).max() + 0.5)
+    squareness = (reach - 1.0) / (np.sqrt(2.0) - 1.0) + (fill - np.pi / 4) / (1.0 - np.pi / 4)  # disc 0, square 2
+    if squareness >= 0.7 and fill >= 0.75:
         return "square"
-    if 0.62 <= fill < 0.9 and corners < 0.5:
+    if fill >= 0.6:
         return "circle"
     return "unknown"
 
