@@ -365,5 +365,11 @@ def test_bad_inputs_are_clear_errors(model, vocab, grid):
         sample_codes(model, vocab, grid, PROMPTS, mode="ar", window=4)
     with pytest.raises(ValueError, match="unknown sampling preset"):
         sample_codes(model, vocab, grid, PROMPTS, policy="best")
+    with pytest.raises(ValueError, match=r"each region must be \(prompt_ids, \(x0, y0, x1, y1\)\)"):
+        sample_codes(model, vocab, grid, PROMPTS[:1], regions=[[[7, 8]]])
+    with pytest.raises(ValueError, match="0 <= x0 < x1 <= 1"):
+        sample_codes(model, vocab, grid, PROMPTS[:1], regions=[[([7], (0.5, 0, 0.2, 1))]])
+    with pytest.raises(ValueError, match=r"one \(or None\) per image"):
+        sample_codes(model, vocab, grid, PROMPTS[:2], regions=[None])
     with pytest.raises(ValueError, match="coupling 'x' is unknown"):
         sample_codes(model, vocab, grid, PROMPTS, mode="sjd_coupled", coupling="x")

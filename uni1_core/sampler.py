@@ -241,8 +241,15 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
     seeds = list(range(B)) if seeds is None else [int(s) for s in seeds]
     if len(seeds) != B:
         raise ValueError(f"{len(seeds)} seeds for {B} prompts: give one seed per image")
-    if regions is not None and len(regions) != B:
-        raise ValueError(f"regions has {len(regions)} entries for {B} images: give one (or None) per image")
+    if regions is not None:
+        if len(regions) != B:
+            raise ValueError(f"regions has {len(regions)} entries for {B} images: give one (or None) per image")
+        for b, image_regions in enumerate(regions):
+            for region in image_regions or []:
+                if not (isinstance(region, (tuple, list)) and len(region) == 2
+                        and isinstance(region[1], (tuple, list)) and len(region[1]) == 4):
+                    raise ValueError(f"regions[{b}] holds {region!r}: each region must be "
+                                     "(prompt_ids, (x0, y0, x1, y1)) with the box normalised to 0..1")
 
     device = model.device
     S, C = grid.stream_len, vocab.num_codes
@@ -273,7 +280,7 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
             region_w[b, : len(regions[b])] = stream_region_weights(w, grid)
     uncond_rows = None
     if use_cfg:
-        uncond_rows = torch.arange(len(row_ids), len(row_ids) + B)
+        uncond_rows = torch.arange(len(row_ids), len(row_ids) + B, device=device)
         row_ids += [list(header) for _ in range(B)]
         row_image += list(range(B))
     region_rows, region_w = region_rows.to(device), region_w.to(device)
