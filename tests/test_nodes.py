@@ -96,6 +96,9 @@ def load_pack(monkeypatch, modules=None):
             monkeypatch.setitem(sys.modules, name, modules[name])
         elif name in sys.modules:
             monkeypatch.delitem(sys.modules, name)
+    # The pack aliases its uni1_core as `uni1_core` when that name is free; import the real one
+    # first so this test process keeps a single top-level uni1_core for the other test modules.
+    importlib.import_module("uni1_core")
     spec = importlib.util.spec_from_file_location(PACK, ROOT / "__init__.py",
                                                   submodule_search_locations=[str(ROOT)])
     pack = importlib.util.module_from_spec(spec)
