@@ -470,3 +470,14 @@ def test_decoder_that_disagrees_with_the_encoder_is_refused(small, tmp_path):
     torch.save(mixed, tmp_path / "mixed.ckpt")
     with pytest.raises(MoVQLoadError, match=r"mixed\.ckpt do not fit a consistent MoVQGAN.*wrong shapes: decoder\."):
         MoVQ.from_pretrained(tmp_path / "mixed.ckpt")
+
+
+def test_convert_command(small, tmp_path, capsys):
+    from uni1_core.cli import main
+
+    torch.save({"state_dict": dict(small.state_dict())}, tmp_path / "in.ckpt")
+    assert main(["convert-movq", str(tmp_path / "in.ckpt"), str(tmp_path / "out.safetensors")]) == 0
+    assert MoVQ.from_pretrained(tmp_path / "out.safetensors").cfg == small.cfg
+    torch.save({"x": Payload(tmp_path / "ran")}, tmp_path / "evil.ckpt")
+    assert main(["convert-movq", str(tmp_path / "evil.ckpt"), str(tmp_path / "evil.safetensors")]) != 0
+    assert "Refusing" in capsys.readouterr().err and not (tmp_path / "ran").exists()
