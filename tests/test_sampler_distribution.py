@@ -37,7 +37,7 @@ NUM_CODES = 4
 PROMPTS = [[7, 8, 9], [10, 11], [12, 13, 14, 15, 16]]
 POLICY = SamplingPolicy(cfg_scale=1.5, top_k=3)
 REGIONS = [([17, 18], (0.0, 0.0, 0.5, 1.0))]      # weights along the row: 1, 0.75, 0.25, 0
-N = 12000
+N = 9000
 SEED0 = 1000
 Z_MAX = 3.5          # exact variants: a false alarm has probability ~2e-4 per variant
 Z_MIN_BIAS = 8.0     # negative controls must be far outside the noise
