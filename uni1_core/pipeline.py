@@ -20,7 +20,8 @@ from .model import Uni1Model
 from .plan import Plan, make_plan
 from .policy import PRESETS, SamplingPolicy
 from .sampler import sample_codes
-from .sequence import (ImageGrid, ImageVocab, check_size, i2i_prompt_ids, supported_sizes, t2i_prompt_ids)
+from .sequence import (PIXELS_PER_CODE, ImageGrid, ImageVocab, check_size, i2i_prompt_ids, supported_sizes,
+                       t2i_prompt_ids)
 from .tokenizer import TextTokenizer
 
 DEFAULT_MOVQ_REPO = "ai-forever/MoVQGAN"
@@ -67,7 +68,7 @@ class Uni1Pipeline:
             path_or_repo_id = str(local[0]) if local else DEFAULT_MOVQ_REPO
         movq = MoVQ.from_pretrained(path_or_repo_id, dtype=dtype or torch.float32,
                                     device=device or self.device, cache_dir=cache_dir)
-        movq.check_compatible(self.vocab.num_codes)
+        movq.check_compatible(self.vocab.num_codes, downsample_factor=PIXELS_PER_CODE)
         return movq
 
     def plan(self, prompt: str) -> Plan:
