@@ -149,6 +149,7 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=128, help="tiny model: image side in pixels (codes = size / 8)")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--model", default=None, help="model folder for table 2 (default: the demo model)")
     ap.add_argument("--demo-size", type=int, default=None, help="demo model image side (default: its default size)")
     ap.add_argument("--demo-prompt", default="two red circles to the left of a blue square")
     ap.add_argument("--json", type=Path, default=None, help="also write every table as JSON here")
@@ -174,18 +175,18 @@ def main(argv=None):
                 f"{grid.stream_len} tokens, CFG 3, top-k 64)", rows, MODE_COLS)
 
     # 2. demo model
-    demo_dir = ROOT / "uni1_core" / "demo_model"
+    demo_dir = Path(args.model) if args.model else ROOT / "uni1_core" / "demo_model"
     if (demo_dir / "config.json").is_file():
         from uni1_core.pipeline import Uni1Pipeline
         from uni1_core.sequence import t2i_prompt_ids
-        pipe = Uni1Pipeline.from_pretrained("demo", dtype=torch.float32)
+        pipe = Uni1Pipeline.from_pretrained(str(demo_dir) if args.model else "demo", dtype=torch.float32)
         w, h = (args.demo_size, args.demo_size) if args.demo_size else pipe.default_size
         dgrid = ImageGrid(w, h)
         text = pipe.plan(args.demo_prompt).conditioning_text()
         ids = t2i_prompt_ids(pipe.tokenizer, text, w, h)
         rows = mode_table(pipe.model, pipe.vocab, dgrid, ids, pipe.default_policy, seeds, args.repeats)
         report["demo"] = rows
-        print_table(f"Demo model ({w}x{h}, {dgrid.stream_len} tokens, default policy, prompt "
+        print_table(f"{'Demo model' if not args.model else demo_dir} ({w}x{h}, {dgrid.stream_len} tokens, default policy, prompt "
                     f"{args.demo_prompt!r})", rows, MODE_COLS)
         by = {r["mode"]: r for r in rows}
         print(f"\ntargets: sjd {by['sjd']['fewer_forwards_than_ar']:.2f}x fewer forwards (>= 2x), "
