@@ -23,7 +23,12 @@ Batches: each image has its own committed length n_b; its rows in the batched fo
 n_b's own cache length (the model's per-row lengths) and `n_valid` pads the shorter windows.
 The rows of one forward are [cond_0..cond_B-1, region rows, uncond_0..uncond_B-1]: the
 unconditional rows hold only the image header, with their own positions from 0. A batched CFG
-forward counts as one forward.
+forward counts as one forward. After every forward each row's cache holds exactly its committed
+prefix except the last committed token, which is the next window's first input.
+
+Windows: fewer forwards is the goal on a GPU, where a forward of a large model costs about
+the same for 1 or 32 tokens. On a CPU with a tiny model the cost grows with the window, so a
+window of 8-16 can be faster in wall time than 32 (see bench/sampling.py).
 
 Random numbers: every draw is a counter-based hash of (seed, absolute stream position,
 iteration, purpose) (Gumbel noise: of (seed, position, code)), so an image's tokens do not
