@@ -79,6 +79,8 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--limit", type=int, default=None, help="only the first N prompts of each category")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's preset)")
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=None, help="folder for results.json (and images with --save-images)")
     p.add_argument("--save-images", action="store_true")
@@ -101,7 +103,9 @@ def main(argv=None):
 
     pipe = Uni1Pipeline.from_pretrained(args.model)
     movq = pipe.load_movq()
-    policy = pipe.with_policy(cfg_scale=args.cfg) if args.cfg is not None else None
+    changes = {k: v for k, v in (("cfg_scale", args.cfg), ("temperature", args.temperature), ("top_k", args.top_k))
+               if v is not None}
+    policy = pipe.with_policy(**changes) if changes else None
     save_dir = None
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
