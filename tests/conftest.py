@@ -1,0 +1,10 @@
+"""Suite-wide settings. The tests use tiny models, for which one CPU thread is fastest: a second
+thread only adds synchronisation, and on a shared 2-core machine busy-waiting OpenMP threads
+made runs many times slower (so wait passively; this must be set before torch is imported)."""
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
