@@ -337,7 +337,10 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        # On the meta device (from_pretrained) skip the random init: a meta normal_ imports torch's
+        # Python decompositions, a one-time 3 s that dominated loading the demo model.
+        meta_weight = torch.empty(cfg.vocab_size, cfg.hidden_size) if torch.empty(0).is_meta else None
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, _weight=meta_weight)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
