@@ -298,7 +298,9 @@ class VectorQuantizer(nn.Module):
 
     def __init__(self, n_embed: int, embed_dim: int):
         super().__init__()
-        self.embedding = nn.Embedding(n_embed, embed_dim)
+        # Skip the random init on the meta device (from_pretrained): see Decoder in model.py.
+        meta_weight = torch.empty(n_embed, embed_dim) if torch.empty(0).is_meta else None
+        self.embedding = nn.Embedding(n_embed, embed_dim, _weight=meta_weight)
 
     def codes(self, z: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) latents -> (B, h, w) long codes."""
