@@ -191,9 +191,15 @@ class Progress:
 
     def on_preview(self, *partial):
         """Remember the newest partial result; it is drawn on the next progress update that the
-        throttle allows (so a burst of accepted rows costs one decode, not many)."""
-        if self.preview_fn is not None:
-            self._pending = partial
+        throttle allows (so a burst of accepted rows costs one decode, not many). The finished
+        picture is always drawn, so the node ends up showing the whole image."""
+        if self.preview_fn is None:
+            return
+        self._pending = partial
+        if self.done >= self.total:
+            image, self._pending = self._render(partial), None
+            if image is not None and self.bar is not None:
+                self.bar.update_absolute(self.done, self.total, image)
 
     def _render(self, partial):
         self._last_preview = time.monotonic()

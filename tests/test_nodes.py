@@ -419,6 +419,12 @@ def test_progress_throttles_previews_and_survives_a_failing_one(comfy):
     assert kind == "JPEG" and image.size == (8, 8) and size == 512
     assert all(c[2] is None for c in comfy.calls["progress"][1:])
 
+    # the last preview (all tokens done) is drawn at once, whatever the throttle says
+    progress.on_progress(100, 100)
+    progress.on_preview(torch.zeros(1, 10, 2), "complete")
+    assert drawn == [1, "complete"] and comfy.calls["progress"][-1][0] == 100
+    assert comfy.calls["progress"][-1][2][0] == "JPEG"
+
     def broken(*_):
         raise RuntimeError("decoder exploded")
     progress = runtime.Progress(10, preview_fn=broken, preview_every=0)
