@@ -371,3 +371,18 @@ def test_demo_ui_workflow_converts_to_its_api_twin_with_the_servers_definitions(
     info = server.get_json("/object_info")
     ui = json.loads((WORKFLOWS / "uni1_demo_text_to_image.json").read_text())
     assert ui_to_api(ui, info) == json.loads(DEMO_API.read_text())
+
+
+def test_omni_workflow_runs_with_a_loaded_image_as_condition(server, comfy_log_on_failure):
+    """The Omni example graph (core LoadImage -> VQ Encode -> sampler condition -> VQ Decode),
+    on the small user model so that it runs on a CPU."""
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(server.base / "input" / "cond.png")
+    prompt = json.loads((WORKFLOWS / "uni1_omni_image_conditioned.api.json").read_text())
+    prompt[node_id(prompt, "Uni1ModelLoader")]["inputs"]["model_name"] = "tiny-user-model"
+    prompt[node_id(prompt, "LoadImage")]["inputs"]["image"] = "cond.png"
+    prompt[node_id(prompt, "Uni1VQEncode")]["inputs"].update(width=64, height=32)
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    (ref,) = entry["outputs"][node_id(prompt, "SaveImage")]["images"]
+    assert server.image(ref).size == (64, 32)     # the generated lower panel of a 64x64 two-panel image
