@@ -38,6 +38,8 @@ def _download(repo_id: str):
     try:
         snapshot_download(repo_id, local_dir=str(target), tqdm_class=_progress_tqdm())
     except Exception as exc:
+        if runtime.is_interrupt(exc):   # Cancel pressed during the download
+            raise
         raise RuntimeError(
             f"could not download {repo_id} from Hugging Face ({exc}). Download it yourself into "
             f"{target} (for example `huggingface-cli download {repo_id} --local-dir {target}`) "

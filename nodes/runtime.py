@@ -140,6 +140,11 @@ def interrupted() -> bool:
     return False
 
 
+def is_interrupt(exc: BaseException) -> bool:
+    """ComfyUI's interrupt (an Exception subclass in older ComfyUI): never wrap or swallow it."""
+    return mm is not None and isinstance(exc, mm.InterruptProcessingException)
+
+
 def raise_interrupt():
     """Turn uni1_core's Cancelled into ComfyUI's own interrupt exception, so the queue reports
     'interrupted' (not an error) and clears the flag for the next prompt."""

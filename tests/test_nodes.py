@@ -700,6 +700,12 @@ def test_a_repo_id_is_downloaded_once_into_the_models_folder_with_ui_progress(co
     assert Path(resolve("Alpha-VLLM/Lumina-mGPT-2.0")) == Path(path).resolve()
     assert fetched == ["Alpha-VLLM/Lumina-mGPT-2.0"]
 
+    def cancelled(*args, **kwargs):
+        raise FakeInterrupt()
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", cancelled)
+    with pytest.raises(FakeInterrupt):          # Cancel is not turned into a download error
+        resolve("someone/model")
+
     def offline(*args, **kwargs):
         raise OSError("no network")
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
