@@ -115,3 +115,19 @@ def test_pipeline_regional_and_condition(pipe):
     cond = torch.randint(0, 32, (4, 8))
     out = pipe.sample("a dog", 64, 64, seeds=[0], condition=cond, task="depth")
     assert torch.equal(out.codes[0, :4], cond)
+
+
+def test_release_sizes_and_omni_panel_sizes(tmp_path):
+    """Without a size list in config.json the release's rules hold: 73 text-to-image sizes, and
+    the Omni reference's 512x1024 panel for image-conditioned requests."""
+    from uni1_core.sampler import Cancelled
+    from uni1_core.sequence import SizeError
+    pipe = Uni1Pipeline.from_pretrained(str(build(tmp_path / "release_like", sizes=None)))
+    assert len(pipe.sizes) == 73 and pipe.default_size == (768, 768) and pipe.i2i_sizes == [(512, 1024)]
+    stop = dict(should_cancel=lambda: True, use_plan=False)
+    with pytest.raises(SizeError, match="512x1024"):
+        pipe.sample("x", 512, 1024, **stop)                       # not a text-to-image size
+    with pytest.raises(Cancelled):                                # accepted, then cancelled
+        pipe.sample("x", 512, 1024, condition=torch.zeros(64, 64, dtype=torch.long), **stop)
+    with pytest.raises(SizeError, match="512x1024"):
+        pipe.sample("x", 768, 768, condition=torch.zeros(48, 96, dtype=torch.long), **stop)

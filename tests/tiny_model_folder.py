@@ -28,8 +28,9 @@ def build(folder: Path, seed: int = 0, sizes=((64, 64), (32, 64))) -> Path:
            "num_key_value_heads": 2, "max_position_embeddings": 512, "rope_theta": 10000.0,
            "rms_norm_eps": 1e-5, "model_parallel_size": 1, "swin_norm": False, "vocabulary_map": {},
            "torch_dtype": "float32",
-           "uni1": {"image_token_offset": text_vocab, "num_image_codes": NUM_CODES,
-                    "sizes": [list(s) for s in sizes], "default_size": list(sizes[0])}}
+           "uni1": {"image_token_offset": text_vocab, "num_image_codes": NUM_CODES}}
+    if sizes is not None:   # None: the release's sizes
+        raw["uni1"].update(sizes=[list(s) for s in sizes], default_size=list(sizes[0]))
     torch.manual_seed(seed)
     model = Uni1Model(ModelConfig.from_dict(raw))
     for p in model.parameters():   # larger than default init, so that samples vary

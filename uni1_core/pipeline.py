@@ -20,8 +20,8 @@ from .model import Uni1Model
 from .plan import Plan, make_plan
 from .policy import PRESETS, SamplingPolicy
 from .sampler import sample_codes
-from .sequence import (PIXELS_PER_CODE, ImageGrid, ImageVocab, check_size, i2i_prompt_ids, supported_sizes,
-                       t2i_prompt_ids)
+from .sequence import (I2I_SIZES, PIXELS_PER_CODE, ImageGrid, ImageVocab, check_size, i2i_prompt_ids,
+                       supported_sizes, t2i_prompt_ids)
 from .tokenizer import TextTokenizer
 
 DEFAULT_MOVQ_REPO = "ai-forever/MoVQGAN"
@@ -45,6 +45,9 @@ class Uni1Pipeline:
         uni1 = model.config.raw.get("uni1", {})
         self.vocab = ImageVocab.from_tokenizer(tokenizer, model.config.vocab_size, uni1)
         self.sizes = [tuple(s) for s in uni1.get("sizes", supported_sizes())]
+        # Image-conditioned (two-panel) sizes: the folder's own list, else the Omni reference's
+        # panel; a folder that lists its sizes but no panel sizes uses the same list for both.
+        self.i2i_sizes = [tuple(s) for s in uni1.get("i2i_sizes", uni1.get("sizes", I2I_SIZES))]
         self.default_size = tuple(uni1.get("default_size", (768, 768) if (768, 768) in self.sizes
                                            else self.sizes[0]))
         self.default_policy = PRESETS[uni1.get("default_preset", "uni1")]
@@ -86,7 +89,7 @@ class Uni1Pipeline:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         width, height = width or self.default_size[0], height or self.default_size[1]
-        check_size(width, height, self.sizes)
+        check_size(width, height, self.sizes if condition is None else self.i2i_sizes)
         plan = prompt if isinstance(prompt, Plan) else (make_plan(prompt) if use_plan else None)
         text = plan.conditioning_text() if plan is not None else prompt
         if regional and plan is None:

@@ -36,6 +36,9 @@ T2I_TEMPLATE = "Generate an image of {w}x{h} according to the following prompt:\
 # unaffected and we follow generate.py for the others.
 I2I_TEMPLATE = ("Generate a dual-panel image of {w}x{h} where the <upper half> displays a <{task}>, "
                 "while the <lower half> retains the original image for direct visual comparison:\n{prompt}")
+# The Omni model's reference generates two-panel images of 512 x 1024 (the condition is the
+# upper 512 x 512). A model folder may list others in config.json "uni1": {"i2i_sizes": ...}.
+I2I_SIZES = [(512, 1024)]
 I2I_TASKS = {
     "depth": "depth map",
     "canny": "canny edge map",
