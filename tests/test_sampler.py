@@ -64,15 +64,6 @@ RUNS = [("ar", "maximal", None), ("sjd", "maximal", None), ("sjd", "maximal", 4)
         ("sjd_coupled", "maximal", None), ("sjd_coupled", "gumbel", None), ("sjd_coupled", "maximal", 7)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: thread start-up costs more than the work on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model():
     return tiny_model()

@@ -43,14 +43,6 @@ Z_MAX = 3.5          # exact variants: a false alarm has probability ~2e-4 per v
 Z_MIN_BIAS = 8.0     # negative controls must be far outside the noise
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def setup():
     model = tiny_model(num_codes=NUM_CODES, seed=2, scale=0.8, layers=1)
