@@ -238,10 +238,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:            # one kernel instead of five: small models are op-bound
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         # Statistics in fp32, then back to the activation dtype before the weight (as the reference).
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
 
 
 class HeadLayerNorm(nn.Module):
@@ -253,12 +253,26 @@ class HeadLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_heads, head_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, T, heads, head_dim)
-        return F.layer_norm(x, x.shape[-1:], eps=QK_NORM_EPS) * self.weight + self.bias
+        x = F.layer_norm(x, x.shape[-1:], eps=QK_NORM_EPS)
+        if x.dtype == torch.float32:            # one kernel; in bf16/fp16 keep the reference's two roundings
+            return torch.addcmul(self.bias, x, self.weight)
+        return x * self.weight + self.bias
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE, x * cos + rotate_half(x) * sin, with rotate_half(x) = cat(-x2, x1) written
+    as roll(x) times a sin whose first half is negated: the same numbers in three kernels, not six."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
+
+
+# SDPA maps query head h to kv head h // (heads // kv_heads) itself from torch 2.5 on, without
+# copying the cached keys and values once per query head.
+_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+def _negate_first_half(sin: torch.Tensor) -> torch.Tensor:
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
 
 
 class Attention(nn.Module):
@@ -275,28 +289,33 @@ class Attention(nn.Module):
         self.q_norm = HeadLayerNorm(self.num_heads, self.head_dim)
         self.k_norm = HeadLayerNorm(self.num_kv_heads, self.head_dim)
 
-    def forward(self, x, cos, sin, layer_cache=None):
+    def forward(self, x, rope, layer_cache=None):
+        # Token-major (B, T, heads, head_dim) until SDPA: the qk-norm, RoPE and the cache write
+        # all want that layout, so nothing is transposed back and forth.
         B, T, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(B, T, self.num_heads, self.head_dim)).transpose(1, 2)
-        k = self.k_norm(self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin          # cos, sin: (B or 1, 1, T, head_dim)
-        k = k * cos + rotate_half(k) * sin
+        H, KV, D = self.num_heads, self.num_kv_heads, self.head_dim
+        q = self.q_norm(self.q_proj(x).view(B, T, H, D))
+        k = self.k_norm(self.k_proj(x).view(B, T, KV, D))
+        v = self.v_proj(x).view(B, T, KV, D)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)       # rope: cos, signed sin (B or 1, T, 1, D)
         if layer_cache is None:
-            k, v = self._repeat_kv(k), self._repeat_kv(v)
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            k, v, mask = k.transpose(1, 2), v.transpose(1, 2), None
         else:
             k_cache, v_cache, rows, slots, key_len, mask = layer_cache
-            # k_cache[rows, :, slots] is (B, T, kv_heads, head_dim): the new keys, token-major.
-            k_cache[rows, :, slots] = k.transpose(1, 2).to(k_cache.dtype)
-            v_cache[rows, :, slots] = v.transpose(1, 2).to(v_cache.dtype)
-            k = self._repeat_kv(k_cache[:, :, :key_len].to(q.dtype))
-            v = self._repeat_kv(v_cache[:, :, :key_len].to(q.dtype))
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+            k_cache[rows, :, slots] = k.to(k_cache.dtype)       # k_cache[rows, :, slots]: (B, T, KV, D)
+            v_cache[rows, :, slots] = v.to(v_cache.dtype)
+            k, v = k_cache[:, :, :key_len].to(q.dtype), v_cache[:, :, :key_len].to(q.dtype)
+        q = q.transpose(1, 2)
+        if _SDPA_HAS_GQA:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=layer_cache is None,
+                                                 enable_gqa=H != KV)
+        else:
+            out = F.scaled_dot_product_attention(q, self._repeat_kv(k), self._repeat_kv(v), attn_mask=mask,
+                                                 is_causal=layer_cache is None)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, H * D))
 
     def _repeat_kv(self, x: torch.Tensor) -> torch.Tensor:
-        # GQA: each kv head serves num_heads // num_kv_heads query heads (a view when there is nothing to repeat).
+        # GQA before torch 2.5: each kv head serves num_heads // num_kv_heads query heads.
         n_rep = self.num_heads // self.num_kv_heads
         if n_rep == 1:
             return x
@@ -324,11 +343,11 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, layer_cache=None):
+    def forward(self, x, rope, layer_cache=None):
         if self.swin_norm:
-            h = x + self.input_layernorm(self.self_attn(x, cos, sin, layer_cache))
+            h = x + self.input_layernorm(self.self_attn(x, rope, layer_cache))
             return h + self.post_attention_layernorm(self.mlp(h))
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin, layer_cache)
+        h = x + self.self_attn(self.input_layernorm(x), rope, layer_cache)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -354,9 +373,13 @@ class Uni1Model(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         # Plain attributes, not buffers: the model is built on the meta device and only the
-        # checkpoint's tensors are materialised.
-        self._masked_ids = torch.tensor(config.masked_token_ids if config.mask_image_logits else [],
-                                        dtype=torch.long, device="cpu")
+        # checkpoint's tensors are materialised. Both follow the logits' device lazily.
+        masked_ids = config.masked_token_ids if config.mask_image_logits else []
+        self._logit_mask = None             # (vocab,) bool: the logits the reference sets to the minimum
+        if masked_ids:
+            self._logit_mask = torch.zeros(config.vocab_size, dtype=torch.bool, device="cpu")
+            self._logit_mask[masked_ids] = True
+        self._rope_tables = {}              # (device, dtype) -> (cos, signed sin), (positions, head_dim)
 
     @property
     def device(self) -> torch.device:
@@ -392,6 +415,25 @@ class Uni1Model(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
+    def rope_for(self, positions: torch.Tensor, seq_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin (see apply_rope) of shape (B, T, 1, head_dim) for positions (B, T)
+        whose largest is seq_len - 1: rows of a table made once, as `rope` would compute them."""
+        cfg = self.config
+        if cfg.rope_scaling == "dynamic" and seq_len > cfg.max_position_embeddings:
+            cos, sin = self.rope(positions, dtype)       # the base depends on this call's length
+            return cos.transpose(1, 2), _negate_first_half(sin.transpose(1, 2))
+        key = (positions.device, dtype)
+        table = self._rope_tables.get(key)
+        if table is None or table[0].shape[0] < seq_len:
+            n = 1 << max(8, (seq_len - 1).bit_length())          # grow by doubling
+            if cfg.rope_scaling == "dynamic":
+                n = min(n, cfg.max_position_embeddings)          # no stretched base in the table
+            with torch.inference_mode(False):            # kept across calls, so an ordinary tensor
+                cos, sin = self.rope(torch.arange(n, device=positions.device)[None], dtype)
+                table = self._rope_tables[key] = (cos[0, 0], _negate_first_half(sin[0, 0]))
+        cos, sin = table
+        return cos[positions][:, :, None], sin[positions][:, :, None]
+
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None,
                 n_valid: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
         """(B, T) token ids -> (B, T, vocab) float32 logits. See the module docstring for the cache.
@@ -406,27 +448,32 @@ class Uni1Model(nn.Module):
         if cache is None:
             if n_valid is not None:
                 raise ValueError("n_valid needs a cache: without one every token of every row is real.")
-            positions = torch.arange(T, device=input_ids.device)[None]
+            rope = self.rope_for(torch.arange(T, device=input_ids.device)[None], T, x.dtype)
             layer_caches = [None] * len(self.model.layers)
         else:
-            n_valid, layer_caches, positions = self._cache_plan(cache, B, T, n_valid)
-        cos, sin = self.rope(positions, x.dtype)
-        for layer, layer_cache in zip(self.model.layers, layer_caches):
-            x = layer(x, cos, sin, layer_cache)
+            n_valid, layer_caches, slots, key_len = self._cache_plan(cache, B, T, n_valid, x.dtype)
+            rope = self.rope_for(slots, key_len, x.dtype)
+        # Without autograd the layers run in inference mode, which skips the version counters and
+        # view tracking of every op: ~10% of a small model's decode step. The logits are made
+        # outside it, so callers get ordinary tensors.
+        with torch.inference_mode(not torch.is_grad_enabled()):
+            for layer, layer_cache in zip(self.model.layers, layer_caches):
+                x = layer(x, rope, layer_cache)
         if last_only:
             last = (n_valid - 1).clamp(min=0) if cache is not None else torch.full((B,), T - 1)
             x = x[torch.arange(B, device=x.device), last.to(x.device)][:, None]
         logits = self.lm_head(self.model.norm(x)).float()
-        if self._masked_ids.numel():
-            if self._masked_ids.device != logits.device:
-                self._masked_ids = self._masked_ids.to(logits.device)
-            logits[..., self._masked_ids] = torch.finfo(logits.dtype).min
+        if self._logit_mask is not None:
+            if self._logit_mask.device != logits.device:
+                self._logit_mask = self._logit_mask.to(logits.device)
+            logits.masked_fill_(self._logit_mask, torch.finfo(logits.dtype).min)
         if cache is not None:
             cache.lengths.add_(n_valid)
         return logits
 
-    def _cache_plan(self, cache: KVCache, B: int, T: int, n_valid):
-        """Slots, positions and mask for one cached call; the keys are cut at max(lengths) + T."""
+    def _cache_plan(self, cache: KVCache, B: int, T: int, n_valid, dtype: torch.dtype):
+        """Slots (= RoPE positions), key length and mask for one cached call; the keys are cut at
+        max(lengths) + T."""
         if cache.batch_size != B:
             raise ValueError(f"input_ids has {B} rows but the cache was made for {cache.batch_size}.")
         lengths = cache.lengths
@@ -436,8 +483,8 @@ class Uni1Model(nn.Module):
             n_valid = torch.as_tensor(n_valid, dtype=torch.long, device=lengths.device)
             if n_valid.shape != (B,):
                 raise ValueError(f"n_valid must have shape ({B},), got {tuple(n_valid.shape)}.")
-        # the one host sync per call: where the keys end, and a check of n_valid
-        longest, n_min, n_max = torch.stack([lengths.max(), n_valid.min(), n_valid.max()]).tolist()
+        # the one host sync per call: where the keys end, whether a mask is needed, a check of n_valid
+        shortest, longest, n_min, n_max = torch.stack([*lengths.aminmax(), *n_valid.aminmax()]).tolist()
         if n_min < 0 or n_max > T:
             raise ValueError(f"n_valid must lie in 0..{T} (the window length), got {n_valid.tolist()}.")
         key_len = longest + T
@@ -448,10 +495,16 @@ class Uni1Model(nn.Module):
         steps = torch.arange(T, device=lengths.device)
         slots = lengths[:, None] + steps[None, :]                              # (B, T) = RoPE positions
         rows = torch.arange(B, device=lengths.device)[:, None]
-        # query t of row b sees slots 0 .. lengths[b] + t; stale slots above are never visible
-        mask = torch.arange(key_len, device=lengths.device)[None, None, None, :] <= slots[:, None, :, None]
+        if T == 1 and shortest == longest:
+            mask = None                 # one query per row, and every row sees all key_len slots
+        else:
+            # query t of row b sees slots 0 .. lengths[b] + t; stale slots above are never visible.
+            # Additive, made once per call (SDPA would turn a bool mask into this in every layer).
+            visible = torch.arange(key_len, device=lengths.device)[None, None, None, :] <= slots[:, None, :, None]
+            mask = torch.full(visible.shape, float("-inf"), dtype=dtype, device=lengths.device)
+            mask.masked_fill_(visible, 0.0)
         layer_caches = [(cache.k[i], cache.v[i], rows, slots, key_len, mask) for i in range(len(self.model.layers))]
-        return n_valid, layer_caches, slots
+        return n_valid, layer_caches, slots, key_len
 
     # -----------------------------------------------------------------------------------------
     # Loading
