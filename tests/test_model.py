@@ -58,6 +58,9 @@ def test_logits_match_transformers(checkpoints, name):
     assert logits.dtype == torch.float32 and logits.shape == (3, 13, VOCAB)
     expected = reference_logits(ref, ids)
     torch.testing.assert_close(logits, expected, atol=ATOL, rtol=0)
+    with torch.no_grad():                      # inference: the fused layers (DecoderLayer.fused_forward)
+        torch.testing.assert_close(model(ids), expected, atol=ATOL, rtol=0)
+    assert model.model.layers[0]._fused is not None
 
 
 def test_checkpoint_is_sharded_and_every_key_is_used(checkpoints):
@@ -156,12 +159,20 @@ def model(request, checkpoints):
     return Uni1Model.from_pretrained(checkpoints[request.param][0], dtype=torch.float32)
 
 
+@pytest.fixture(params=["modules", "fused"])
+def layer_path(request):
+    """Run a test with autograd on (the submodule path, as in training) and off (inference: the
+    fused layers). The tiny models are under FUSE_MAX_HIDDEN, so both paths are exercised."""
+    with torch.set_grad_enabled(request.param == "modules"):
+        yield request.param
+
+
 def full(model, seq):
     """Logits of one row's whole sequence, without cache."""
     return model(torch.tensor([seq]))[0]
 
 
-def test_prefill_then_single_tokens_and_windows(model):
+def test_prefill_then_single_tokens_and_windows(model, layer_path):
     ids = random_ids(2, 24, seed=5)
     expected = model(ids)
     cache = model.new_cache(2, 32)
@@ -174,7 +185,7 @@ def test_prefill_then_single_tokens_and_windows(model):
     assert cache.lengths.tolist() == [24, 24]
 
 
-def test_rows_with_different_lengths_padding_and_rollback(model):
+def test_rows_with_different_lengths_padding_and_rollback(model, layer_path):
     """A random schedule of windows with per-row valid counts and rollbacks: after every call,
     the valid logits of each row equal the full forward of that row's sequence."""
     gen = torch.Generator().manual_seed(7)
@@ -211,7 +222,7 @@ def test_rows_with_different_lengths_padding_and_rollback(model):
     assert rollbacks >= 4
 
 
-def test_last_only_gives_each_rows_last_real_token(model):
+def test_last_only_gives_each_rows_last_real_token(model, layer_path):
     ids = random_ids(2, 9, seed=11)
     expected = model(ids)
     torch.testing.assert_close(model(ids, last_only=True), expected[:, -1:], atol=ATOL, rtol=0)
@@ -222,7 +233,7 @@ def test_last_only_gives_each_rows_last_real_token(model):
     assert cache.lengths.tolist() == [9, 4]
 
 
-def test_rollback_overwrites_stale_slots(model):
+def test_rollback_overwrites_stale_slots(model, layer_path):
     ids = random_ids(1, 12, seed=9)
     cache = model.new_cache(1, 16)
     model(ids, cache=cache)
@@ -251,6 +262,37 @@ def test_cache_errors_and_shape(model):
     with pytest.raises(ValueError, match="lengths"):
         cache.lengths = [3, 11]
     assert cache.lengths.tolist() == [0, 0]
+
+
+def test_fused_layers_equal_the_submodules_and_follow_weight_changes(checkpoints):
+    """The inference path runs on concatenated copies of some weights; they must match the
+    submodule path, and be remade after in-place writes, replaced parameters and dtype moves."""
+    model = Uni1Model.from_pretrained(checkpoints["mha_biases_swin"][0], dtype=torch.float32)
+    ids = random_ids(2, 6, seed=4)
+
+    def both():
+        with torch.no_grad():
+            fused = model(ids)
+        return fused, model(ids)               # autograd on: the submodules
+
+    fused, plain = both()
+    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=0)
+    attn, mlp = model.model.layers[1].self_attn, model.model.layers[1].mlp
+    with torch.no_grad():
+        attn.k_proj.weight.mul_(-2.0)          # in place, like an optimiser step
+        mlp.up_proj.bias.add_(0.5)
+    fused2, plain2 = both()
+    assert not torch.allclose(plain2, plain, atol=1e-3)
+    torch.testing.assert_close(fused2, plain2, atol=1e-5, rtol=0)
+    state = {k: v.clone() * 1.1 for k, v in model.state_dict().items()}
+    model.load_state_dict(state, assign=True)  # new Parameter objects
+    fused3, plain3 = both()
+    assert not torch.allclose(plain3, plain2, atol=1e-3)
+    torch.testing.assert_close(fused3, plain3, atol=1e-5, rtol=0)
+    model.to(torch.float64)                    # param.data swapped for new tensors
+    fused4, plain4 = both()
+    assert model.model.layers[0]._fused[1].qkv.dtype == torch.float64
+    torch.testing.assert_close(fused4, plain4, atol=1e-5, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------

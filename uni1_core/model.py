@@ -238,10 +238,14 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32:            # one kernel instead of five: small models are op-bound
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
-        # Statistics in fp32, then back to the activation dtype before the weight (as the reference).
-        return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    if x.dtype == torch.float32:            # one call instead of five: small models are op-bound
+        return F.rms_norm(x, weight.shape, weight, eps)
+    # Statistics in fp32, then back to the activation dtype before the weight (as the reference).
+    return weight * F.rms_norm(x.float(), weight.shape, eps=eps).to(x.dtype)
 
 
 class HeadLayerNorm(nn.Module):
@@ -253,10 +257,14 @@ class HeadLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_heads, head_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, T, heads, head_dim)
-        x = F.layer_norm(x, x.shape[-1:], eps=QK_NORM_EPS)
-        if x.dtype == torch.float32:            # one kernel; in bf16/fp16 keep the reference's two roundings
-            return torch.addcmul(self.bias, x, self.weight)
-        return x * self.weight + self.bias
+        return head_layer_norm(x, self.weight, self.bias)
+
+
+def head_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    x = F.layer_norm(x, x.shape[-1:], eps=QK_NORM_EPS)
+    if x.dtype == torch.float32:            # one kernel; in bf16/fp16 keep the reference's two roundings
+        return torch.addcmul(bias, x, weight)
+    return x * weight + bias
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
@@ -298,21 +306,29 @@ class Attention(nn.Module):
         k = self.k_norm(self.k_proj(x).view(B, T, KV, D))
         v = self.v_proj(x).view(B, T, KV, D)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)       # rope: cos, signed sin (B or 1, T, 1, D)
+        return self.o_proj(self.attend(q, k, v, layer_cache))
+
+    def attend(self, q, k, v, layer_cache):
+        """(B, T, heads or kv_heads, head_dim) queries, new keys and values -> (B, T, heads * head_dim);
+        with a cache, the new keys and values are written to it first and all its keys are used."""
+        B, T, H, D = q.shape
         if layer_cache is None:
             k, v, mask = k.transpose(1, 2), v.transpose(1, 2), None
         else:
             k_cache, v_cache, rows, slots, key_len, mask = layer_cache
             k_cache[rows, :, slots] = k.to(k_cache.dtype)       # k_cache[rows, :, slots]: (B, T, KV, D)
             v_cache[rows, :, slots] = v.to(v_cache.dtype)
-            k, v = k_cache[:, :, :key_len].to(q.dtype), v_cache[:, :, :key_len].to(q.dtype)
+            k, v = k_cache[:, :, :key_len], v_cache[:, :, :key_len]
+            if k.dtype != q.dtype:              # a cache of another dtype (new_cache(dtype=...))
+                k, v = k.to(q.dtype), v.to(q.dtype)
         q = q.transpose(1, 2)
         if _SDPA_HAS_GQA:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=layer_cache is None,
-                                                 enable_gqa=H != KV)
+                                                 enable_gqa=H != self.num_kv_heads)
         else:
             out = F.scaled_dot_product_attention(q, self._repeat_kv(k), self._repeat_kv(v), attn_mask=mask,
                                                  is_causal=layer_cache is None)
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, H * D))
+        return out.transpose(1, 2).reshape(B, T, H * D)
 
     def _repeat_kv(self, x: torch.Tensor) -> torch.Tensor:
         # GQA before torch 2.5: each kv head serves num_heads // num_kv_heads query heads.
@@ -334,6 +350,30 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+# Small models (the demo, tests, the benchmark's tiny one) decode at the speed of kernel launches,
+# not of arithmetic: for them, a layer runs on concatenated copies of its q/k/v and gate/up weights
+# (see DecoderLayer.fused_forward). Larger models skip the copies: their matmuls dominate, and
+# Lumina-mGPT 2.0 (hidden 4096) would pay gigabytes for them.
+FUSE_MAX_HIDDEN = 1024
+
+
+@dataclass
+class FusedWeights:
+    qkv: torch.Tensor                   # (heads * head_dim + 2 * kv_heads * head_dim, hidden)
+    qkv_bias: torch.Tensor | None
+    qk_norm: torch.Tensor               # (heads + kv_heads, head_dim)
+    qk_norm_bias: torch.Tensor
+    o: torch.Tensor                     # the rest: the parameters themselves, no copies
+    o_bias: torch.Tensor | None
+    gate_up: torch.Tensor               # (2 * intermediate, hidden)
+    gate_up_bias: torch.Tensor | None
+    down: torch.Tensor
+    down_bias: torch.Tensor | None
+    norm1: torch.Tensor
+    norm2: torch.Tensor
+    eps: float
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -343,12 +383,68 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
+        self.fuse = cfg.hidden_size <= FUSE_MAX_HIDDEN
+        self._fused = None          # (key, FusedWeights): see fused_weights
+
     def forward(self, x, rope, layer_cache=None):
+        if self.fuse and not torch.is_grad_enabled():
+            return self.fused_forward(x, rope, layer_cache)
         if self.swin_norm:
             h = x + self.input_layernorm(self.self_attn(x, rope, layer_cache))
             return h + self.post_attention_layernorm(self.mlp(h))
         h = x + self.self_attn(self.input_layernorm(x), rope, layer_cache)
         return h + self.mlp(self.post_attention_layernorm(h))
+
+    def fused_forward(self, x, rope, layer_cache=None):
+        """The same layer with q/k/v as one matmul, gate/up as one, and the qk-norm and RoPE of
+        q and k as one call each: about half the kernel launches of `forward`, which is what a
+        small model's decode step costs. Plain functions on the weights, not submodule calls, for
+        the same reason."""
+        w = self.fused_weights()
+        B, T, _ = x.shape
+        H, KV, D = self.self_attn.num_heads, self.self_attn.num_kv_heads, self.self_attn.head_dim
+
+        def attention(h):
+            qkv = F.linear(h, w.qkv, w.qkv_bias)
+            qk = head_layer_norm(qkv[..., :(H + KV) * D].view(B, T, H + KV, D), w.qk_norm, w.qk_norm_bias)
+            qk = apply_rope(qk, *rope)
+            v = qkv[..., (H + KV) * D:].view(B, T, KV, D)
+            return F.linear(self.self_attn.attend(qk[:, :, :H], qk[:, :, H:], v, layer_cache), w.o, w.o_bias)
+
+        def feed_forward(h):
+            gate, up = F.linear(h, w.gate_up, w.gate_up_bias).chunk(2, dim=-1)
+            return F.linear(F.silu(gate) * up, w.down, w.down_bias)
+
+        if self.swin_norm:
+            h = x + rms_norm(attention(x), w.norm1, w.eps)
+            return h + rms_norm(feed_forward(h), w.norm2, w.eps)
+        h = x + attention(rms_norm(x, w.norm1, w.eps))
+        return h + feed_forward(rms_norm(h, w.norm2, w.eps))
+
+    def fused_weights(self) -> FusedWeights:
+        """The layer's weights for fused_forward, remade whenever a parameter changes: a new tensor
+        (load_state_dict(assign=True), .to(), .half()) or an in-place write (an optimiser step,
+        load_state_dict) moves its data pointer or its version counter."""
+        # read straight from the modules' parameter dicts: this runs every layer of every step
+        modules = (*self._modules.values(), *self.self_attn._modules.values(), *self.mlp._modules.values())
+        key = tuple((p.data_ptr(), p._version) for m in modules for p in m._parameters.values() if p is not None)
+        if self._fused is None or self._fused[0] != key:
+            a, m = self.self_attn, self.mlp
+
+            def cat(*ts):
+                return None if ts[0] is None else torch.cat(ts)
+            with torch.inference_mode(False), torch.no_grad():   # kept across calls: ordinary tensors
+                fused = FusedWeights(
+                    qkv=cat(a.q_proj.weight, a.k_proj.weight, a.v_proj.weight),
+                    qkv_bias=cat(a.q_proj.bias, a.k_proj.bias, a.v_proj.bias),
+                    qk_norm=cat(a.q_norm.weight, a.k_norm.weight), qk_norm_bias=cat(a.q_norm.bias, a.k_norm.bias),
+                    o=a.o_proj.weight, o_bias=a.o_proj.bias,
+                    gate_up=cat(m.gate_proj.weight, m.up_proj.weight), gate_up_bias=cat(m.gate_proj.bias, m.up_proj.bias),
+                    down=m.down_proj.weight, down_bias=m.down_proj.bias,
+                    norm1=self.input_layernorm.weight, norm2=self.post_attention_layernorm.weight,
+                    eps=self.input_layernorm.eps)
+            self._fused = (key, fused)
+        return self._fused[1]
 
 
 class Decoder(nn.Module):
