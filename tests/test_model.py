@@ -151,6 +151,28 @@ def test_config_classic_rope_keys_and_bad_configs(checkpoints):
         ModelConfig.from_dict(dict(raw, num_key_value_heads=3))
 
 
+@pytest.mark.parametrize("name", ["gqa_prenorm", "rope_linear", "rope_dynamic"])
+def test_rope_table_and_rotation_equal_the_direct_formula(checkpoints, name):
+    """The cached table (rope_for) gives exactly the angles `rope` computes per call, also past
+    max_position_embeddings (8 for rope_dynamic, where the base depends on the call), and
+    apply_rope's roll form is exactly x * cos + rotate_half(x) * sin."""
+    from uni1_core.model import apply_rope
+
+    model = Uni1Model.from_pretrained(checkpoints[name][0], dtype=torch.float32)
+    half = model.config.head_dim // 2
+    for seq_len in (1, 8, 13, 300):
+        positions = torch.tensor([[seq_len - 1, 0], [seq_len // 2, seq_len - 1]])
+        cos_ref, sin_ref = model.rope(positions, torch.float32)             # (B, 1, T, D)
+        cos, sin_signed = model.rope_for(positions, seq_len, torch.float32)  # (B, T, 1, D)
+        assert torch.equal(cos, cos_ref.transpose(1, 2))
+        assert torch.equal(sin_signed[..., half:], sin_ref.transpose(1, 2)[..., half:])
+        assert torch.equal(sin_signed[..., :half], -sin_ref.transpose(1, 2)[..., :half])
+        x = torch.randn(2, 2, 3, 2 * half, generator=torch.Generator().manual_seed(seq_len))
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        cos, sin = cos_ref.transpose(1, 2), sin_ref.transpose(1, 2)
+        assert torch.equal(apply_rope(x, cos, sin_signed), x * cos + rotated * sin)
+
+
 # ---------------------------------------------------------------------------------------------
 # The static KV cache equals the full forward
 

@@ -220,7 +220,8 @@ class KVCache:
         value = value.expand(self.batch_size) if value.dim() == 0 else value
         if value.shape != self._lengths.shape:
             raise ValueError(f"cache.lengths must have shape ({self.batch_size},), got {tuple(value.shape)}.")
-        if bool((value < 0).any()) or bool((value > self.max_len).any()):
+        lo, hi = torch.stack(value.aminmax()).tolist()         # one host sync: set once per sampler step
+        if lo < 0 or hi > self.max_len:
             raise ValueError(f"cache.lengths must lie in 0..{self.max_len}, got {value.tolist()}.")
         self._lengths.copy_(value)
 
