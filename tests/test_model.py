@@ -126,6 +126,9 @@ def test_bf16_and_auto_dtype(checkpoints, tmp_path):
     ours_err = (logits - fp32)[..., visible].abs().max()
     ref_err = (ref_bf16 - fp32)[..., visible].abs().max()
     assert 0 < ours_err <= 2 * ref_err, (ours_err, ref_err)
+    with torch.no_grad():                      # the fused inference layers, in bf16 too
+        fused_err = (model(ids) - fp32)[..., visible].abs().max()
+    assert 0 < fused_err <= 2 * ref_err, (fused_err, ref_err)
     auto = Uni1Model.from_pretrained(tmp_path, dtype="auto")
     assert auto.dtype == torch.bfloat16
     torch.testing.assert_close(auto(ids), logits, atol=0, rtol=0)

@@ -401,16 +401,16 @@ class DecoderLayer(nn.Module):
         q and k as one call each: about half the kernel launches of `forward`, which is what a
         small model's decode step costs. Plain functions on the weights, not submodule calls, for
         the same reason."""
-        w = self.fused_weights()
+        w, attn = self.fused_weights(), self.self_attn
         B, T, _ = x.shape
-        H, KV, D = self.self_attn.num_heads, self.self_attn.num_kv_heads, self.self_attn.head_dim
+        H, KV, D = attn.num_heads, attn.num_kv_heads, attn.head_dim
 
         def attention(h):
             qkv = F.linear(h, w.qkv, w.qkv_bias)
             qk = head_layer_norm(qkv[..., :(H + KV) * D].view(B, T, H + KV, D), w.qk_norm, w.qk_norm_bias)
             qk = apply_rope(qk, *rope)
             v = qkv[..., (H + KV) * D:].view(B, T, KV, D)
-            return F.linear(self.self_attn.attend(qk[:, :, :H], qk[:, :, H:], v, layer_cache), w.o, w.o_bias)
+            return F.linear(attn.attend(qk[:, :, :H], qk[:, :, H:], v, layer_cache), w.o, w.o_bias)
 
         def feed_forward(h):
             gate, up = F.linear(h, w.gate_up, w.gate_up_bias).chunk(2, dim=-1)
@@ -600,7 +600,7 @@ class Uni1Model(nn.Module):
             visible = torch.arange(key_len, device=lengths.device)[None, None, None, :] <= slots[:, None, :, None]
             mask = torch.full(visible.shape, float("-inf"), dtype=dtype, device=lengths.device)
             mask.masked_fill_(visible, 0.0)
-        layer_caches = [(cache.k[i], cache.v[i], rows, slots, key_len, mask) for i in range(len(self.model.layers))]
+        layer_caches = [(k, v, rows, slots, key_len, mask) for k, v in zip(cache.k.unbind(0), cache.v.unbind(0))]
         return n_valid, layer_caches, slots, key_len
 
     # -----------------------------------------------------------------------------------------
