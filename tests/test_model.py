@@ -320,6 +320,29 @@ def test_fused_layers_equal_the_submodules_and_follow_weight_changes(checkpoints
     torch.testing.assert_close(fused4, plain4, atol=1e-5, rtol=0)
 
 
+def test_paths_for_older_torch_give_the_same_logits(checkpoints, monkeypatch):
+    """torch < 2.4 has no F.rms_norm and torch < 2.5 no SDPA enable_gqa: the fallbacks (explicit
+    formula, repeated kv heads) must give the same logits, with and without the cache."""
+    import uni1_core.model as model_module
+
+    model = Uni1Model.from_pretrained(checkpoints["gqa_prenorm"][0], dtype=torch.float32)
+    ids = random_ids(2, 9, seed=6)
+
+    def run():
+        cache = model.new_cache(2, 12)
+        with torch.no_grad():
+            steps = [model(ids[:, :5], cache=cache, n_valid=torch.tensor([5, 3]))]
+            cache.lengths = [5, 5]
+            steps.append(model(ids[:, 5:], cache=cache))
+            return model(ids), torch.cat(steps, 1)
+
+    current = run()
+    monkeypatch.setattr(model_module, "_HAS_RMS_NORM", False)
+    monkeypatch.setattr(model_module, "_SDPA_HAS_GQA", False)
+    for new, old in zip(run(), current):
+        torch.testing.assert_close(new, old, atol=1e-5, rtol=0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing a folder (how the demo model is made) and reading it back
 

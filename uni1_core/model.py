@@ -243,10 +243,16 @@ class RMSNorm(nn.Module):
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    if not _HAS_RMS_NORM:                   # torch < 2.4
+        xf = x.float()
+        return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
     if x.dtype == torch.float32:            # one call instead of five: small models are op-bound
         return F.rms_norm(x, weight.shape, weight, eps)
     # Statistics in fp32, then back to the activation dtype before the weight (as the reference).
     return weight * F.rms_norm(x.float(), weight.shape, eps=eps).to(x.dtype)
+
+
+_HAS_RMS_NORM = hasattr(F, "rms_norm")
 
 
 class HeadLayerNorm(nn.Module):
