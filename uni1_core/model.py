@@ -22,6 +22,13 @@ an affine per head (weights (heads, head_dim)), then rotated by RoPE (rotate-hal
 Checkpoints of the release store that affine per model-parallel shard, (model_parallel_size,
 head_dim); `from_pretrained` expands it to one row per head, as the reference does.
 
+Speed: a small model's decode step costs kernel launches, not arithmetic. So without autograd
+the layers run in inference mode, RoPE angles come from a table made once per device and dtype,
+GQA is left to SDPA (enable_gqa) instead of copying the cached keys per head, the cache mask is
+made once per call (and skipped for one token per row at equal lengths), and models with
+hidden_size <= FUSE_MAX_HIDDEN run DecoderLayer.fused_forward on concatenated q/k/v and gate/up
+weights. With autograd on (training) every layer runs its submodules, as written above.
+
 Parameter names are the Hugging Face ones (`model.layers.0.self_attn.q_proj.weight`, ...), so a
 checkpoint folder loads as it is. Spec: shared/specs/lumina_mgpt2.md section 1.
 """
