@@ -78,7 +78,8 @@ def main(argv=None):
     p.add_argument("--settings", default=",".join(SETTINGS), help=f"comma list of {', '.join(SETTINGS)}")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--limit", type=int, default=None, help="only the first N prompts of each category")
-    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's preset)")
+    p.add_argument("--cfg", type=float, default=None,
+                   help="guidance scale (default: the folder's uni1.default_policy, else the preset)")
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
@@ -105,7 +106,9 @@ def main(argv=None):
     movq = pipe.load_movq()
     changes = {k: v for k, v in (("cfg_scale", args.cfg), ("temperature", args.temperature), ("top_k", args.top_k))
                if v is not None}
-    policy = pipe.with_policy(**changes) if changes else None
+    # the folder's recommended settings (config.json "uni1.default_policy"), then the flags
+    recommended = pipe.model.config.raw.get("uni1", {}).get("default_policy", {})
+    policy = pipe.with_policy(**{**recommended, **changes}) if recommended or changes else None
     save_dir = None
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)

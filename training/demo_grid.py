@@ -2,8 +2,8 @@
 
     python -m training.demo_grid --out docs/demo_grid.png
 
-Every picture is the demo model's first sample (seed 0, sjd_coupled, the planner on) for its
-prompt: nothing is picked by hand. Images are scaled up 4x with nearest-neighbour so the 64x64
+Every picture is the demo model's first sample (seed 0, sjd_coupled, the planner on, the
+folder's recommended sampling settings) for its prompt: nothing is picked by hand. Images are scaled up 4x with nearest-neighbour so the 64x64
 pixels stay honest.
 """
 
@@ -40,6 +40,8 @@ def main(argv=None):
 
     pipe = Uni1Pipeline.from_pretrained(args.model)
     movq = pipe.load_movq()
+    # the sampling settings the model folder recommends (config.json "uni1.default_policy")
+    policy = pipe.with_policy(**pipe.model.config.raw.get("uni1", {}).get("default_policy", {}))
     scale, label_h, pad = 4, 44, 8
     cell_w = 64 * scale
     rows = (len(PROMPTS) + args.columns - 1) // args.columns
@@ -47,7 +49,7 @@ def main(argv=None):
     draw = ImageDraw.Draw(grid)
     font = ImageFont.load_default()
     for i, prompt in enumerate(PROMPTS):
-        gen = pipe.sample(prompt, seeds=[args.seed], mode="sjd_coupled")
+        gen = pipe.sample(prompt, seeds=[args.seed], mode="sjd_coupled", policy=policy)
         image = tensor_to_pil(movq.decode(gen.codes).clamp(-1, 1))[0]
         x = pad + (i % args.columns) * (cell_w + pad)
         y = pad + (i // args.columns) * (cell_w + label_h + pad)

@@ -236,6 +236,12 @@ def main(argv=None):
     p.add_argument("--uncond-every", type=int, default=10, help="every n-th batch has no caption (for CFG)")
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--data-cache", type=Path, default=None, help="reuse encoded scenes from this .pt file")
+    p.add_argument("--stop-at", type=int, default=None, help="stop (and save) after this step, schedule unchanged")
+    p.add_argument("--init", type=Path, default=None,
+                   help="continue from this demo model folder (same tokenizer and size) with a new schedule")
+    p.add_argument("--policy", default=None,
+                   help='recommended sampling settings written to config.json "uni1.default_policy", as JSON '
+                        '(e.g. \'{"cfg_scale": 2.0}\'); chosen with bench/geneval_mini.py')
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -243,7 +249,10 @@ def main(argv=None):
     rng = random.Random(args.seed)
     t0 = time.time()
 
-    tokenizer_json = train_tokenizer(args.seed, args.text_vocab)
+    if args.init is not None:  # keep the tokenizer the weights were trained with
+        tokenizer_json = json.loads((args.init / "tokenizer.json").read_text())
+    else:
+        tokenizer_json = train_tokenizer(args.seed, args.text_vocab)
     tokenizer = TextTokenizer(tokenizer_json, bos_token=None, eos_token=EOS, source="demo tokenizer")
     movq = MoVQ.from_pretrained(args.movq)
     config = model_config(tokenizer, args.hidden, args.layers, args.heads, movq.num_codes)
@@ -259,11 +268,17 @@ def main(argv=None):
             torch.save((scenes, codes), args.data_cache)
     print(f"{len(scenes)} scenes encoded ({time.time() - t0:.0f}s)", flush=True)
 
+    if args.policy:
+        config.raw["uni1"]["default_policy"] = json.loads(args.policy)
     model = Uni1Model(config)
-    with torch.no_grad():  # small init, as in GPT-2: keeps the first steps of a tiny model stable
-        for name, param in model.named_parameters():
-            if param.ndim == 2:
-                param.normal_(0.0, 0.02)
+    if args.init is not None:
+        model.load_state_dict(Uni1Model.from_pretrained(args.init, dtype=torch.float32).state_dict())
+        model.requires_grad_(True)
+    else:
+        with torch.no_grad():  # small init, as in GPT-2: keeps the first steps of a tiny model stable
+            for name, param in model.named_parameters():
+                if param.ndim == 2:
+                    param.normal_(0.0, 0.02)
     print(f"transformer: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
     decay = [p for n, p in model.named_parameters() if p.ndim == 2]
     other = [p for n, p in model.named_parameters() if p.ndim != 2]
@@ -273,7 +288,8 @@ def main(argv=None):
     batches: list[list[int]] = []
     step, ema = 0, None
     warmup = max(1, min(100, args.steps // 10))
-    while step < args.steps:
+    last = args.steps if args.stop_at is None else min(args.steps, args.stop_at)
+    while step < last:
         if not batches:  # a new epoch: new captions for every scene (different details left out)
             captions = [caption(s, rng) for s in scenes]
             prompts = [t2i_prompt_ids(tokenizer, c, SIZE, SIZE) for c in captions]
@@ -297,7 +313,7 @@ def main(argv=None):
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         if step % 25 == 0:
             print(f"step {step}/{args.steps} loss {ema:.3f} lr {lr:.2e} {time.time() - t0:.0f}s", flush=True)
-        if step % args.save_every == 0 or step == args.steps:
+        if step % args.save_every == 0 or step == last:
             model.eval()
             write_folder(model, tokenizer_json, args.movq, args.out)
             model.train()
