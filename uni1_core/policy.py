@@ -104,7 +104,9 @@ class SamplingPolicy:
 
         cond, uncond: (N, V') sub-vocabulary logits (`image_logits`); uncond may be None when
             every g at these positions is 1.
-        positions: (N,) long stream positions k. guidance: (stream_len,) from `guidance(grid)`.
+        positions: (N,) long stream positions k. guidance: (stream_len,) from `guidance(grid)`
+            (pass it as float32 on the logits' device to save two conversions per call), or None
+            when uncond is None and no position is guided.
         forced: (stream_len,) long sub-vocabulary index forced at each position, -1 where free
             (`forced_sub_ids`).
         region_cond: (N, R, V') logits of the regional conditional rows; region_weight: (N, R)
@@ -116,23 +118,25 @@ class SamplingPolicy:
             total = w.sum(-1, keepdim=True)
             w = torch.where(total > 1, w / total.clamp_min(1e-30), w)          # never more than the region
             c = c + (w[..., None] * (region_cond.float() - c[:, None, :])).sum(1)
-        g = guidance.to(c.device)[positions].float()[:, None]
         if uncond is not None:
+            g = guidance.to(c.device)[positions].float()[:, None]
             u = uncond.float()
             l = torch.where(g == 1.0, c, u + g * (c - u))
         else:
-            if bool((g != 1.0).any()):
+            # guidance None: the caller knows that no position is guided (saves a check per step)
+            if guidance is not None and bool((guidance.to(c.device)[positions] != 1.0).any()):
                 raise ValueError("these positions use classifier-free guidance but no unconditional logits were given")
             l = c
         num_codes = l.shape[-1] - 2
-        l = l.clone()
+        if l is cond:
+            l = l.clone()                                                      # never write into the caller's logits
         l[:, num_codes:] = -math.inf                                           # codes only, unless forced
         if self.temperature != 1.0:
             l = l / self.temperature
         if self.top_k is not None and self.top_k < num_codes:
             # the k-th largest value (selection, cheaper than topk's partial sort on CPU)
             kth = l.kthvalue(l.shape[-1] - self.top_k + 1, dim=-1, keepdim=True).values
-            l = l.masked_fill(l < kth, -math.inf)                             # ties at the k-th value stay
+            l.masked_fill_(l < kth, -math.inf)                                # ties at the k-th value stay
         if self.top_n_sigma is not None:
             l = _top_n_sigma(l, self.top_n_sigma)
         p = torch.softmax(l, dim=-1)

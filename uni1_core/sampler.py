@@ -42,7 +42,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from .policy import (SamplingPolicy, forced_sub_ids, get_policy, image_logits, region_weights,
+from .policy import (SamplingPolicy, forced_sub_ids, get_policy, region_weights,
                      stream_region_weights, sub_vocab_ids)
 
 MODES = ("ar", "sjd", "sjd_coupled")
@@ -90,11 +90,12 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
 
 
 def random_keys(seeds: torch.Tensor, positions: torch.Tensor, iterations: torch.Tensor | int) -> torch.Tensor:
-    """int64 hash of (seed, position, iteration); seeds (B,), positions (B, T), iterations (B,) or an int.
-    `draw(keys, purpose)` turns it into the uniforms of one purpose."""
+    """int64 hash of (seed, position, iteration); seeds (B,), positions (B, T), iterations (B,),
+    (B, T) or an int. `draw(keys, purpose)` turns it into the uniforms of one purpose."""
     h = _mix(seeds[:, None] + _GOLDEN)
     h = _mix(h + positions * _GOLDEN)
-    return _mix(h + torch.as_tensor(iterations, device=seeds.device).reshape(-1, 1) * _GOLDEN)
+    iterations = torch.as_tensor(iterations, device=seeds.device)
+    return _mix(h + (iterations if iterations.dim() == 2 else iterations.reshape(-1, 1)) * _GOLDEN)
 
 
 def draw(keys: torch.Tensor, purpose: int) -> torch.Tensor:
@@ -263,6 +264,7 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
     forced = forced_sub_ids(grid, vocab).to(device)
     guidance = policy.guidance(grid).to(device)
     use_cfg = bool((guidance != 1.0).any())
+    guidance = guidance.float() if use_cfg else None                  # the fp32 values probs uses
     # A leading run of forced positions (the condition rows of an image-conditioned request)
     # is committed up front and prefilled with the header, as the reference prefills it.
     free = (forced < 0).nonzero()
@@ -283,13 +285,10 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
         if R and regions[b]:
             w = region_weights([box for _, box in regions[b]], grid, policy.region_feather)
             region_w[b, : len(regions[b])] = stream_region_weights(w, grid)
-    uncond_rows = None
     if use_cfg:
-        uncond_rows = torch.arange(len(row_ids), len(row_ids) + B, device=device)
         row_ids += [list(header) for _ in range(B)]
         row_image += list(range(B))
     region_rows, region_w = region_rows.to(device), region_w.to(device)
-    cond_rows = torch.arange(B, device=device)
     row_image = torch.tensor(row_image, device=device)
     # Everything but the last header (or forced) token is prefilled; that token is the first window input.
     base = torch.tensor([len(r) - 1 for r in row_ids], device=device)
@@ -301,6 +300,11 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
     D = torch.zeros(B, L, dtype=torch.long, device=device)             # drafts at n .. n+L-2 (slot L-1: pad)
     Q = torch.zeros(B, L, V, dtype=torch.float32, device=device)
     G = gumbel_noise(seeds_t, n0 + torch.arange(L, device=device)[None].expand(B, L), V) if rule == "gumbel" else None
+    if L == 1:
+        # Plain AR draws one FRESH uniform per forward, at iteration n - n0 (every forward commits
+        # one token); drawn here for the whole stream at once instead of hashing every step.
+        k = torch.arange(S + 1, device=device)[None].expand(B, S + 1)
+        ar_uniforms = draw(random_keys(seeds_t, k, k - n0), FRESH)    # (B, S + 1): [b, n_b]
     stream = torch.zeros(B, S + L, dtype=torch.long, device=device)
     stream[:, :n0] = forced[:n0]
     uniform_q = torch.zeros(V, device=device)
@@ -364,20 +368,28 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
             stats["forwards"] += 1
             per_image_forwards += active.long()
 
-            sub = image_logits(logits, vocab)                                 # (rows, T, V)
+            sub = logits.index_select(-1, sub_ids)          # (rows, T, V) = image_logits(logits, vocab)
             pos = (n[:, None] + steps[None, :T]).clamp_max(S - 1)             # (B, T)
-            cond = sub[cond_rows].reshape(B * T, V)
-            uncond = sub[uncond_rows].reshape(B * T, V) if use_cfg else None
+            # rows are [cond, regions, uncond]: slices, not index copies
+            cond = sub[:B].reshape(B * T, V)
+            uncond = sub[-B:].reshape(B * T, V) if use_cfg else None
             reg_c = reg_w = None
             if R:
                 reg_c = sub[region_rows].permute(0, 2, 1, 3).reshape(B * T, R, V)
                 reg_w = region_w.gather(2, pos[:, None, :].expand(B, R, T)).permute(0, 2, 1).reshape(B * T, R)
             P = policy.probs(cond, uncond, pos.reshape(-1), guidance, forced, reg_c, reg_w).view(B, T, V)
 
-            verdict = verify_window(P, D[:, :T], Q[:, :T], m, random_keys(seeds_t, pos, it), rule,
-                                    None if G is None else G[:, :T])
-            a = torch.where(active, verdict.accepted, torch.zeros_like(n))
-            tokens = verdict.tokens
+            if L == 1:
+                # plain AR: no drafts, nothing to verify; verify_window would return exactly
+                # this fresh sample (with its uniform drawn up front), a = 0 and no fallback.
+                tokens = sample_from(P, ar_uniforms.gather(1, n[:, None]))
+                a = torch.zeros_like(n)
+            else:
+                verdict = verify_window(P, D[:, :T], Q[:, :T], m, random_keys(seeds_t, pos, it), rule,
+                                        None if G is None else G[:, :T])
+                a = torch.where(active, verdict.accepted, torch.zeros_like(n))
+                tokens = verdict.tokens
+                fallbacks += (verdict.fallbacks & active[:, None]).sum()
 
             # commit tokens[:a+1] at n..n+a (writes past that are overwritten by later commits)
             at = n[:, None] + steps[None, :T]
@@ -385,7 +397,6 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
             x = tokens.gather(1, a[:, None]).squeeze(1)
             last = torch.where(active, sub_ids[x], last)
             accepted_hist += torch.zeros_like(accepted_hist).scatter_add_(0, a, active.long())
-            fallbacks += (verdict.fallbacks & active[:, None]).sum()
             n = torch.where(active, n + a + 1, n)
             cache.lengths = base + (n - n0)[row_image]                       # exactly the committed prefix
             it = it + active.long()
