@@ -342,6 +342,7 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
 
     if L > 1:
         D, Q = init_slots(D, Q, torch.zeros(B, dtype=torch.long, device=device))
+    no_drafts_kept = torch.zeros(B, dtype=torch.long, device=device)
 
     cache = None
     try:
@@ -355,21 +356,23 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
             stats["prefill_forwards"] = 1
 
         while True:
-            left = int((S - n).max())                                         # the one host sync
+            left = S - int(n.min())                                           # the one host sync
             if left == 0:
                 break
             active = n < S
-            m = torch.where(active, (S - 1 - n).clamp_max(L - 1), torch.zeros_like(n))   # drafts used
+            step = active.long()
+            n_valid = (S - n).clamp_max(L)                   # window inputs: 0 for a finished image
+            m = (n_valid - 1).clamp_min(0)                   # drafts used
             T = min(L, left)
-            window_ids = torch.cat([last[:, None], sub_ids[D[:, : T - 1]]], dim=1)
-            n_valid = torch.where(active, m + 1, torch.zeros_like(m))
+            window_ids = last[:, None] if T == 1 else torch.cat([last[:, None], sub_ids[D[:, : T - 1]]], dim=1)
             check_cancel()
             logits = model(window_ids[row_image], cache=cache, n_valid=n_valid[row_image])
             stats["forwards"] += 1
-            per_image_forwards += active.long()
+            per_image_forwards += step
 
             sub = logits.index_select(-1, sub_ids)          # (rows, T, V) = image_logits(logits, vocab)
-            pos = (n[:, None] + steps[None, :T]).clamp_max(S - 1)             # (B, T)
+            at = n[:, None] + steps[None, :T]                # (B, T) stream positions of the window
+            pos = at.clamp_max(S - 1)
             # rows are [cond, regions, uncond]: slices, not index copies
             cond = sub[:B].reshape(B * T, V)
             uncond = sub[-B:].reshape(B * T, V) if use_cfg else None
@@ -383,7 +386,7 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
                 # plain AR: no drafts, nothing to verify; verify_window would return exactly
                 # this fresh sample (with its uniform drawn up front), a = 0 and no fallback.
                 tokens = sample_from(P, ar_uniforms.gather(1, n[:, None]))
-                a = torch.zeros_like(n)
+                a = no_drafts_kept
             else:
                 verdict = verify_window(P, D[:, :T], Q[:, :T], m, random_keys(seeds_t, pos, it), rule,
                                         None if G is None else G[:, :T])
@@ -391,15 +394,14 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
                 tokens = verdict.tokens
                 fallbacks += (verdict.fallbacks & active[:, None]).sum()
 
-            # commit tokens[:a+1] at n..n+a (writes past that are overwritten by later commits)
-            at = n[:, None] + steps[None, :T]
-            stream.scatter_(1, at, torch.where(active[:, None], tokens, stream.gather(1, at)))
-            x = tokens.gather(1, a[:, None]).squeeze(1)
-            last = torch.where(active, sub_ids[x], last)
-            accepted_hist += torch.zeros_like(accepted_hist).scatter_add_(0, a, active.long())
-            n = torch.where(active, n + a + 1, n)
+            # commit tokens[:a+1] at n..n+a (writes past that are overwritten by later commits;
+            # a finished image, n = S, writes only into the padding columns S..S+L-1)
+            stream.scatter_(1, at, tokens)
+            last = sub_ids[tokens.gather(1, a[:, None]).squeeze(1)]          # (unused once finished)
+            accepted_hist.index_add_(0, a, step)
+            n = n + (a + 1) * step
             cache.lengths = base + (n - n0)[row_image]                       # exactly the committed prefix
-            it = it + active.long()
+            it = it + step
 
             # next drafts: slot s <- window position a+1+s while it had a draft or was the last
             if L > 1:
