@@ -393,3 +393,14 @@ def test_from_pretrained_builds_on_meta(checkpoints, monkeypatch):
     model = Uni1Model.from_pretrained(checkpoints["gqa_prenorm"][0], dtype=torch.float32)
     assert devices == ["meta"]
     assert not any(p.is_meta for p in model.parameters())
+
+
+def test_model_loaded_under_inference_mode_runs(checkpoints):
+    """ComfyUI executes nodes (the loader too) under torch.inference_mode: the weights are then
+    inference tensors, which have no version counter; the fused layers must still work."""
+    folder = checkpoints["gqa_prenorm"][0]
+    with torch.inference_mode():
+        model = Uni1Model.from_pretrained(folder, dtype=torch.float32)
+        ids = random_ids(2, 7, seed=3)
+        logits = model(ids)
+    torch.testing.assert_close(logits, Uni1Model.from_pretrained(folder, dtype=torch.float32)(ids), atol=1e-5, rtol=0)

@@ -441,7 +441,10 @@ class DecoderLayer(nn.Module):
         load_state_dict) moves its data pointer or its version counter."""
         # read straight from the modules' parameter dicts: this runs every layer of every step
         modules = (*self._modules.values(), *self.self_attn._modules.values(), *self.mlp._modules.values())
-        key = tuple((p.data_ptr(), p._version) for m in modules for p in m._parameters.values() if p is not None)
+        # Weights created under inference mode (ComfyUI runs nodes, loaders included, in it) have
+        # no version counter; they cannot be written in place outside inference mode anyway.
+        key = tuple((p.data_ptr(), 0 if p.is_inference() else p._version)
+                    for m in modules for p in m._parameters.values() if p is not None)
         if self._fused is None or self._fused[0] != key:
             a, m = self.self_attn, self.mlp
 

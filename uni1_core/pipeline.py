@@ -50,7 +50,9 @@ class Uni1Pipeline:
         self.i2i_sizes = [tuple(s) for s in uni1.get("i2i_sizes", uni1.get("sizes", I2I_SIZES))]
         self.default_size = tuple(uni1.get("default_size", (768, 768) if (768, 768) in self.sizes
                                            else self.sizes[0]))
-        self.default_policy = PRESETS[uni1.get("default_preset", "uni1")]
+        # A folder may recommend its own sampling settings (the demo model does: a lower CFG).
+        self.default_policy = dataclasses.replace(PRESETS[uni1.get("default_preset", "uni1")],
+                                                  **uni1.get("default_policy", {}))
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = "demo", dtype="auto", device=None, cache_dir=None):
