@@ -119,7 +119,7 @@ class SamplingPolicy:
             w = torch.where(total > 1, w / total.clamp_min(1e-30), w)          # never more than the region
             c = c + (w[..., None] * (region_cond.float() - c[:, None, :])).sum(1)
         if uncond is not None:
-            g = guidance.to(c.device)[positions].float()[:, None]
+            g = guidance.to(c.device).index_select(0, positions).float()[:, None]
             u = uncond.float()
             l = torch.where(g == 1.0, c, u + g * (c - u))
         else:
@@ -142,7 +142,7 @@ class SamplingPolicy:
         p = torch.softmax(l, dim=-1)
         if self.top_p is not None and self.top_p < 1:
             p = _top_p(p, self.top_p)
-        f = forced.to(c.device)[positions]
+        f = forced.to(c.device).index_select(0, positions)
         one_hot = torch.zeros_like(p).scatter_(1, f.clamp_min(0)[:, None], 1.0)
         return torch.where((f >= 0)[:, None], one_hot, p)
 

@@ -290,6 +290,11 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
         row_image += list(range(B))
     region_rows, region_w = region_rows.to(device), region_w.to(device)
     row_image = torch.tensor(row_image, device=device)
+    one_row_per_image = len(row_ids) == B                           # no CFG, no regions
+
+    def per_row(x):
+        """An image's value for each of its forward rows (no index copy for one row per image)."""
+        return x if one_row_per_image else x[row_image]
     # Everything but the last header (or forced) token is prefilled; that token is the first window input.
     base = torch.tensor([len(r) - 1 for r in row_ids], device=device)
 
@@ -366,7 +371,7 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
             T = min(L, left)
             window_ids = last[:, None] if T == 1 else torch.cat([last[:, None], sub_ids[D[:, : T - 1]]], dim=1)
             check_cancel()
-            logits = model(window_ids[row_image], cache=cache, n_valid=n_valid[row_image])
+            logits = model(per_row(window_ids), cache=cache, n_valid=per_row(n_valid))
             stats["forwards"] += 1
             per_image_forwards += step
 
@@ -400,7 +405,7 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
             last = sub_ids[tokens.gather(1, a[:, None]).squeeze(1)]          # (unused once finished)
             accepted_hist.index_add_(0, a, step)
             n = n + (a + 1) * step
-            cache.lengths = base + (n - n0)[row_image]                       # exactly the committed prefix
+            cache.lengths = base + per_row(n - n0)                           # exactly the committed prefix
             it = it + step
 
             # next drafts: slot s <- window position a+1+s while it had a draft or was the last
