@@ -406,10 +406,10 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
             accepted_hist.index_add_(0, a, step)
             n = n + (a + 1) * step
             cache.lengths = base + per_row(n - n0)                           # exactly the committed prefix
-            it = it + step
 
             # next drafts: slot s <- window position a+1+s while it had a draft or was the last
             if L > 1:
+                it = it + step                                 # (plain AR's draws were keyed up front)
                 src = a[:, None] + 1 + steps[None, :]
                 carried = (src <= m[:, None]) & active[:, None]
                 srcc = src.clamp_max(T - 1)
