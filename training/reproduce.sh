@@ -15,14 +15,16 @@ $PY -m training.train_movq --threads 1 --sizes 0.20,0.28,0.38 --out "$WORK/movq_
 $PY -m training.train_movq --init "$WORK/movq_stage1.safetensors" --seed 1 --lr 1e-3 \
     --crop-steps 500 --full-steps 300 --stop-at 400 --out "$WORK/movq_frozen.safetensors"
 # 3. the transformer on the frozen codes (the decoder stages below do not change any code):
-#    750 steps of a 3000-step schedule, then a second, shorter schedule from there
+#    750 steps of a 3000-step schedule, then two shorter schedules from there
 $PY -m training.train_transformer --movq "$WORK/movq_frozen.safetensors" --out "$WORK/demo_model_a" \
     --scenes 30000 --steps 3000 --stop-at 750 --batch 24 --hidden 192 --layers 6 --heads 6 --save-every 250 \
     --data-cache "$WORK/data.pt"
 $PY -m training.train_transformer --init "$WORK/demo_model_a" --movq "$WORK/movq_frozen.safetensors" \
-    --out "$WORK/demo_model" --steps 1500 --lr 2e-3 --seed 5 --batch 24 --hidden 192 --layers 6 --heads 6 \
-    --policy '{"cfg_scale": 2.0}' \
+    --out "$WORK/demo_model_b" --steps 1500 --lr 2e-3 --seed 5 --batch 24 --hidden 192 --layers 6 --heads 6 \
     --save-every 250 --data-cache "$WORK/data.pt"
+$PY -m training.train_transformer --init "$WORK/demo_model_b" --movq "$WORK/movq_frozen.safetensors" \
+    --out "$WORK/demo_model" --steps 1500 --lr 1e-3 --seed 6 --batch 24 --hidden 192 --layers 6 --heads 6 \
+    --policy '{"cfg_scale": 2.0}' --save-every 250 --data-cache "$WORK/data.pt"
 # 4. decoder-only MoVQ stages (in the original run these ran beside step 3)
 $PY -m training.train_movq --init "$WORK/movq_frozen.safetensors" --decoder-only --seed 2 --lr 5e-4 \
     --crop-steps 0 --full-steps 600 --out "$WORK/movq_dec.safetensors"
