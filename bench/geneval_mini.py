@@ -106,9 +106,8 @@ def main(argv=None):
     movq = pipe.load_movq()
     changes = {k: v for k, v in (("cfg_scale", args.cfg), ("temperature", args.temperature), ("top_k", args.top_k))
                if v is not None}
-    # the folder's recommended settings (config.json "uni1.default_policy"), then the flags
-    recommended = pipe.model.config.raw.get("uni1", {}).get("default_policy", {})
-    policy = pipe.with_policy(**{**recommended, **changes}) if recommended or changes else None
+    # the folder's recommended settings (pipe.default_policy, from "uni1.default_policy"), then the flags
+    policy = pipe.with_policy(**changes)
     save_dir = None
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -116,7 +115,7 @@ def main(argv=None):
             save_dir = args.out
     n = len(prompts) * len(args.seeds)
     print(f"model {pipe.model_dir}, {len(prompts)} prompts x {len(args.seeds)} seeds = {n} images per setting, "
-          f"policy {policy or pipe.default_policy}\n")
+          f"policy {policy}\n")
 
     rows, all_records = {}, []
     for setting in settings:

@@ -60,8 +60,9 @@ def test_follows_simple_prompts():
     9 of 16 for the green triangle.)"""
     pipe = Uni1Pipeline.from_pretrained("demo")
     movq = pipe.load_movq()
-    # the sampling settings the model folder recommends (config.json "uni1.default_policy")
-    policy = pipe.with_policy(**pipe.model.config.raw["uni1"].get("default_policy", {}))
+    # the pipeline samples with the settings the folder recommends (config.json "uni1.default_policy")
+    policy = pipe.default_policy
+    assert policy.cfg_scale == pipe.model.config.raw["uni1"]["default_policy"]["cfg_scale"]
     for prompt, colour, shape, min_shape in [("a red circle", "red", "circle", 0),
                                              ("a blue square", "blue", "square", 0),
                                              ("a green triangle", "green", "triangle", 5)]:

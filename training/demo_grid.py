@@ -40,8 +40,7 @@ def main(argv=None):
 
     pipe = Uni1Pipeline.from_pretrained(args.model)
     movq = pipe.load_movq()
-    # the sampling settings the model folder recommends (config.json "uni1.default_policy")
-    policy = pipe.with_policy(**pipe.model.config.raw.get("uni1", {}).get("default_policy", {}))
+    policy = pipe.default_policy   # includes the folder's recommended settings ("uni1.default_policy")
     scale, label_h, pad = 4, 44, 8
     cell_w = 64 * scale
     rows = (len(PROMPTS) + args.columns - 1) // args.columns
