@@ -19,14 +19,13 @@ from .checkpoint import resolve_model_dir
 from .model import Uni1Model
 from .plan import Plan, make_plan
 from .policy import PRESETS, SamplingPolicy
-from .sampler import sample_codes
+from .sampler import MODES, sample_codes
 from .sequence import (I2I_SIZES, PIXELS_PER_CODE, ImageGrid, ImageVocab, check_size, i2i_prompt_ids,
                        supported_sizes, t2i_prompt_ids)
 from .tokenizer import TextTokenizer
 
 DEFAULT_MOVQ_REPO = "ai-forever/MoVQGAN"
 MOVQ_FILES = ("movq.safetensors", "movqgan_270M.safetensors", "movqgan_270M.ckpt")
-MODES = ("ar", "sjd", "sjd_coupled")
 
 
 @dataclass
@@ -62,7 +61,7 @@ class Uni1Pipeline:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return self.model.device
 
     def load_movq(self, path_or_repo_id=None, dtype=None, device=None, cache_dir=None):
         """The image tokenizer that belongs to this model: an explicit path or repo id, else the
