@@ -262,6 +262,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 _HAS_RMS_NORM = hasattr(F, "rms_norm")
 
 
+def rms_norm_mirrored(x: torch.Tensor, weight_twice: torch.Tensor, eps: float) -> torch.Tensor:
+    """fp32 RMSNorm in three kernels, for small models' decode steps: on CPU `F.rms_norm` is a
+    composite of about eight ops while `F.layer_norm` is one kernel, and the LayerNorm of [x, -x]
+    is exactly RMSNorm (its mean is 0 and its variance is mean(x^2)). weight_twice: cat(w, w)."""
+    d = x.shape[-1]
+    return F.layer_norm(torch.cat((x, -x), dim=-1), (2 * d,), weight_twice, None, eps)[..., :d]
+
+
 class HeadLayerNorm(nn.Module):
     """Chameleon's qk-norm: LayerNorm over head_dim with no affine, then an affine per head."""
 
@@ -329,9 +337,13 @@ class Attention(nn.Module):
         if layer_cache is None:
             k, v, mask = k.transpose(1, 2), v.transpose(1, 2), None
         else:
-            k_cache, v_cache, rows, slots, key_len, mask = layer_cache
-            k_cache[rows, :, slots] = k.to(k_cache.dtype)       # k_cache[rows, :, slots]: (B, T, KV, D)
-            v_cache[rows, :, slots] = v.to(v_cache.dtype)
+            k_cache, v_cache, rows, slots, key_len, mask, start = layer_cache
+            if start is not None:       # every row writes slots start .. start+T-1: a plain copy
+                k_cache[:, :, start : start + T] = k.transpose(1, 2)
+                v_cache[:, :, start : start + T] = v.transpose(1, 2)
+            else:
+                k_cache[rows, :, slots] = k.to(k_cache.dtype)   # k_cache[rows, :, slots]: (B, T, KV, D)
+                v_cache[rows, :, slots] = v.to(v_cache.dtype)
             k, v = k_cache[:, :, :key_len], v_cache[:, :, :key_len]
             if k.dtype != q.dtype:              # a cache of another dtype (new_cache(dtype=...))
                 k, v = k.to(q.dtype), v.to(q.dtype)
@@ -385,6 +397,8 @@ class FusedWeights:
     down_bias: torch.Tensor | None
     norm1: torch.Tensor
     norm2: torch.Tensor
+    norm1_twice: torch.Tensor           # cat(norm1, norm1): for rms_norm_mirrored
+    norm2_twice: torch.Tensor
     eps: float
 
 
@@ -429,11 +443,23 @@ class DecoderLayer(nn.Module):
             gate, up = F.linear(h, w.gate_up, w.gate_up_bias).chunk(2, dim=-1)
             return F.linear(F.silu(gate) * up, w.down, w.down_bias)
 
+        if x.dtype == torch.float32:
+            def norm1(h):
+                return rms_norm_mirrored(h, w.norm1_twice, w.eps)
+
+            def norm2(h):
+                return rms_norm_mirrored(h, w.norm2_twice, w.eps)
+        else:                   # bf16 / fp16: statistics in fp32, as rms_norm does
+            def norm1(h):
+                return rms_norm(h, w.norm1, w.eps)
+
+            def norm2(h):
+                return rms_norm(h, w.norm2, w.eps)
         if self.swin_norm:
-            h = x + rms_norm(attention(x), w.norm1, w.eps)
-            return h + rms_norm(feed_forward(h), w.norm2, w.eps)
-        h = x + attention(rms_norm(x, w.norm1, w.eps))
-        return h + feed_forward(rms_norm(h, w.norm2, w.eps))
+            h = x + norm1(attention(x))
+            return h + norm2(feed_forward(h))
+        h = x + attention(norm1(x))
+        return h + feed_forward(norm2(h))
 
     def fused_weights(self) -> FusedWeights:
         """The layer's weights for fused_forward, remade whenever a parameter changes: a new tensor
@@ -459,6 +485,8 @@ class DecoderLayer(nn.Module):
                     gate_up=cat(m.gate_proj.weight, m.up_proj.weight), gate_up_bias=cat(m.gate_proj.bias, m.up_proj.bias),
                     down=m.down_proj.weight, down_bias=m.down_proj.bias,
                     norm1=self.input_layernorm.weight, norm2=self.post_attention_layernorm.weight,
+                    norm1_twice=cat(self.input_layernorm.weight, self.input_layernorm.weight),
+                    norm2_twice=cat(self.post_attention_layernorm.weight, self.post_attention_layernorm.weight),
                     eps=self.input_layernorm.eps)
             self._fused = (key, fused)
         return self._fused[1]
@@ -616,7 +644,11 @@ class Uni1Model(nn.Module):
             visible = torch.arange(key_len, device=lengths.device)[None, None, None, :] <= slots[:, None, :, None]
             mask = torch.full(visible.shape, float("-inf"), dtype=dtype, device=lengths.device)
             mask.masked_fill_(visible, 0.0)
-        layer_caches = [(k, v, rows, slots, key_len, mask) for k, v in zip(cache.k.unbind(0), cache.v.unbind(0))]
+        # rows of one length (plain AR without guidance, a lone image) write their new keys with a
+        # slice copy, several times cheaper than the scatter that ragged rows need
+        start = shortest if shortest == longest else None
+        layer_caches = [(k, v, rows, slots, key_len, mask, start)
+                        for k, v in zip(cache.k.unbind(0), cache.v.unbind(0))]
         return n_valid, layer_caches, slots, key_len
 
     # -----------------------------------------------------------------------------------------
