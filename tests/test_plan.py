@@ -78,6 +78,19 @@ def test_plural_and_singular_round_trip(singular_noun, plural_noun):
     ("a dog with a red collar sitting on a bench", "A dog with a red collar sitting on a bench."),
     ("an apple, highly detailed", "An apple. Highly detailed."),
     ("a street, no cars", "A street."),
+    ("an image showing a single triangle", "A triangle."),
+    ("a picture of a circle", "A circle."),
+    ("an image with a triangle and a circle", "A triangle and a circle."),
+    ("a picture containing a square and a triangle", "A square and a triangle."),
+    ("draw a square together with a triangle", "A square and a triangle. Draw."),
+    ("a red square together with a purple circle", "A red square and a purple circle."),
+    ("a cat along with a dog", "A cat and a dog."),
+    ("there are three circles in the picture", "Three circles."),
+    ("four circles please", "Four circles. Please."),
+    ("two triangles side by side", "Two triangles. Side by side."),
+    ("a red square on its own", "A red square. On its own."),
+    ("a purple triangle with a green square", "A purple triangle and a green square."),
+    ("a man with a hat", "A man with a hat."),
 ])
 def test_conditioning_text(prompt, text):
     assert make_plan(prompt).conditioning_text() == text

@@ -1,10 +1,11 @@
 """Prompt text -> plan dictionary: a small, deterministic grammar of English image prompts.
 
 The parser reads a prompt left to right and recognises, in this order of priority at each word:
-clause ends, style phrases ("oil painting", "cinematic lighting", "35mm"), a leading "a photo of",
-negation ("no people", "without text"), absolute positions ("on the left"), spatial relations
-("to the left of", "on top of", "beneath"), scene phrases ("on a beach", "at night"), phrases that
-qualify the previous object ("with a red collar", "in a red dress"), and finally noun phrases
+clause ends, style phrases ("oil painting", "cinematic lighting", "35mm"), a leading "a photo of" or
+"an image showing", negation ("no people", "without text"), joiners ("together with"), framing
+("in the picture"), absolute positions ("on the left"), spatial relations ("to the left of",
+"on top of", "beneath"), scene phrases ("on a beach", "at night"), phrases that qualify the
+previous object ("with a red collar", "in a red dress"), and finally noun phrases
 ("two small red cubes"), which become subjects with their own count, colour and attributes, so
 that adjectives never bleed from one object to the next.
 
@@ -369,6 +370,41 @@ seems seem has have is are was were
 NEGATION_PHRASES = _phrases("with no", "without any", "without", "free of", "no", "not",
                             "devoid of", "excluding", "except")
 
+# Multi-word joiners that mean "and" between two subjects: "a cat together with a dog".
+LIST_PHRASES = _phrases("together with", "along with", "as well as")
+# What follows "an image" / "a photo" at the start of a prompt when the picture itself is framing,
+# not a subject: "an image showing a triangle", "a picture containing two cats".
+INTRO_LEADERS = _phrases("of", "showing", "with", "containing", "featuring", "depicting", "displaying",
+                         "that shows", "which shows", "that has", "which has", "that contains",
+                         "which contains", "where there is", "where there are")
+# Saying a subject is alone is not a relation to a noun ("on its own" is not "on an own"); these
+# stay as written.
+SOLITARY_PHRASES = _phrases("on its own", "on their own", "on his own", "on her own", "all on its own",
+                            "by itself", "by themselves", "by himself", "by herself", "all alone",
+                            "alone", "all by itself")
+# Politeness and chat filler: never a noun, never an attribute; kept as written.
+FILLER_WORDS = {"please", "pls", "plz", "thanks", "thx", "kindly"}
+# Kinds of things that "X with Y" joins as two subjects when both are of one kind: "a purple
+# triangle with a green square" is two shapes, while "a man with a hat" or "a house with a blue
+# door" keeps "with ..." as a qualifier of the first.
+SUBJECT_KINDS = [set(ws.split()) for ws in (
+    "circle square triangle star rectangle hexagon pentagon octagon heart diamond oval ellipse "
+    "crescent sphere cube cone cylinder pyramid arrow shape",
+    "bird cat dog horse cow elephant bear zebra giraffe lion tiger wolf fox deer rabbit bunny mouse "
+    "rat squirrel monkey panda koala kangaroo penguin owl eagle parrot duck goose chicken swan shark "
+    "whale dolphin turtle frog snake lizard dragon unicorn dinosaur camel goat pig puppy kitten "
+    "hamster hedgehog raccoon sheep",
+    "bicycle car motorcycle airplane plane bus train truck boat ship bike scooter tractor van taxi "
+    "helicopter rocket submarine",
+)]
+
+
+def same_kind(a: str, b: str) -> bool:
+    """Both nouns (heads of compounds) are of one kind in SUBJECT_KINDS."""
+    a, b = a.split()[-1], b.split()[-1]
+    return any(a in kind and b in kind for kind in SUBJECT_KINDS)
+
+
 def _relation_phrases() -> list[tuple[tuple[str, ...], str]]:
     table: list[tuple[tuple[str, ...], str]] = []
     for side in ("left", "right"):
@@ -444,6 +480,7 @@ ORDER_PHRASES = [(_phrases(t)[0], rel) for t, rel in (
 FUNCTION_WORDS |= {w for table in (RELATION_PHRASES, POSITION_PHRASES, ORDER_PHRASES)
                    for words, _ in table for w in words}
 FUNCTION_WORDS |= {w for p in NEGATION_PHRASES for w in p} | {w for p in INTRO_PHRASES[""] for w in p}
+FUNCTION_WORDS |= {w for table in (LIST_PHRASES, INTRO_LEADERS) for p in table for w in p}
 
 # ---------------------------------------------------------------------------------------------
 # Tokens
@@ -530,6 +567,9 @@ STYLE_TABLE = _build_style_table()
 INTRO_TABLE = sorted([(p, field) for field, ps in INTRO_PHRASES.items() for p in ps],
                      key=lambda pr: -len(pr[0]))
 NEGATION_TABLE = [(p, "neg") for p in sorted(NEGATION_PHRASES, key=len, reverse=True)]
+LIST_TABLE = [(p, "and") for p in LIST_PHRASES]
+LEADER_TABLE = [(p, "leader") for p in INTRO_LEADERS]
+SOLITARY_TABLE = [(p, "alone") for p in SOLITARY_PHRASES]
 MOOD_SINGLE = {p[0] for p in STYLE_PHRASES["mood"] if len(p) == 1}
 _MM_RE = re.compile(r"^\d+(\.\d+)?mm$|^f/\d+(\.\d+)?$")
 
@@ -624,9 +664,11 @@ class _Parser:
             return True
         low = t.low
         if (low in LIST_WORDS or low in PREPOSITIONS or low in COPULAS or low in DETERMINERS
-                or low in ("no", "not", "nor") or low in VERBS or parse_count(self.toks, i) is not None):
+                or low in ("no", "not", "nor") or low in VERBS or low in FILLER_WORDS
+                or parse_count(self.toks, i) is not None):
             return True
-        if _match(self.toks, i, ORDER_PHRASES) or _match(self.toks, i, POSITION_PHRASES):
+        if (_match(self.toks, i, ORDER_PHRASES) or _match(self.toks, i, POSITION_PHRASES)
+                or _match(self.toks, i, LIST_TABLE)):
             return True
         m = _match(self.toks, i, STYLE_TABLE)
         # mood words ("a serene garden") and a few framing words are ordinary adjectives too
@@ -655,6 +697,8 @@ class _Parser:
         while i < end and not self.is_boundary(i):
             # "a dog running": an -ing word after a known noun starts a trailing phrase.
             if i > words_start and self.is_participle(i, end):
+                break
+            if i > words_start and _match(toks, i, SOLITARY_TABLE):     # "a cat alone"
                 break
             i += 1
         words = [t.low for t in toks[words_start:i]]
@@ -798,6 +842,37 @@ class _Parser:
                 i += k
                 st.last_end = i
                 continue
+            if m and not _match(toks, i, RELATION_PHRASES):
+                # no two subjects to put in order ("two triangles side by side"): the idiom stays
+                # whole and as written rather than falling apart into a scene and a stray word
+                if st.last_end == i:        # what follows still belongs to the same subjects
+                    st.last_end = i + m[0]
+                i += m[0]
+                continue
+
+            # "a cat together with a dog": another subject, as after "and"
+            m = _match(toks, i, LIST_TABLE)
+            if m:
+                self.take(i, i + m[0])
+                if st.last_end == i:
+                    st.last_end = i + m[0]
+                    st.list_next = True
+                i += m[0]
+                continue
+
+            # "a red square on its own", "a star by itself": not a relation, kept as written
+            m = _match(toks, i, SOLITARY_TABLE)
+            if m:
+                if st.last_end == i:        # "a cat alone in a field": the field is still the scene
+                    st.last_end = i + m[0]
+                i += m[0]
+                continue
+
+            # "three birds in the image": the picture itself is framing, not a place
+            nxt = self.frame_phrase(i, end)
+            if nxt is not None:
+                i = nxt
+                continue
 
             # absolute positions: "a cat on the left", "On the left, a cat"
             m = _match(toks, i, POSITION_PHRASES)
@@ -842,6 +917,14 @@ class _Parser:
             # qualifiers of the previous subject: "with a red collar", "made of wood"
             transitive = (low.endswith("ing") and i + 1 < end
                           and (toks[i + 1].low in DETERMINERS or parse_count(toks, i + 1) is not None))
+            if low == "with" and adjacent:
+                # "a purple triangle with a green square": two things of one kind are two subjects
+                np = self.noun_phrase(i + 1, end, as_subject=True)
+                if np is not None and same_kind(self.subjects[st.group[-1]]["noun"], np[0]["noun"]):
+                    self.take(i, i + 1)
+                    st.last_end, st.list_next = i + 1, True
+                    i += 1
+                    continue
             if (low in QUALIFIER_WORDS or transitive) and adjacent:   # "... facing a dragon"
                 k = self.phrase_until_boundary(i + 1, end)
                 if k == i + 1 and i + 2 < end and toks[i + 1].low in PREPOSITIONS:   # "made of wood"
@@ -986,19 +1069,24 @@ class _Parser:
         while moods < end and toks[moods].low in MOOD_SINGLE:      # "a cinematic photo of"
             moods += 1
         m = _match(toks, moods, INTRO_TABLE) if moods < end else None
-        if m and moods > j and not (moods + m[0] < end and toks[moods + m[0]].low == "of"):
+        # "of" introduces the subject anywhere; "showing", "with", "containing" ... only at the
+        # start of a segment, where the picture is framing ("a cat with a picture of ..." is not)
+        lead = _match(toks, moods + m[0], LEADER_TABLE) if m else None
+        if lead and toks[moods + m[0]].low != "of" and (not at_seg_start or moods + m[0] + lead[0] >= end):
+            lead = None
+        if m and moods > j and not lead:
             m = None
         if m and moods > j:
             self.style["mood"].extend(t.low for t in toks[j:moods])
             j = moods
-        if m and j + m[0] < end and toks[j + m[0]].low == "of":
+        if m and lead:
             k, fld = m
             if fld == "composition":
                 self.composition.append(self.norm_text(j, j + k))
             elif fld == "medium":
                 self.style["medium"].append(self.norm_text(j, j + k))
-            self.take(i, j + k + 1)
-            return j + k + 1
+            self.take(i, j + k + lead[0])
+            return j + k + lead[0]
         # a comma segment that is only a medium word: "..., oil painting"
         if m and m[1] and at_seg_start and self.segment_is_style_only(i, end):
             k, fld = m
@@ -1006,6 +1094,23 @@ class _Parser:
             self.take(i, j + k)
             return j + k
         return None
+
+    def frame_phrase(self, i: int, end: int) -> int | None:
+        """ "in the picture", "in this photo" closing a phrase: the picture itself, not a place in
+        it. A medium word ("photo") is the medium; "image", "picture", "scene" add nothing."""
+        toks = self.toks
+        if not (i + 2 < end and toks[i].low in ("in", "within") and toks[i + 1].low in ("the", "this", "that")):
+            return None
+        m = _match(toks, i + 2, INTRO_TABLE)
+        if m is None or m[1] == "composition":
+            return None
+        j = i + 2 + m[0]
+        if j < end and toks[j].word and toks[j].low not in LIST_WORDS:
+            return None                      # "in the picture frame", "in the image of a ..."
+        if m[1] == "medium":
+            self.style["medium"].append(self.norm_text(i + 2, j))
+        self.take(i, j)
+        return j
 
     def style_segment(self, i: int, end: int) -> int | None:
         """A short comma segment that ends in a style head is style as a whole:
