@@ -7,12 +7,15 @@ from pathlib import Path
 import torch
 
 from training.world import random_scene, render_batch
-from uni1_core.geneval import detect
+from uni1_core.geneval import detect, evaluate
 from uni1_core.movq import MoVQ, tensor_to_pil
 from uni1_core.pipeline import Uni1Pipeline
 from uni1_core.sequence import ImageGrid, t2i_prompt_ids
 
 DEMO = Path(__file__).resolve().parent.parent / "uni1_core" / "demo_model"
+# Right samples out of 16 (seeds 0-15, sjd_coupled); set from the committed model's measurement.
+# Measured: 15, 13, 16 and 10 of 16.
+MIN_CORRECT = {"a red circle": 12, "a blue square": 10, "a green triangle": 12, "demo": 6}
 FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "movq.safetensors")
 
 
@@ -41,7 +44,8 @@ def test_real_sequence_format():
 
 
 def test_movq_keeps_the_objects():
-    """Round trip through the shipped tokenizer: the evaluator still finds most scenes' objects."""
+    """Round trip through the shipped tokenizer: the evaluator still finds the objects of nearly
+    every scene (measured 0.95 on 400 held-out scenes; the ceiling of any mini-GenEval score)."""
     movq = MoVQ.from_pretrained(DEMO)
     rng = random.Random(2024)
     scenes = [random_scene(rng) for _ in range(40)]
@@ -51,24 +55,35 @@ def test_movq_keeps_the_objects():
         sorted((d.shape, d.colour) for d in detect(img)) == sorted((o.shape, o.colour) for o in s.objects)
         for s, img in zip(scenes, decoded)
     )
-    assert same >= 0.6 * len(scenes), f"only {same}/{len(scenes)} scenes survive the MoVQ round trip"
+    assert same >= 0.85 * len(scenes), f"only {same}/{len(scenes)} scenes survive the MoVQ round trip"
+
+
+def _judge(pipe, movq, prompt, metadata, seeds=16, **kw):
+    gen = pipe.sample(prompt, seeds=list(range(seeds)), mode="sjd_coupled", policy=pipe.default_policy, **kw)
+    images = tensor_to_pil(movq.decode(gen.codes, max_batch=seeds).clamp(-1, 1))
+    return sum(evaluate(img, metadata).correct for img in images)
 
 
 def test_follows_simple_prompts():
-    """The asked colour is drawn in most samples, and a shape is drawn far more often than chance.
-    (An untrained model draws noise; the committed one measured 12-14 of 16 for the colours and
-    9 of 16 for the green triangle.)"""
+    """The asked colour and shape in most samples, with the folder's recommended settings
+    (config.json "uni1.default_policy"). An untrained model draws noise; MIN_CORRECT holds what
+    the committed model measured, less a margin for other CPUs' arithmetic."""
     pipe = Uni1Pipeline.from_pretrained("demo")
     movq = pipe.load_movq()
-    # the pipeline samples with the settings the folder recommends (config.json "uni1.default_policy")
-    policy = pipe.default_policy
-    assert policy.cfg_scale == pipe.model.config.raw["uni1"]["default_policy"]["cfg_scale"]
-    for prompt, colour, shape, min_shape in [("a red circle", "red", "circle", 0),
-                                             ("a blue square", "blue", "square", 0),
-                                             ("a green triangle", "green", "triangle", 5)]:
-        gen = pipe.sample(prompt, seeds=list(range(16)), mode="sjd_coupled", policy=policy)
-        found = [detect(img) for img in tensor_to_pil(movq.decode(gen.codes, max_batch=16).clamp(-1, 1))]
-        right_colour = sum(any(d.colour == colour for d in ds) for ds in found)
-        both = sum(any(d.colour == colour and d.shape == shape for d in ds) for ds in found)
-        assert right_colour >= 9, f"{prompt!r}: the colour in only {right_colour}/16 samples"
-        assert both >= min_shape, f"{prompt!r}: a {colour} {shape} in only {both}/16 samples"
+    assert pipe.default_policy.cfg_scale == pipe.model.config.raw["uni1"]["default_policy"]["cfg_scale"]
+    for prompt, colour, shape in [("a red circle", "red", "circle"), ("a blue square", "blue", "square"),
+                                  ("a green triangle", "green", "triangle")]:
+        correct = _judge(pipe, movq, prompt, {"include": [{"class": shape, "count": 1, "color": colour}]})
+        assert correct >= MIN_CORRECT[prompt], f"{prompt!r}: right in only {correct}/16 samples"
+
+
+def test_the_demo_prompt():
+    """`make demo`'s prompt, "two red circles to the left of a blue square": both kinds of object
+    are drawn in most samples. (Not yet the count and the placement: with them the committed model
+    is right in 0 of 16 samples, see training/README.md; issue 8 stays open on that.)"""
+    pipe = Uni1Pipeline.from_pretrained("demo")
+    movq = pipe.load_movq()
+    metadata = {"include": [{"class": "circle", "count": 1, "color": "red"},
+                            {"class": "square", "count": 1, "color": "blue"}]}
+    correct = _judge(pipe, movq, "two red circles to the left of a blue square", metadata)
+    assert correct >= MIN_CORRECT["demo"], f"the demo prompt's objects appear in only {correct}/16 samples"

@@ -31,16 +31,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F
 
-from training.world import SIZES, random_scene, render_batch
+from training.world import random_scene, render_batch
 from uni1_core.geneval import detect
 from uni1_core.movq import MoVQ, MoVQConfig, tensor_to_pil
 
 DEMO_MOVQ = MoVQConfig(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1, attn_resolutions=(32,), n_embed=512, embed_dim=4)
 
 
-def image_pool(n: int, size: int, seed: int, sizes: dict[str, float] = SIZES) -> torch.Tensor:
+def image_pool(n: int, size: int, seed: int) -> torch.Tensor:
     rng = random.Random(seed)
-    return torch.from_numpy(render_batch([random_scene(rng, sizes=sizes) for _ in range(n)], size))
+    return torch.from_numpy(render_batch([random_scene(rng) for _ in range(n)], size))
 
 
 def random_crops(pool: torch.Tensor, batch: int, crop: int, gen: torch.Generator) -> torch.Tensor:
@@ -48,7 +48,8 @@ def random_crops(pool: torch.Tensor, batch: int, crop: int, gen: torch.Generator
     size = pool.shape[-1]
     out = []
     for i in idx.tolist():
-        y, x = torch.randint(0, size - crop + 1, (2,), generator=gen).tolist()
+        # on whole code cells, as the objects are: a crop keeps every object aligned to the codes
+        y, x = (8 * torch.randint(0, (size - crop) // 8 + 1, (2,), generator=gen)).tolist()
         img = pool[i, :, y : y + crop, x : x + crop]
         if torch.rand((), generator=gen) < 0.5:  # mirror left-right: shapes stay upright
             img = img.flip(-1)
@@ -122,8 +123,6 @@ def main(argv=None):
     p.add_argument("--restart-every", type=int, default=100)
     p.add_argument("--init", type=Path, default=None, help="continue from these MoVQ weights (a second stage)")
     p.add_argument("--stop-at", type=int, default=None, help="stop (and save) after this step, schedule unchanged")
-    p.add_argument("--sizes", default=None, help="object sizes small,medium,large as image fractions "
-                   f"(default {','.join(str(v) for v in SIZES.values())})")
     p.add_argument("--decoder-only", action="store_true",
                    help="train only the decoder (with --init): the codes of every image stay exactly those of "
                         "--init, so a transformer trained on them meanwhile stays valid")
@@ -133,8 +132,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     t0 = time.time()
-    sizes = dict(zip(SIZES, (float(v) for v in args.sizes.split(",")))) if args.sizes else SIZES
-    pool = image_pool(args.pool, 64, args.seed, sizes)
+    pool = image_pool(args.pool, 64, args.seed)
     print(f"rendered {len(pool)} scenes in {time.time() - t0:.0f}s", flush=True)
 
     movq = MoVQ(DEMO_MOVQ)

@@ -45,7 +45,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F
 
 from training.bpe import LUMINA_ADDED, build_bpe_tokenizer_json
-from training.world import SIZES, random_scene, render_batch
+from training.world import random_scene, render_batch
 from uni1_core.model import ModelConfig, Uni1Model
 from uni1_core.movq import MoVQ
 from uni1_core.plan import Plan, Relation, Style, Subject
@@ -160,15 +160,13 @@ TOKENIZER_CONFIG = {
 
 
 @torch.no_grad()
-def build_dataset(movq: MoVQ, n: int, seed: int, chunk: int = 256) -> tuple[list, torch.Tensor]:
-    """n scenes and their (n, 8, 8) MoVQ codes."""
-    rng = random.Random(seed)
-    scenes = [random_scene(rng) for _ in range(n)]
+def encode_scenes(movq: MoVQ, scenes: list, chunk: int = 256) -> torch.Tensor:
+    """The scenes' (n, 8, 8) MoVQ codes."""
     codes = []
-    for i in range(0, n, chunk):
+    for i in range(0, len(scenes), chunk):
         images = torch.from_numpy(render_batch(scenes[i : i + chunk], SIZE))
         codes.append(movq.encode(images).to(torch.int16))
-    return scenes, torch.cat(codes)
+    return torch.cat(codes)
 
 
 def make_batches(prompts: list[list[int]], batch: int, rng: random.Random) -> list[list[int]]:
@@ -236,6 +234,8 @@ def main(argv=None):
     p.add_argument("--uncond-every", type=int, default=10, help="every n-th batch has no caption (for CFG)")
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--data-cache", type=Path, default=None, help="reuse encoded scenes from this .pt file")
+    p.add_argument("--data-seed", type=int, default=None,
+                   help="seed of the scenes (default: --seed + 1); a continuation keeps its first run's scenes")
     p.add_argument("--stop-at", type=int, default=None, help="stop (and save) after this step, schedule unchanged")
     p.add_argument("--init", type=Path, default=None,
                    help="continue from this demo model folder (same tokenizer and size) with a new schedule")
@@ -260,12 +260,18 @@ def main(argv=None):
     grid = ImageGrid(SIZE, SIZE)
     print(f"tokenizer: {tokenizer.vocab_size} ids; model vocab {config.vocab_size} ({time.time() - t0:.0f}s)", flush=True)
 
-    if args.data_cache is not None and args.data_cache.is_file():
-        scenes, codes = torch.load(args.data_cache, weights_only=False)
+    # The scenes are cheap to redraw from their seed; only the codes are cached (tensors only, so
+    # the cache is read with weights_only=True like every other file here).
+    data_seed = args.seed + 1 if args.data_seed is None else args.data_seed
+    rng_scenes = random.Random(data_seed)
+    scenes = [random_scene(rng_scenes) for _ in range(args.scenes)]
+    cached = torch.load(args.data_cache, weights_only=True) if args.data_cache and args.data_cache.is_file() else None
+    if cached is not None and cached["scene_seed"].item() == data_seed and len(cached["codes"]) == len(scenes):
+        codes = cached["codes"]
     else:
-        scenes, codes = build_dataset(movq, args.scenes, args.seed + 1)
+        codes = encode_scenes(movq, scenes)
         if args.data_cache is not None:
-            torch.save((scenes, codes), args.data_cache)
+            torch.save({"scene_seed": torch.tensor(data_seed), "codes": codes}, args.data_cache)
     print(f"{len(scenes)} scenes encoded ({time.time() - t0:.0f}s)", flush=True)
 
     if args.policy:

@@ -1,16 +1,19 @@
 """The procedural compositional world the demo model is trained on.
 
 A scene is one to four flat-coloured shapes (circle, square, triangle) in six saturated colours
-and three sizes, on a pale, low-saturation background (plain or a two-tone gradient). Objects never
-touch, so that every object is one connected blob of one colour: that is what lets the
-deterministic evaluator in `uni1_core/geneval.py` find them again, and what lets a tiny MoVQ with
-an 8x8 code grid reconstruct them.
+and three sizes, on a pale, low-saturation background (plain or a two-tone gradient). Objects are
+squares of whole MoVQ code cells (2, 3 or 4 of the 8 cells across a 64 x 64 image) placed on
+whole cells, with at least one free cell between any two. So every object is one connected blob
+of one colour, which lets the deterministic evaluator in `uni1_core/geneval.py` find it again,
+and every code is one part of one shape rather than one of countless sub-cell offsets, which lets
+a tiny transformer trained for minutes on a CPU draw crisp shapes.
 
 Scenes are sampled the way prompts are written: a scene is made of *groups* ("two red circles",
 "a blue square"), and two groups may be tied by a spatial relation ("... to the left of ...").
-Each object has a box in [0, 1] image coordinates; the caption the model is trained on is
-rendered from those boxes by the planner (`training/captions.py` builds the Plan), so the model
-learns exactly the language the planner speaks at inference.
+Each group keeps to its half of the image and the relation holds by the evaluator's (GenEval's)
+rule, so a caption's "left of" means what the benchmark checks. The caption the model is trained
+on is rendered from the scene by the planner (`training/train_transformer.py` builds the Plan),
+so the model learns exactly the language the planner speaks at inference.
 
 Everything is driven by a `random.Random`, so a seed fixes the whole data stream.
 """
@@ -24,6 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
+from uni1_core.geneval import Detection, relations_between
+
 SHAPES = ("circle", "square", "triangle")
 
 # Saturated object colours: far apart in hue, so that colour names survive a lossy decode.
@@ -36,8 +41,13 @@ COLOURS = {
     "purple": (140, 60, 200),
 }
 
-# Object side length as a fraction of the image side.
-SIZES = {"small": 0.25, "medium": 0.33, "large": 0.42}
+# The image is a grid of CELLS x CELLS MoVQ code cells (8 pixels each at 64 x 64). Objects are
+# squares of whole cells placed on whole cells: then every code is one part of one shape (an
+# interior, an arc, an edge) instead of one of countless sub-cell offsets, which is what lets a
+# 3M-parameter transformer trained for minutes on a CPU draw crisp squares, discs and triangles.
+CELLS = 8
+# Object side length in cells.
+SIZES = {"small": 2, "medium": 3, "large": 4}
 
 RELATIONS = ("left of", "right of", "above", "below")
 
@@ -131,11 +141,6 @@ def random_groups(rng: random.Random, max_objects: int = 4) -> tuple[tuple[Group
     return (a, b), relation
 
 
-def _fits(box, boxes, gap):
-    x0, y0, x1, y1 = box
-    return all(x1 + gap <= a0 or a1 + gap <= x0 or y1 + gap <= b0 or b1 + gap <= y0 for a0, b0, a1, b1 in boxes)
-
-
 def _region(relation: str, role: str) -> tuple[float, float, float, float]:
     """The half of the image (x0, y0, x1, y1) where a group's centres may fall under a relation."""
     subject_side = {"left of": "left", "right of": "right", "above": "top", "below": "bottom"}[relation]
@@ -149,72 +154,61 @@ def _region(relation: str, role: str) -> tuple[float, float, float, float]:
     }[side]
 
 
+def _apart(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    """Inclusive cell boxes (x0, y0, x1, y1) with at least one free cell between them."""
+    return a[2] + 1 < b[0] or b[2] + 1 < a[0] or a[3] + 1 < b[1] or b[3] + 1 < a[1]
+
+
+def _relation_holds(relation, boxes, group_of) -> bool:
+    """Every subject object stands in the relation to every reference object by the evaluator's
+    rule (GenEval's), so that a caption's "left of" is what the benchmark checks."""
+    rel, subject, reference = relation
+    dets = [Detection("square", "red", tuple(v * 8 for v in b), ((b[0] + b[2]) * 4, (b[1] + b[3]) * 4), 0)
+            for b in boxes]
+    return all(rel in relations_between(dets[i], dets[j])
+               for i in range(len(boxes)) if group_of[i] == subject
+               for j in range(len(boxes)) if group_of[j] == reference)
+
+
 def place_groups(
     rng: random.Random,
     groups: tuple[Group, ...],
     relation: tuple[str, int, int] | None,
-    gap: float = 0.06,
-    tries: int = 200,
-    sizes: dict[str, float] = SIZES,
 ) -> list[tuple[float, float, float, float]] | None:
-    """Random non-touching boxes for every object; under a relation each group keeps to its half.
+    """Boxes on whole cells for every object, a free cell between any two; under a relation each
+    group keeps to its half and the relation holds by the evaluator's rule.
 
     Returns None when the objects do not fit (the caller then draws another scene).
     """
-    boxes: list[tuple[float, float, float, float]] = []
+    cells: list[tuple[int, int, int, int]] = []
+    group_of: list[int] = []
     for gi, g in enumerate(groups):
         region = (0.0, 0.0, 1.0, 1.0)
-        if relation is not None:
-            rel, subject, reference = relation
-            if gi == subject:
-                region = _region(rel, "subject")
-            elif gi == reference:
-                region = _region(rel, "reference")
-        side = sizes[g.size]
+        if relation is not None and gi in relation[1:]:
+            region = _region(relation[0], "subject" if gi == relation[1] else "reference")
+        k = SIZES[g.size]
         for _ in range(g.count):
-            for _ in range(tries):
-                s = side * rng.uniform(0.9, 1.1)
-                # the centre must lie in the region; the whole box inside the image with a margin
-                lo_x = max(region[0], s / 2 + 0.03)
-                hi_x = min(region[2], 1 - s / 2 - 0.03)
-                lo_y = max(region[1], s / 2 + 0.03)
-                hi_y = min(region[3], 1 - s / 2 - 0.03)
-                if lo_x > hi_x or lo_y > hi_y:
-                    return None
-                if relation is not None:  # keep a visible margin from the dividing line
-                    lo_x, hi_x, lo_y, hi_y = _margin(region, lo_x, hi_x, lo_y, hi_y, s)
-                    if lo_x > hi_x or lo_y > hi_y:
-                        return None
-                cx, cy = rng.uniform(lo_x, hi_x), rng.uniform(lo_y, hi_y)
-                box = (cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2)
-                if _fits(box, boxes, gap):
-                    boxes.append(box)
-                    break
-            else:
+            free = []
+            for y in range(CELLS - k + 1):
+                for x in range(CELLS - k + 1):
+                    cx, cy = (x + k / 2) / CELLS, (y + k / 2) / CELLS
+                    box = (x, y, x + k, y + k)  # exclusive end: the object covers cells x .. x + k - 1
+                    inside = region[0] < cx < region[2] and region[1] < cy < region[3]
+                    if inside and all(_apart((x, y, x + k - 1, y + k - 1), (a, b, c - 1, d - 1)) for a, b, c, d in cells):
+                        free.append(box)
+            if not free:
                 return None
-    return boxes
+            cells.append(rng.choice(free))
+            group_of.append(gi)
+    if relation is not None and not _relation_holds(relation, cells, group_of):
+        return None
+    return [tuple(v / CELLS for v in box) for box in cells]
 
 
-def _margin(region, lo_x, hi_x, lo_y, hi_y, s):
-    # Centres at least a quarter of the object size away from the midline, so that "left of"
-    # is unambiguous for the evaluator as well.
-    m = s / 4
-    if region[0] == 0.5:
-        lo_x = max(lo_x, 0.5 + m)
-    if region[2] == 0.5:
-        hi_x = min(hi_x, 0.5 - m)
-    if region[1] == 0.5:
-        lo_y = max(lo_y, 0.5 + m)
-    if region[3] == 0.5:
-        hi_y = min(hi_y, 0.5 - m)
-    return lo_x, hi_x, lo_y, hi_y
-
-
-def random_scene(rng: random.Random, max_objects: int = 4, sizes: dict[str, float] = SIZES) -> Scene:
-    """`sizes` overrides the object sizes (the first MoVQ stage of the demo model used smaller ones)."""
+def random_scene(rng: random.Random, max_objects: int = 4) -> Scene:
     while True:
         groups, relation = random_groups(rng, max_objects)
-        boxes = place_groups(rng, groups, relation, sizes=sizes)
+        boxes = place_groups(rng, groups, relation)
         if boxes is None:
             continue
         objects, group_of = [], []
