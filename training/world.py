@@ -155,16 +155,16 @@ def _region(relation: str, role: str) -> tuple[float, float, float, float]:
 
 
 def _apart(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
-    """Inclusive cell boxes (x0, y0, x1, y1) with at least one free cell between them."""
-    return a[2] + 1 < b[0] or b[2] + 1 < a[0] or a[3] + 1 < b[1] or b[3] + 1 < a[1]
+    """Cell boxes (x0, y0, x1, y1), ends exclusive, with at least one free cell between them."""
+    return a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1]
 
 
 def _relation_holds(relation, boxes, group_of) -> bool:
     """Every subject object stands in the relation to every reference object by the evaluator's
     rule (GenEval's), so that a caption's "left of" is what the benchmark checks."""
     rel, subject, reference = relation
-    dets = [Detection("square", "red", tuple(v * 8 for v in b), ((b[0] + b[2]) * 4, (b[1] + b[3]) * 4), 0)
-            for b in boxes]
+    # in cell units: the rule compares offsets with sizes, so the unit does not matter
+    dets = [Detection("square", "red", b, ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2), 0) for b in boxes]
     return all(rel in relations_between(dets[i], dets[j])
                for i in range(len(boxes)) if group_of[i] == subject
                for j in range(len(boxes)) if group_of[j] == reference)
@@ -194,7 +194,7 @@ def place_groups(
                     cx, cy = (x + k / 2) / CELLS, (y + k / 2) / CELLS
                     box = (x, y, x + k, y + k)  # exclusive end: the object covers cells x .. x + k - 1
                     inside = region[0] < cx < region[2] and region[1] < cy < region[3]
-                    if inside and all(_apart((x, y, x + k - 1, y + k - 1), (a, b, c - 1, d - 1)) for a, b, c, d in cells):
+                    if inside and all(_apart(box, other) for other in cells):
                         free.append(box)
             if not free:
                 return None

@@ -443,23 +443,16 @@ class DecoderLayer(nn.Module):
             gate, up = F.linear(h, w.gate_up, w.gate_up_bias).chunk(2, dim=-1)
             return F.linear(F.silu(gate) * up, w.down, w.down_bias)
 
-        if x.dtype == torch.float32:
-            def norm1(h):
-                return rms_norm_mirrored(h, w.norm1_twice, w.eps)
+        def norm(h, weight, weight_twice):
+            if h.dtype == torch.float32:
+                return rms_norm_mirrored(h, weight_twice, w.eps)
+            return rms_norm(h, weight, w.eps)       # bf16 / fp16: statistics in fp32
 
-            def norm2(h):
-                return rms_norm_mirrored(h, w.norm2_twice, w.eps)
-        else:                   # bf16 / fp16: statistics in fp32, as rms_norm does
-            def norm1(h):
-                return rms_norm(h, w.norm1, w.eps)
-
-            def norm2(h):
-                return rms_norm(h, w.norm2, w.eps)
         if self.swin_norm:
-            h = x + norm1(attention(x))
-            return h + norm2(feed_forward(h))
-        h = x + attention(norm1(x))
-        return h + feed_forward(norm2(h))
+            h = x + norm(attention(x), w.norm1, w.norm1_twice)
+            return h + norm(feed_forward(h), w.norm2, w.norm2_twice)
+        h = x + attention(norm(x, w.norm1, w.norm1_twice))
+        return h + feed_forward(norm(h, w.norm2, w.norm2_twice))
 
     def fused_weights(self) -> FusedWeights:
         """The layer's weights for fused_forward, remade whenever a parameter changes: a new tensor
