@@ -8,7 +8,9 @@ single object, two objects, counting, colours, position, colour attribution) is 
 per seed and judged by the deterministic evaluator in uni1_core/geneval.py. Settings:
 
     raw            the prompt as typed (no plan), sjd_coupled
-    plan           the planner's canonical text, sjd_coupled
+    plan           the planner's canonical text, sjd_coupled; for a model that declares grounding
+                   (the demo model) followed by the layout, one box per object
+    plan_text      the planner's sentence without the boxes, sjd_coupled
     plan_regional  the plan plus regional guidance from its layout, sjd_coupled
     plan_ar        the plan, plain autoregressive sampling
     plan_sjd       the plan, speculative Jacobi decoding
@@ -39,6 +41,7 @@ from uni1_core.pipeline import Uni1Pipeline  # noqa: E402
 SETTINGS = {
     "raw": dict(use_plan=False, regional=False, mode="sjd_coupled"),
     "plan": dict(use_plan=True, regional=False, mode="sjd_coupled"),
+    "plan_text": dict(use_plan=True, grounded=False, regional=False, mode="sjd_coupled"),
     "plan_regional": dict(use_plan=True, regional=True, mode="sjd_coupled"),
     "plan_ar": dict(use_plan=True, regional=False, mode="ar"),
     "plan_sjd": dict(use_plan=True, regional=False, mode="sjd"),

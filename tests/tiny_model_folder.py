@@ -16,7 +16,7 @@ CORPUS = ["Generate an image of 64x64 according to the following prompt:",
 NUM_CODES = 32
 
 
-def build(folder: Path, seed: int = 0, sizes=((64, 64), (32, 64))) -> Path:
+def build(folder: Path, seed: int = 0, sizes=((64, 64), (32, 64)), grounding: dict | None = None) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tok = build_bpe_tokenizer_json(CORPUS, 256 + 40 + len(LUMINA_ADDED), LUMINA_ADDED)
@@ -31,6 +31,8 @@ def build(folder: Path, seed: int = 0, sizes=((64, 64), (32, 64))) -> Path:
            "uni1": {"image_token_offset": text_vocab, "num_image_codes": NUM_CODES}}
     if sizes is not None:   # None: the release's sizes
         raw["uni1"].update(sizes=[list(s) for s in sizes], default_size=list(sizes[0]))
+    if grounding is not None:
+        raw["uni1"]["grounding"] = grounding
     torch.manual_seed(seed)
     model = Uni1Model(ModelConfig.from_dict(raw))
     for p in model.parameters():   # larger than default init, so that samples vary

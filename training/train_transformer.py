@@ -45,10 +45,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F
 
 from training.bpe import LUMINA_ADDED, build_bpe_tokenizer_json
-from training.world import random_scene, render_batch
+from training.world import CELLS, SIZES, random_scene, render_batch
 from uni1_core.model import ModelConfig, Uni1Model
 from uni1_core.movq import MoVQ
-from uni1_core.plan import Plan, Relation, Style, Subject
+from uni1_core.plan import Box, Plan, Relation, Style, Subject
 from uni1_core.sequence import T2I_TEMPLATE, TURN_END, ImageGrid, ImageVocab, t2i_prompt_ids
 from uni1_core.tokenizer import TextTokenizer
 
@@ -56,6 +56,10 @@ SIZE = 64
 SIZE_WORDS = {"small": ("small", "tiny"), "large": ("large", "big")}
 MEDIUMS = ("photo", "drawing", "illustration", "painting", "digital art", "cartoon")
 EOS = "<|endoftext|>"
+# The grounding the model learns, declared in config.json: objects are squares of 2 to 4 of the
+# 8 x 8 code cells (training/world.py), so the pipeline snaps the plan's layout to those.
+GROUNDING = {"grid": CELLS, "min_cells": min(SIZES.values()), "max_cells": max(SIZES.values())}
+GROUNDED = 0.75   # share of captions with the grounding
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,7 +79,8 @@ RELATION_SYNONYMS = {"above": ("above", "above", "on"), "below": ("below", "belo
 
 def scene_plan(scene, rng: random.Random, colour_drop: float = 0.3, size_word: float = 0.25, medium: float = 0.1,
                filler: float = 0.1) -> Plan:
-    """The Plan a planner would have made for this scene; some details left unsaid at random."""
+    """The Plan a planner would have made for this scene, with the scene's own boxes as its
+    layout; some details left unsaid at random."""
     subjects = []
     for g in scene.groups:
         attributes = []
@@ -89,11 +94,17 @@ def scene_plan(scene, rng: random.Random, colour_drop: float = 0.3, size_word: f
         relations.append(Relation(subject, reference, rng.choice(RELATION_SYNONYMS.get(rel, (rel,)))))
     style = Style(medium=rng.choice(MEDIUMS)) if rng.random() < medium else Style()
     unparsed = [" ".join(rng.choice(FILLER_WORDS) for _ in range(rng.randint(1, 3)))] if rng.random() < filler else []
-    return Plan(subjects=subjects, relations=relations, style=style, unparsed=unparsed)
+    instances = [sum(1 for g in scene.group_of[:i] if g == gi) for i, gi in enumerate(scene.group_of)]
+    layout = [Box(gi, k, *obj.box) for obj, gi, k in zip(scene.objects, scene.group_of, instances)]
+    return Plan(subjects=subjects, relations=relations, layout=layout, style=style, unparsed=unparsed)
 
 
-def caption(scene, rng: random.Random) -> str:
-    return scene_plan(scene, rng).conditioning_text()
+def caption(scene, rng: random.Random, grounded: float = GROUNDED) -> str:
+    """The planner's sentence, followed most of the time by the grounding (one box per object in
+    cells), as the pipeline writes it for a model that declares `GROUNDING`. Without it now and
+    then, so that a raw prompt (no plan) still draws the objects somewhere."""
+    plan = scene_plan(scene, rng)
+    return plan.conditioning_text(grounding=CELLS if rng.random() < grounded else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,6 +149,7 @@ def model_config(tokenizer: TextTokenizer, hidden: int, layers: int, heads: int,
             "num_image_codes": num_codes,
             "sizes": [[SIZE, SIZE]],
             "default_size": [SIZE, SIZE],
+            "grounding": GROUNDING,
         },
     }
     return ModelConfig.from_dict(raw)

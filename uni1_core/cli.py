@@ -94,7 +94,6 @@ def _generate(args) -> int:
     if not args.no_plan:
         plan = pipe.plan(args.prompt)
         print(f"plan: {plan.summary()}")
-        print(f"conditioning: {plan.conditioning_text()}")
         prompt = plan
     else:
         prompt = args.prompt
@@ -103,6 +102,8 @@ def _generate(args) -> int:
                          window=args.window, coupling=args.coupling, regional=args.regional,
                          use_plan=not args.no_plan,
                          on_progress=None if args.quiet else ProgressBar(f"{args.mode} {width}x{height}"))
+    if result.plan is not None:
+        print(f"conditioning: {result.conditioning}")
     movq = pipe.load_movq(args.movq)
     with torch.no_grad():
         pixels = movq.decode(result.codes.to(pipe.device))

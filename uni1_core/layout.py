@@ -434,3 +434,49 @@ def position_holds(position: tuple[int | None, int | None], boxes: list[Box]) ->
             if not a - EPS <= _cy(b) <= z + EPS:
                 return False
     return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Snapping a layout to a model's cell grid (grounding)
+# ---------------------------------------------------------------------------------------------
+
+def snap_to_cells(boxes: list[Box], grid: int, min_cells: int = 1, max_cells: int | None = None) -> list[Box]:
+    """Each box as a square of whole cells of a grid x grid image, as near its centre as it fits.
+
+    For a model trained on objects drawn in such squares (the demo model: 2 to 4 cells of an
+    8 x 8 code grid), the boxes it is asked for must look like the ones it saw. The side is the
+    box's shorter side rounded to cells and clamped to [min_cells, max_cells]. Boxes are placed
+    in order, each keeping a free cell to those before it (two touching shapes of one colour read
+    as one): at the largest side, down to min_cells, whose nearest free spot is within half a
+    cell of the box's centre, else wherever among all sides lies nearest; a box with no free
+    spot at all takes its own centre anyway.
+    """
+    max_cells = grid if max_cells is None else max_cells
+    if not 1 <= min_cells <= max_cells <= grid:
+        raise ValueError(f"need 1 <= min_cells <= max_cells <= grid, got {min_cells}, {max_cells}, {grid}")
+
+    def apart(a, b) -> bool:  # ends exclusive: a free cell between them
+        return a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1]
+
+    placed: list[tuple[int, int, int, int]] = []
+    for b in boxes:
+        cx, cy = (b[0] + b[2]) / 2 * grid, (b[1] + b[3]) / 2 * grid
+        want = min(max_cells, max(min_cells, round(min(b[2] - b[0], b[3] - b[1]) * grid)))
+        options = []   # (distance to the centre, cells smaller than wanted, square)
+        for k in range(want, min_cells - 1, -1):
+            for y in range(grid - k + 1):
+                for x in range(grid - k + 1):
+                    sq = (x, y, x + k, y + k)
+                    if all(apart(sq, p) for p in placed):
+                        dx, dy = abs(x + k / 2 - cx), abs(y + k / 2 - cy)
+                        # ties go to the square nearer the middle of the image, away from the edges
+                        middle = math.hypot(x + k / 2 - grid / 2, y + k / 2 - grid / 2)
+                        options.append((math.hypot(dx, dy), want - k, middle, sq, max(dx, dy)))
+        close = [o for o in options if o[4] <= 0.5 + EPS]
+        if close or options:
+            placed.append(min(close, key=lambda o: (o[1], o[0], o[2]))[3] if close else min(options)[3])
+        else:
+            x = min(grid - min_cells, max(0, math.floor(cx - min_cells / 2 + 0.5)))
+            y = min(grid - min_cells, max(0, math.floor(cy - min_cells / 2 + 0.5)))
+            placed.append((x, y, x + min_cells, y + min_cells))
+    return [tuple(v / grid for v in sq) for sq in placed]

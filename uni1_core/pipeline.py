@@ -52,6 +52,10 @@ class Uni1Pipeline:
         # A folder may recommend its own sampling settings (the demo model does: a lower CFG).
         self.default_policy = dataclasses.replace(PRESETS[uni1.get("default_preset", "uni1")],
                                                   **uni1.get("default_policy", {}))
+        # A model trained on grounded captions (the demo model) declares its cell grid and the
+        # object sizes it knows: {"grid": 8, "min_cells": 2, "max_cells": 4}. The plan's layout is
+        # then snapped to that grid and written into the prompt, box by box.
+        self.grounding = uni1.get("grounding")
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = "demo", dtype="auto", device=None, cache_dir=None):
@@ -81,18 +85,24 @@ class Uni1Pipeline:
     def sample(self, prompt: str | Plan, width: int | None = None, height: int | None = None, *,
                mode: str = "sjd_coupled", policy: SamplingPolicy | None = None, seeds=(0,),
                window: int | None = None, coupling: str = "maximal", regional: bool = False,
-               use_plan: bool = True, condition: torch.Tensor | None = None, task: str = "depth",
-               on_progress=None, on_preview=None, should_cancel=None) -> Generation:
+               use_plan: bool = True, grounded: bool = True, condition: torch.Tensor | None = None,
+               task: str = "depth", on_progress=None, on_preview=None, should_cancel=None) -> Generation:
         """Plan (unless `use_plan=False`), build the prompt, sample one code grid per seed.
 
-        `condition` (rows_c, cols) codes: an Omni image-conditioned request whose upper rows are
-        the given image (forced) and whose lower rows the model writes."""
+        A model that declares grounding gets the plan's layout in its prompt, box by box, unless
+        `grounded=False` (the plan's sentence only: for comparisons). `condition` (rows_c, cols)
+        codes: an Omni image-conditioned request whose upper rows are the given image (forced)
+        and whose lower rows the model writes."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         width, height = width or self.default_size[0], height or self.default_size[1]
         check_size(width, height, self.sizes if condition is None else self.i2i_sizes)
         plan = prompt if isinstance(prompt, Plan) else (make_plan(prompt) if use_plan else None)
-        text = plan.conditioning_text() if plan is not None else prompt
+        if plan is not None and self.grounding and grounded:
+            plan = plan.on_grid(**self.grounding)
+            text = plan.conditioning_text(grounding=self.grounding["grid"])
+        else:
+            text = plan.conditioning_text() if plan is not None else prompt
         if regional and plan is None:
             raise ValueError("regional guidance needs a plan: turn planning on or pass a Plan")
         if condition is None:

@@ -24,12 +24,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields, replace
 
-from .layout import compute_layout, position_holds, relation_holds
+from .layout import compute_layout, position_holds, relation_holds, snap_to_cells
 from .plan_parse import (BASIC_COLORS, COLOR_ALIASES, MAX_COUNT, OTHER_COLOR_WORDS, POSITIONS, PRE_COLOR_WORDS,
                          LLMAnswerError, RELATION_TEXT, RELATIONS, article, extract_llm_payload, number_word,
                          parse_prompt, plural)
 
 PLAN_VERSION = 1
+# Qwen2-VL's grounding markup (these are special tokens of the Lumina-mGPT 2.0 vocabulary):
+# <|object_ref_start|>a red circle<|object_ref_end|><|box_start|>(x0,y0),(x1,y1)<|box_end|>
+REF_START, REF_END, BOX_START, BOX_END = ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+                                          "<|box_end|>")
 STYLE_FIELDS = ("medium", "lighting", "camera", "mood")
 SUMMARY_MAX = 200   # characters; the node UI shows one line
 # Attributes starting with these words follow the noun: "a dog with a red collar".
@@ -339,8 +343,31 @@ class Plan:
             o += " and " + self.subject_phrase(r.object2, definite=True, with_position=False)
         return f"{s} {RELATION_TEXT[r.relation]} {o}"
 
-    def conditioning_text(self) -> str:
-        """The text the model is conditioned on: explicit counts, colours, attributes, positions.
+    def on_grid(self, grid: int, min_cells: int = 1, max_cells: int | None = None) -> Plan:
+        """This plan with its layout snapped to squares of whole cells of a grid x grid image
+        (`layout.snap_to_cells`): the boxes a grounded model is asked to draw in."""
+        plan = self if self.layout or not self.subjects else self.with_layout()
+        boxes = sorted(plan.layout, key=lambda b: (b.subject, b.instance))
+        snapped = snap_to_cells([b.xyxy for b in boxes], grid, min_cells, max_cells)
+        return replace(plan, layout=[Box(b.subject, b.instance, *xyxy) for b, xyxy in zip(boxes, snapped)])
+
+    def grounding_text(self, grid: int) -> str:
+        """One grounded reference per subject instance, in Qwen2-VL's markup with coordinates in
+        cells of a grid x grid image (ends exclusive), in subject then instance order:
+        "<|object_ref_start|>a red circle<|object_ref_end|><|box_start|>(1,2),(4,5)<|box_end|>".
+        A model that declares grounding (config.json "uni1.grounding") was trained to draw each
+        object in its box, which is how the plan's counts and positions reach the picture."""
+        plan = self if self.layout or not self.subjects else self.with_layout()
+        parts = []
+        for b in sorted(plan.layout, key=lambda b: (b.subject, b.instance)):
+            x0, y0, x1, y1 = (round(v * grid) for v in b.xyxy)
+            phrase = plan.subject_phrase(b.subject, one=True, with_position=False)
+            parts.append(f"{REF_START}{phrase}{REF_END}{BOX_START}({x0},{y0}),({x1},{y1}){BOX_END}")
+        return "".join(parts)
+
+    def conditioning_text(self, grounding: int | None = None) -> str:
+        """The text the model is conditioned on: explicit counts, colours, attributes, positions;
+        with `grounding` (a grid size) followed by `grounding_text(grounding)`.
 
         Form: unrelated subjects first ("A cat and two dogs"), then one sentence per relation
         ("Two red circles are to the left of a blue square."; a subject already named is "the
@@ -383,7 +410,10 @@ class Plan:
             sentences.append(", ".join(style))
         if self.unparsed:
             sentences.append(", ".join(u.strip() for u in self.unparsed))
-        return " ".join(_sentence(s) for s in sentences if s.strip())
+        text = " ".join(_sentence(s) for s in sentences if s.strip())
+        if grounding and self.subjects:
+            text += " " + self.grounding_text(grounding)
+        return text
 
     def negative_text(self) -> str:
         """The negatives as a comma list ("people, text"), for a negative prompt."""
