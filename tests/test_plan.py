@@ -382,12 +382,27 @@ def test_llm_json_that_cannot_be_read_is_an_error_not_a_prompt():
 
 def test_grounding_text_of_the_demo_prompt():
     plan = make_plan("two red circles to the left of a blue square").on_grid(8, 2, 4)
-    boxes = "".join(f"<|object_ref_start|>{p}<|object_ref_end|><|box_start|>{b}<|box_end|>" for p, b in [
-        ("a red circle", "(1,1),(4,4)"), ("a red circle", "(1,5),(4,8)"), ("a blue square", "(5,2),(8,5)")])
-    assert plan.grounding_text(8) == boxes
-    assert plan.conditioning_text(grounding=8) == "Two red circles are to the left of a blue square. " + boxes
+    layout = ("Layout: two red circles (1), a blue square (2).\n"
+              "00000000\n01110000\n01110222\n01110222\n00000222\n01110000\n01110000\n01110000\n")
+    assert plan.grounding_text(8) == layout
+    assert plan.conditioning_text(grounding=8) == "Two red circles are to the left of a blue square. " + layout
     # without a grid the text is the plain sentence, as every other model reads it
     assert plan.conditioning_text() == "Two red circles are to the left of a blue square."
+
+
+def test_layout_map_rows_line_up_with_image_rows():
+    """Each map row is as many tokens as an image row (8 codes + row end) and the map ends the
+    prompt, so map cell (r, c) is a fixed distance before image code (r, c)."""
+    from tests.tiny_model_folder import build_tokenizer
+    from uni1_core.sequence import t2i_prompt_ids
+    tok = build_tokenizer()
+    for prompt in ("two red circles to the left of a blue square", "a yellow triangle", "four green squares"):
+        text = make_plan(prompt).on_grid(8, 2, 4).conditioning_text(grounding=8)
+        ids = t2i_prompt_ids(tok, text, 64, 64)
+        tail = [tok.id_to_token(i) for i in ids[-73:]]
+        assert tail[-1] == "<reserved08706>"
+        assert [t for k, t in enumerate(tail[:-1]) if k % 9 == 8] == ["\u010a"] * 8          # newline
+        assert all(t in "0123456789" and len(t) == 1 for k, t in enumerate(tail[:-1]) if k % 9 != 8)
 
 
 def test_snapped_boxes_are_squares_of_whole_cells_kept_apart():

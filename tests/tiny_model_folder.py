@@ -9,6 +9,7 @@ import torch
 from training.bpe import LUMINA_ADDED, build_bpe_tokenizer_json
 from uni1_core.model import ModelConfig, Uni1Model
 from uni1_core.movq import MoVQ, MoVQConfig
+from uni1_core.tokenizer import TextTokenizer
 
 CORPUS = ["Generate an image of 64x64 according to the following prompt:",
           "two red circles to the left of a blue square", "a green triangle above a yellow star",
@@ -16,10 +17,18 @@ CORPUS = ["Generate an image of 64x64 according to the following prompt:",
 NUM_CODES = 32
 
 
+def tokenizer_json() -> dict:
+    return build_bpe_tokenizer_json(CORPUS, 256 + 40 + len(LUMINA_ADDED), LUMINA_ADDED)
+
+
+def build_tokenizer() -> TextTokenizer:
+    return TextTokenizer(tokenizer_json(), bos_token=None, eos_token="<|endoftext|>", source="tiny tokenizer")
+
+
 def build(folder: Path, seed: int = 0, sizes=((64, 64), (32, 64)), grounding: dict | None = None) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tok = build_bpe_tokenizer_json(CORPUS, 256 + 40 + len(LUMINA_ADDED), LUMINA_ADDED)
+    tok = tokenizer_json()
     (folder / "tokenizer.json").write_text(json.dumps(tok))
     (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": None, "eos_token": "<|endoftext|>"}))
     text_vocab = max(t["id"] for t in tok["added_tokens"]) + 1

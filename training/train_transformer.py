@@ -13,8 +13,10 @@ The model goes through exactly the code path of Lumina-mGPT 2.0:
 
 Captions are the planner's canonical form: each procedural scene (training/world.py) is turned
 into a `Plan` (subjects with count, colour and sometimes a size word; the relation between the
-two groups) and rendered with `plan.conditioning_text()`, so that at inference the planner's
-output is in the training distribution. Colours are left out of a caption now and then (the
+two groups; the scene's own boxes as its layout) and rendered with
+`plan.conditioning_text(grounding=8)`: the sentence, then a legend and a digit map of the layout
+(three captions in four), so that at inference the planner's output is in the training
+distribution. Colours are left out of a caption now and then (the
 model then picks one), and a medium ("Photo.") is sometimes appended, as the planner writes for
 "a photo of ...". One batch in ten is unconditional: the header and the image only, exactly the
 row classifier-free guidance runs at inference.
@@ -100,9 +102,10 @@ def scene_plan(scene, rng: random.Random, colour_drop: float = 0.3, size_word: f
 
 
 def caption(scene, rng: random.Random, grounded: float = GROUNDED) -> str:
-    """The planner's sentence, followed most of the time by the grounding (one box per object in
-    cells), as the pipeline writes it for a model that declares `GROUNDING`. Without it now and
-    then, so that a raw prompt (no plan) still draws the objects somewhere."""
+    """The planner's sentence, followed most of the time by the grounding (a legend and a map of
+    the scene's cells, `Plan.grounding_text`), as the pipeline writes it for a model that
+    declares `GROUNDING`. Without it now and then, so that a sentence alone (no layout) still
+    draws the objects somewhere."""
     plan = scene_plan(scene, rng)
     return plan.conditioning_text(grounding=CELLS if rng.random() < grounded else None)
 

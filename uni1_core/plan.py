@@ -30,10 +30,6 @@ from .plan_parse import (BASIC_COLORS, COLOR_ALIASES, MAX_COUNT, OTHER_COLOR_WOR
                          parse_prompt, plural)
 
 PLAN_VERSION = 1
-# Qwen2-VL's grounding markup (these are special tokens of the Lumina-mGPT 2.0 vocabulary):
-# <|object_ref_start|>a red circle<|object_ref_end|><|box_start|>(x0,y0),(x1,y1)<|box_end|>
-REF_START, REF_END, BOX_START, BOX_END = ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
-                                          "<|box_end|>")
 STYLE_FIELDS = ("medium", "lighting", "camera", "mood")
 SUMMARY_MAX = 200   # characters; the node UI shows one line
 # Attributes starting with these words follow the noun: "a dog with a red collar".
@@ -352,18 +348,30 @@ class Plan:
         return replace(plan, layout=[Box(b.subject, b.instance, *xyxy) for b, xyxy in zip(boxes, snapped)])
 
     def grounding_text(self, grid: int) -> str:
-        """One grounded reference per subject instance, in Qwen2-VL's markup with coordinates in
-        cells of a grid x grid image (ends exclusive), in subject then instance order:
-        "<|object_ref_start|>a red circle<|object_ref_end|><|box_start|>(1,2),(4,5)<|box_end|>".
-        A model that declares grounding (config.json "uni1.grounding") was trained to draw each
-        object in its box, which is how the plan's counts and positions reach the picture."""
+        """The layout as a map the model reads cell by cell: a legend that numbers the subjects,
+        then `grid` rows of `grid` digits (the number of the subject whose box covers the cell,
+        0 for none, 9 for the ninth subject and any after it), each row ended by a newline:
+
+            Layout: two red circles (1), a blue square (2).
+            00000000
+            01110000
+            ...
+
+        Digits and newlines are one token each (the pre-tokenizer splits digits), so a map row
+        has as many tokens as an image row (codes + row end). The map ends the prompt, so cell
+        (r, c) of the map sits a fixed number of tokens before code (r, c) of the image: a model
+        trained on such maps (config.json "uni1.grounding") learns to look that far back, which
+        is how the plan's counts and positions reach the picture."""
         plan = self if self.layout or not self.subjects else self.with_layout()
-        parts = []
-        for b in sorted(plan.layout, key=lambda b: (b.subject, b.instance)):
+        legend = ", ".join(f"{plan.subject_phrase(i, with_position=False)} ({min(i + 1, 9)})"
+                           for i in range(len(plan.subjects)))
+        cells = [[0] * grid for _ in range(grid)]
+        for b in plan.layout:
             x0, y0, x1, y1 = (round(v * grid) for v in b.xyxy)
-            phrase = plan.subject_phrase(b.subject, one=True, with_position=False)
-            parts.append(f"{REF_START}{phrase}{REF_END}{BOX_START}({x0},{y0}),({x1},{y1}){BOX_END}")
-        return "".join(parts)
+            for y in range(y0, y1):
+                for x in range(x0, x1):
+                    cells[y][x] = min(b.subject + 1, 9)
+        return f"Layout: {legend}.\n" + "".join("".join(map(str, row)) + "\n" for row in cells)
 
     def conditioning_text(self, grounding: int | None = None) -> str:
         """The text the model is conditioned on: explicit counts, colours, attributes, positions;
