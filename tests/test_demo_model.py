@@ -13,9 +13,10 @@ from uni1_core.pipeline import Uni1Pipeline
 from uni1_core.sequence import ImageGrid, t2i_prompt_ids
 
 DEMO = Path(__file__).resolve().parent.parent / "uni1_core" / "demo_model"
-# Right samples out of 16 (seeds 0-15, sjd_coupled); set from the committed model's measurement.
-# Measured: 15, 13, 16 and 10 of 16.
-MIN_CORRECT = {"a red circle": 12, "a blue square": 10, "a green triangle": 12, "demo": 6}
+# Right samples out of 16 (seeds 0-15, sjd_coupled); set from the committed model's measurement,
+# less a margin for other CPUs' arithmetic. Measured: 13, 16, 14; the demo prompt's objects 13,
+# the demo prompt in full (two red circles, left of the blue square) 5.
+MIN_CORRECT = {"a red circle": 10, "a blue square": 12, "a green triangle": 10, "demo": 9, "demo in full": 3}
 FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "movq.safetensors")
 
 
@@ -29,6 +30,9 @@ def test_folder_layout_and_size():
     uni1 = config["uni1"]
     assert uni1["image_token_offset"] + uni1["num_image_codes"] <= config["vocab_size"]
     assert [64, 64] in uni1["sizes"]
+    # the model reads the plan's layout as a map of its 8 x 8 code grid, one symbol per object kind
+    grounding = uni1["grounding"]
+    assert grounding["grid"] == 8 and grounding["symbols"]["red circle"] == "A"
 
 
 def test_real_sequence_format():
@@ -79,11 +83,15 @@ def test_follows_simple_prompts():
 
 def test_the_demo_prompt():
     """`make demo`'s prompt, "two red circles to the left of a blue square": both kinds of object
-    are drawn in most samples. (Not yet the count and the placement: with them the committed model
-    is right in 0 of 16 samples, see training/README.md; issue 8 stays open on that.)"""
+    in most samples, and the whole prompt (the count and the placement too) in some."""
     pipe = Uni1Pipeline.from_pretrained("demo")
     movq = pipe.load_movq()
-    metadata = {"include": [{"class": "circle", "count": 1, "color": "red"},
-                            {"class": "square", "count": 1, "color": "blue"}]}
-    correct = _judge(pipe, movq, "two red circles to the left of a blue square", metadata)
+    prompt = "two red circles to the left of a blue square"
+    objects = {"include": [{"class": "circle", "count": 1, "color": "red"},
+                           {"class": "square", "count": 1, "color": "blue"}]}
+    correct = _judge(pipe, movq, prompt, objects)
     assert correct >= MIN_CORRECT["demo"], f"the demo prompt's objects appear in only {correct}/16 samples"
+    full = {"include": [{"class": "circle", "count": 2, "color": "red"},
+                        {"class": "square", "count": 1, "color": "blue", "position": ["right of", 0]}]}
+    correct = _judge(pipe, movq, prompt, full)
+    assert correct >= MIN_CORRECT["demo in full"], f"the demo prompt is right in only {correct}/16 samples"

@@ -1,5 +1,6 @@
 """The planner: prompt table, layout meaning, rendering, JSON editing, LLM answers, errors."""
 
+import itertools
 import json
 import time
 
@@ -390,19 +391,33 @@ def test_grounding_text_of_the_demo_prompt():
     assert plan.conditioning_text() == "Two red circles are to the left of a blue square."
 
 
+def test_grounding_with_the_models_symbols():
+    """A model that declares symbols gets one letter per kind of object and no legend; a subject
+    without a symbol keeps its number and its legend entry."""
+    plan = make_plan("two red circles to the left of a blue square").on_grid(8, 2, 4)
+    text = plan.grounding_text(8, {"red circle": "A", "blue square": "N"})
+    assert text == ("Layout:\n00000000\n0AAA0000\n0AAA0NNN\n0AAA0NNN\n00000NNN\n0AAA0000\n0AAA0000\n"
+                    "0AAA0000\n")
+    mixed = plan.grounding_text(8, {"red circle": "A"})
+    assert mixed.startswith("Layout: a blue square (2).\n") and "0AAA0222\n" in mixed
+    assert make_plan("a square").on_grid(8, 2, 4).grounding_text(8, {"square": "T"}).count("T") == 16
+
+
 def test_layout_map_rows_line_up_with_image_rows():
     """Each map row is as many tokens as an image row (8 codes + row end) and the map ends the
     prompt, so map cell (r, c) is a fixed distance before image code (r, c)."""
     from tests.tiny_model_folder import build_tokenizer
     from uni1_core.sequence import t2i_prompt_ids
     tok = build_tokenizer()
-    for prompt in ("two red circles to the left of a blue square", "a yellow triangle", "four green squares"):
-        text = make_plan(prompt).on_grid(8, 2, 4).conditioning_text(grounding=8)
+    symbols = {"red circle": "A", "blue square": "N", "triangle": "U"}
+    for prompt, sym in itertools.product(("two red circles to the left of a blue square", "a yellow triangle",
+                                          "four green squares", "a triangle above a blue square"), (None, symbols)):
+        text = make_plan(prompt).on_grid(8, 2, 4).conditioning_text(grounding=8, symbols=sym)
         ids = t2i_prompt_ids(tok, text, 64, 64)
         tail = [tok.id_to_token(i) for i in ids[-73:]]
         assert tail[-1] == "<reserved08706>"
         assert [t for k, t in enumerate(tail[:-1]) if k % 9 == 8] == ["\u010a"] * 8          # newline
-        assert all(t in "0123456789" and len(t) == 1 for k, t in enumerate(tail[:-1]) if k % 9 != 8)
+        assert all(t in "0123456789ANU" and len(t) == 1 for k, t in enumerate(tail[:-1]) if k % 9 != 8)
 
 
 def test_snapped_boxes_are_squares_of_whole_cells_kept_apart():

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild uni1_core/demo_model/ from nothing, exactly as the committed weights were made
 # (same seeds, steps and thread counts). Intermediate files go to $WORK (default /tmp/uni1_train).
-# Run from the repository root: bash training/reproduce.sh   (about 55 minutes on 2 CPU cores)
+# Run from the repository root: bash training/reproduce.sh   (about 45 minutes on 2 CPU cores)
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 WORK=${WORK:-/tmp/uni1_train}
@@ -26,10 +26,10 @@ $PY -m training.train_movq --init "$WORK/movq_stage1.safetensors" --seed 1 --lr 
 ) &
 DECODER=$!
 # 3. the transformer on the frozen codes (40 000 scenes, encoded once into data.pt), grounded
-#    captions (the scene's boxes in cells), one schedule
+#    captions (the sentence, then the scene's layout map), one schedule
 $PY -m training.train_transformer --movq "$WORK/movq_frozen.safetensors" --out "$WORK/demo_model" \
-    --scenes 40000 --steps 2400 --batch 32 --hidden 192 --layers 6 --heads 6 --save-every 200 \
-    --data-cache "$WORK/data.pt" --policy '{"cfg_scale": 3.0}'
+    --scenes 40000 --steps 1300 --batch 32 --hidden 192 --layers 6 --heads 6 --save-every 100 \
+    --data-cache "$WORK/data.pt" --policy '{"cfg_scale": 2.0}'
 wait "$DECODER"
 # 4. assemble the folder
 mkdir -p "$OUT"

@@ -47,7 +47,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F
 
 from training.bpe import LUMINA_ADDED, build_bpe_tokenizer_json
-from training.world import CELLS, SIZES, random_scene, render_batch
+from training.world import CELLS, COLOURS, SHAPES, SIZES, random_scene, render_batch
 from uni1_core.model import ModelConfig, Uni1Model
 from uni1_core.movq import MoVQ
 from uni1_core.plan import Box, Plan, Relation, Style, Subject
@@ -60,7 +60,12 @@ MEDIUMS = ("photo", "drawing", "illustration", "painting", "digital art", "carto
 EOS = "<|endoftext|>"
 # The grounding the model learns, declared in config.json: objects are squares of 2 to 4 of the
 # 8 x 8 code cells (training/world.py), so the pipeline snaps the plan's layout to those.
-GROUNDING = {"grid": CELLS, "min_cells": min(SIZES.values()), "max_cells": max(SIZES.values())}
+# Each kind of object has its own map symbol, an upper-case letter (the BPE is trained without
+# maps, so it has no merges between capitals and keeps every letter a token of its own):
+# "red circle" A, "red square" B, ..., and the shape alone (no colour asked) after those.
+SYMBOLS = {key: chr(ord("A") + i) for i, key in enumerate(
+    [f"{colour} {shape}" for colour in COLOURS for shape in SHAPES] + list(SHAPES))}
+GROUNDING = {"grid": CELLS, "min_cells": min(SIZES.values()), "max_cells": max(SIZES.values()), "symbols": SYMBOLS}
 GROUNDED = 0.75   # share of captions with the grounding
 
 
@@ -107,7 +112,7 @@ def caption(scene, rng: random.Random, grounded: float = GROUNDED) -> str:
     declares `GROUNDING`. Without it now and then, so that a sentence alone (no layout) still
     draws the objects somewhere."""
     plan = scene_plan(scene, rng)
-    return plan.conditioning_text(grounding=CELLS if rng.random() < grounded else None)
+    return plan.conditioning_text(grounding=CELLS if rng.random() < grounded else None, symbols=SYMBOLS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,7 +122,9 @@ def caption(scene, rng: random.Random, grounded: float = GROUNDED) -> str:
 def train_tokenizer(seed: int, vocab_size: int, n_captions: int = 4000) -> dict:
     """BPE on full prompt texts, so the template's words and the captions' words become tokens."""
     rng = random.Random(seed)
-    corpus = [T2I_TEMPLATE.format(w=SIZE, h=SIZE, prompt=caption(random_scene(rng), rng)) + TURN_END for _ in range(n_captions)]
+    # without the maps: merges of map symbols ("AA", "00") would break the map's token alignment
+    corpus = [T2I_TEMPLATE.format(w=SIZE, h=SIZE, prompt=caption(random_scene(rng), rng, grounded=0.0)) + TURN_END
+              for _ in range(n_captions)]
     return build_bpe_tokenizer_json(corpus, vocab_size, LUMINA_ADDED)
 
 

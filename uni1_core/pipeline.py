@@ -52,9 +52,10 @@ class Uni1Pipeline:
         # A folder may recommend its own sampling settings (the demo model does: a lower CFG).
         self.default_policy = dataclasses.replace(PRESETS[uni1.get("default_preset", "uni1")],
                                                   **uni1.get("default_policy", {}))
-        # A model trained on grounded captions (the demo model) declares its cell grid and the
-        # object sizes it knows: {"grid": 8, "min_cells": 2, "max_cells": 4}. The plan's layout is
-        # then snapped to that grid and written into the prompt, box by box.
+        # A model trained on grounded captions (the demo model) declares its cell grid, the
+        # object sizes it knows and its map symbols: {"grid": 8, "min_cells": 2, "max_cells": 4,
+        # "symbols": {"red circle": "A", ...}}. The plan's layout is then snapped to that grid
+        # and written into the prompt as a map (Plan.grounding_text).
         self.grounding = uni1.get("grounding")
 
     @classmethod
@@ -99,8 +100,9 @@ class Uni1Pipeline:
         check_size(width, height, self.sizes if condition is None else self.i2i_sizes)
         plan = prompt if isinstance(prompt, Plan) else (make_plan(prompt) if use_plan else None)
         if plan is not None and self.grounding and grounded:
-            plan = plan.on_grid(**self.grounding)
-            text = plan.conditioning_text(grounding=self.grounding["grid"])
+            g = self.grounding
+            plan = plan.on_grid(g["grid"], g.get("min_cells", 1), g.get("max_cells"))
+            text = plan.conditioning_text(grounding=g["grid"], symbols=g.get("symbols"))
         else:
             text = plan.conditioning_text() if plan is not None else prompt
         if regional and plan is None:

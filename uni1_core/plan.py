@@ -347,35 +347,44 @@ class Plan:
         snapped = snap_to_cells([b.xyxy for b in boxes], grid, min_cells, max_cells)
         return replace(plan, layout=[Box(b.subject, b.instance, *xyxy) for b, xyxy in zip(boxes, snapped)])
 
-    def grounding_text(self, grid: int) -> str:
-        """The layout as a map the model reads cell by cell: a legend that numbers the subjects,
-        then `grid` rows of `grid` digits (the number of the subject whose box covers the cell,
-        0 for none, 9 for the ninth subject and any after it), each row ended by a newline:
+    def grounding_text(self, grid: int, symbols: dict[str, str] | None = None) -> str:
+        """The layout as a map the model reads cell by cell: `grid` rows of `grid` characters,
+        each row ended by a newline, after "Layout:". A cell holds the symbol of the subject
+        whose box covers it, or 0. A subject's symbol is `symbols["<colour> <noun>"]` (or
+        `symbols["<noun>"]` without a colour) when the model declares one (config.json
+        "uni1.grounding.symbols"), else its number (1-9, the ninth for any after it), named in
+        a legend:
 
             Layout: two red circles (1), a blue square (2).
             00000000
             01110000
             ...
 
-        Digits and newlines are one token each (the pre-tokenizer splits digits), so a map row
-        has as many tokens as an image row (codes + row end). The map ends the prompt, so cell
-        (r, c) of the map sits a fixed number of tokens before code (r, c) of the image: a model
-        trained on such maps (config.json "uni1.grounding") learns to look that far back, which
-        is how the plan's counts and positions reach the picture."""
+        Symbols and digits are single characters that the tokenizer keeps as one token each, so
+        a map row has as many tokens as an image row (codes + row end). The map ends the prompt,
+        so cell (r, c) of the map sits a fixed number of tokens before code (r, c) of the image:
+        a model trained on such maps learns to look that far back, which is how the plan's
+        counts and positions reach the picture."""
         plan = self if self.layout or not self.subjects else self.with_layout()
-        legend = ", ".join(f"{plan.subject_phrase(i, with_position=False)} ({min(i + 1, 9)})"
-                           for i in range(len(plan.subjects)))
-        cells = [[0] * grid for _ in range(grid)]
+        symbols = symbols or {}
+        marks, legend = [], []
+        for i, s in enumerate(plan.subjects):
+            key = f"{s.color} {s.noun}" if s.color else s.noun
+            marks.append(symbols.get(key) or str(min(i + 1, 9)))
+            if key not in symbols:
+                legend.append(f"{plan.subject_phrase(i, with_position=False)} ({marks[-1]})")
+        cells = [["0"] * grid for _ in range(grid)]
         for b in plan.layout:
             x0, y0, x1, y1 = (round(v * grid) for v in b.xyxy)
             for y in range(y0, y1):
                 for x in range(x0, x1):
-                    cells[y][x] = min(b.subject + 1, 9)
-        return f"Layout: {legend}.\n" + "".join("".join(map(str, row)) + "\n" for row in cells)
+                    cells[y][x] = marks[b.subject]
+        head = f"Layout: {', '.join(legend)}.\n" if legend else "Layout:\n"
+        return head + "".join("".join(row) + "\n" for row in cells)
 
-    def conditioning_text(self, grounding: int | None = None) -> str:
+    def conditioning_text(self, grounding: int | None = None, symbols: dict[str, str] | None = None) -> str:
         """The text the model is conditioned on: explicit counts, colours, attributes, positions;
-        with `grounding` (a grid size) followed by `grounding_text(grounding)`.
+        with `grounding` (a grid size) followed by `grounding_text(grounding, symbols)`.
 
         Form: unrelated subjects first ("A cat and two dogs"), then one sentence per relation
         ("Two red circles are to the left of a blue square."; a subject already named is "the
@@ -420,7 +429,7 @@ class Plan:
             sentences.append(", ".join(u.strip() for u in self.unparsed))
         text = " ".join(_sentence(s) for s in sentences if s.strip())
         if grounding and self.subjects:
-            text += " " + self.grounding_text(grounding)
+            text += " " + self.grounding_text(grounding, symbols)
         return text
 
     def negative_text(self) -> str:
