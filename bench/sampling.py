@@ -182,7 +182,7 @@ def main(argv=None):
         pipe = Uni1Pipeline.from_pretrained(str(demo_dir) if args.model else "demo", dtype=torch.float32)
         w, h = (args.demo_size, args.demo_size) if args.demo_size else pipe.default_size
         dgrid = ImageGrid(w, h)
-        text = pipe.plan(args.demo_prompt).conditioning_text()
+        text = pipe.conditioning(pipe.plan(args.demo_prompt))[1]      # with the layout map
         ids = t2i_prompt_ids(pipe.tokenizer, text, w, h)
         rows = mode_table(pipe.model, pipe.vocab, dgrid, ids, pipe.default_policy, seeds, args.repeats)
         report["demo"] = rows

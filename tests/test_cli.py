@@ -94,6 +94,7 @@ def test_a_grounded_model_gets_the_snapped_layout_in_its_prompt(tmp_path, capsys
     gen = pipe.sample("two red circles to the left of a blue square", seeds=[0], mode="ar")
     assert gen.plan.layout == gen.plan.on_grid(8, 2, 4).layout      # the layout the prompt names
     assert gen.conditioning == gen.plan.conditioning_text(grounding=8)
+    assert pipe.conditioning(pipe.plan("two red circles to the left of a blue square"))[1] == gen.conditioning
     assert gen.conditioning.endswith("Layout: two red circles (1), a blue square (2).\n00000000\n01110000\n"
                                      "01110222\n01110222\n00000222\n01110000\n01110000\n01110000\n")
     plain = pipe.sample("two red circles to the left of a blue square", seeds=[0], mode="ar", grounded=False)

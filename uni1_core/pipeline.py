@@ -83,6 +83,15 @@ class Uni1Pipeline:
     def plan(self, prompt: str) -> Plan:
         return make_plan(prompt)
 
+    def conditioning(self, plan: Plan, grounded: bool = True) -> tuple[Plan, str]:
+        """The plan as this model reads it and the text it is conditioned on: for a model that
+        declares grounding, the layout snapped to its grid and the map after the sentence."""
+        g = self.grounding
+        if not (g and grounded):
+            return plan, plan.conditioning_text()
+        plan = plan.on_grid(g["grid"], g.get("min_cells", 1), g.get("max_cells"))
+        return plan, plan.conditioning_text(grounding=g["grid"], symbols=g.get("symbols"))
+
     def sample(self, prompt: str | Plan, width: int | None = None, height: int | None = None, *,
                mode: str = "sjd_coupled", policy: SamplingPolicy | None = None, seeds=(0,),
                window: int | None = None, coupling: str = "maximal", regional: bool = False,
@@ -99,12 +108,7 @@ class Uni1Pipeline:
         width, height = width or self.default_size[0], height or self.default_size[1]
         check_size(width, height, self.sizes if condition is None else self.i2i_sizes)
         plan = prompt if isinstance(prompt, Plan) else (make_plan(prompt) if use_plan else None)
-        if plan is not None and self.grounding and grounded:
-            g = self.grounding
-            plan = plan.on_grid(g["grid"], g.get("min_cells", 1), g.get("max_cells"))
-            text = plan.conditioning_text(grounding=g["grid"], symbols=g.get("symbols"))
-        else:
-            text = plan.conditioning_text() if plan is not None else prompt
+        plan, text = self.conditioning(plan, grounded) if plan is not None else (None, prompt)
         if regional and plan is None:
             raise ValueError("regional guidance needs a plan: turn planning on or pass a Plan")
         if condition is None:
