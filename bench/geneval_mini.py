@@ -9,8 +9,8 @@ per seed and judged by the deterministic evaluator in uni1_core/geneval.py. Sett
 
     raw            the prompt as typed (no plan), sjd_coupled
     plan           the planner's canonical text, sjd_coupled; for a model that declares grounding
-                   (the demo model) followed by the layout, one box per object
-    plan_text      the planner's sentence without the boxes, sjd_coupled
+                   (the demo model) followed by the layout map
+    plan_text      the planner's sentence without the layout map, sjd_coupled
     plan_regional  the plan plus regional guidance from its layout, sjd_coupled
     plan_ar        the plan, plain autoregressive sampling
     plan_sjd       the plan, speculative Jacobi decoding

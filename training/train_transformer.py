@@ -14,8 +14,8 @@ The model goes through exactly the code path of Lumina-mGPT 2.0:
 Captions are the planner's canonical form: each procedural scene (training/world.py) is turned
 into a `Plan` (subjects with count, colour and sometimes a size word; the relation between the
 two groups; the scene's own boxes as its layout) and rendered with
-`plan.conditioning_text(grounding=8)`: the sentence, then a legend and a digit map of the layout
-(three captions in four), so that at inference the planner's output is in the training
+`plan.conditioning_text(grounding=8, symbols=SYMBOLS)`: the sentence, then a map of the layout
+with one symbol per object kind (three captions in four), so that at inference the planner's output is in the training
 distribution. Colours are left out of a caption now and then (the
 model then picks one), and a medium ("Photo.") is sometimes appended, as the planner writes for
 "a photo of ...". One batch in ten is unconditional: the header and the image only, exactly the
@@ -107,8 +107,8 @@ def scene_plan(scene, rng: random.Random, colour_drop: float = 0.3, size_word: f
 
 
 def caption(scene, rng: random.Random, grounded: float = GROUNDED) -> str:
-    """The planner's sentence, followed most of the time by the grounding (a legend and a map of
-    the scene's cells, `Plan.grounding_text`), as the pipeline writes it for a model that
+    """The planner's sentence, followed most of the time by the grounding (a map of the scene's
+    cells, `Plan.grounding_text`), as the pipeline writes it for a model that
     declares `GROUNDING`. Without it now and then, so that a sentence alone (no layout) still
     draws the objects somewhere."""
     plan = scene_plan(scene, rng)

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from uni1_core.geneval import Detection, relations_between
+from uni1_core.layout import cells_apart
 
 SHAPES = ("circle", "square", "triangle")
 
@@ -154,11 +155,6 @@ def _region(relation: str, role: str) -> tuple[float, float, float, float]:
     }[side]
 
 
-def _apart(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
-    """Cell boxes (x0, y0, x1, y1), ends exclusive, with at least one free cell between them."""
-    return a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1]
-
-
 def _relation_holds(relation, boxes, group_of) -> bool:
     """Every subject object stands in the relation to every reference object by the evaluator's
     rule (GenEval's), so that a caption's "left of" is what the benchmark checks."""
@@ -194,7 +190,7 @@ def place_groups(
                     cx, cy = (x + k / 2) / CELLS, (y + k / 2) / CELLS
                     box = (x, y, x + k, y + k)  # exclusive end: the object covers cells x .. x + k - 1
                     inside = region[0] < cx < region[2] and region[1] < cy < region[3]
-                    if inside and all(_apart(box, other) for other in cells):
+                    if inside and all(cells_apart(box, other) for other in cells):
                         free.append(box)
             if not free:
                 return None

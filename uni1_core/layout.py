@@ -440,6 +440,11 @@ def position_holds(position: tuple[int | None, int | None], boxes: list[Box]) ->
 # Snapping a layout to a model's cell grid (grounding)
 # ---------------------------------------------------------------------------------------------
 
+def cells_apart(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    """Cell boxes (x0, y0, x1, y1), ends exclusive, with at least one free cell between them."""
+    return a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1]
+
+
 def snap_to_cells(boxes: list[Box], grid: int, min_cells: int = 1, max_cells: int | None = None) -> list[Box]:
     """Each box as a square of whole cells of a grid x grid image, as near its centre as it fits.
 
@@ -455,9 +460,6 @@ def snap_to_cells(boxes: list[Box], grid: int, min_cells: int = 1, max_cells: in
     if not 1 <= min_cells <= max_cells <= grid:
         raise ValueError(f"need 1 <= min_cells <= max_cells <= grid, got {min_cells}, {max_cells}, {grid}")
 
-    def apart(a, b) -> bool:  # ends exclusive: a free cell between them
-        return a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1]
-
     placed: list[tuple[int, int, int, int]] = []
     for b in boxes:
         cx, cy = (b[0] + b[2]) / 2 * grid, (b[1] + b[3]) / 2 * grid
@@ -467,7 +469,7 @@ def snap_to_cells(boxes: list[Box], grid: int, min_cells: int = 1, max_cells: in
             for y in range(grid - k + 1):
                 for x in range(grid - k + 1):
                     sq = (x, y, x + k, y + k)
-                    if all(apart(sq, p) for p in placed):
+                    if all(cells_apart(sq, p) for p in placed):
                         dx, dy = abs(x + k / 2 - cx), abs(y + k / 2 - cy)
                         # ties go to the square nearer the middle of the image, away from the edges
                         middle = math.hypot(x + k / 2 - grid / 2, y + k / 2 - grid / 2)

@@ -99,7 +99,7 @@ class Uni1Pipeline:
                task: str = "depth", on_progress=None, on_preview=None, should_cancel=None) -> Generation:
         """Plan (unless `use_plan=False`), build the prompt, sample one code grid per seed.
 
-        A model that declares grounding gets the plan's layout in its prompt, box by box, unless
+        A model that declares grounding gets the plan's layout in its prompt as a map, unless
         `grounded=False` (the plan's sentence only: for comparisons). `condition` (rows_c, cols)
         codes: an Omni image-conditioned request whose upper rows are the given image (forced)
         and whose lower rows the model writes."""

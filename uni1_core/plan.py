@@ -339,10 +339,14 @@ class Plan:
             o += " and " + self.subject_phrase(r.object2, definite=True, with_position=False)
         return f"{s} {RELATION_TEXT[r.relation]} {o}"
 
+    def _laid_out(self) -> Plan:
+        """This plan if it has a layout (or nothing to lay out), else with a fresh one."""
+        return self if self.layout or not self.subjects else self.with_layout()
+
     def on_grid(self, grid: int, min_cells: int = 1, max_cells: int | None = None) -> Plan:
         """This plan with its layout snapped to squares of whole cells of a grid x grid image
         (`layout.snap_to_cells`): the boxes a grounded model is asked to draw in."""
-        plan = self if self.layout or not self.subjects else self.with_layout()
+        plan = self._laid_out()
         boxes = sorted(plan.layout, key=lambda b: (b.subject, b.instance))
         snapped = snap_to_cells([b.xyxy for b in boxes], grid, min_cells, max_cells)
         return replace(plan, layout=[Box(b.subject, b.instance, *xyxy) for b, xyxy in zip(boxes, snapped)])
@@ -365,7 +369,7 @@ class Plan:
         so cell (r, c) of the map sits a fixed number of tokens before code (r, c) of the image:
         a model trained on such maps learns to look that far back, which is how the plan's
         counts and positions reach the picture."""
-        plan = self if self.layout or not self.subjects else self.with_layout()
+        plan = self._laid_out()
         symbols = symbols or {}
         marks, legend = [], []
         for i, s in enumerate(plan.subjects):
@@ -459,7 +463,7 @@ class Plan:
 
     def regions(self) -> list[tuple[str, tuple[float, float, float, float]]]:
         """(text, (x0, y0, x1, y1)) for every subject instance, for regional guidance."""
-        plan = self if self.layout or not self.subjects else self.with_layout()
+        plan = self._laid_out()
         return [(plan.subject_phrase(b.subject, one=True, with_position=False), b.xyxy)
                 for b in sorted(plan.layout, key=lambda b: (b.subject, b.instance))]
 
