@@ -85,6 +85,7 @@ def main(argv=None):
                    help="guidance scale (default: the folder's uni1.default_policy, else the preset)")
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-n-sigma", type=float, default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=None, help="folder for results.json (and images with --save-images)")
     p.add_argument("--save-images", action="store_true")
@@ -107,7 +108,8 @@ def main(argv=None):
 
     pipe = Uni1Pipeline.from_pretrained(args.model)
     movq = pipe.load_movq()
-    changes = {k: v for k, v in (("cfg_scale", args.cfg), ("temperature", args.temperature), ("top_k", args.top_k))
+    changes = {k: v for k, v in (("cfg_scale", args.cfg), ("temperature", args.temperature), ("top_k", args.top_k),
+                                             ("top_n_sigma", args.top_n_sigma))
                if v is not None}
     # the folder's recommended settings (pipe.default_policy, from "uni1.default_policy"), then the flags
     policy = pipe.with_policy(**changes)

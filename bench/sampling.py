@@ -33,8 +33,10 @@ from uni1_core.policy import SamplingPolicy                # noqa: E402
 from uni1_core.sampler import sample_codes                 # noqa: E402
 from uni1_core.sequence import ImageGrid, ImageVocab       # noqa: E402
 
-RUNS = [("ar", None, "maximal"), ("sjd", None, "maximal"), ("sjd_coupled", None, "maximal"),
-        ("sjd_coupled", None, "gumbel"), ("sjd_coupled", 64, "maximal")]
+# (mode, window, coupling, branches): None = the sampler's default (4 branches for sjd_coupled)
+RUNS = [("ar", None, "maximal", None), ("sjd", None, "maximal", None), ("sjd_coupled", None, "maximal", 0),
+        ("sjd_coupled", None, "maximal", None), ("sjd_coupled", None, "gumbel", None),
+        ("sjd_coupled", 64, "maximal", None)]
 
 # the tiny model's vocabulary: text 0..63, structure, grid tokens, then the codes
 TINY_CODES, TINY_OFFSET = 512, 64
@@ -78,15 +80,16 @@ def time_best(fn, repeats):
 
 def mode_table(model, vocab, grid, prompt_ids, policy, seeds, repeats):
     rows = []
-    for mode, window, coupling in RUNS:
+    for mode, window, coupling, branches in RUNS:
         def go():
             return sample_codes(model, vocab, grid, [prompt_ids] * len(seeds), mode=mode, policy=policy,
-                                seeds=seeds, window=window, coupling=coupling)
+                                seeds=seeds, window=window, coupling=coupling, branches=branches)
         seconds, out = time_best(go, repeats)
         s = out.stats
-        label = mode if mode != "sjd_coupled" else f"sjd_coupled/{coupling}"
+        label = mode if mode != "sjd_coupled" else f"sjd_coupled/{coupling}" + ("" if s["branches"] else " no branches")
         per_image = s["per_image_forwards_per_token"]
-        rows.append(dict(mode=label, window=s["window"], batch_forwards=s["forwards"],
+        rows.append(dict(mode=label, window=s["window"], branches=s["branches"], branch_hits=s["branch_hits"],
+                         batch_forwards=s["forwards"],
                          forwards_per_token=sum(per_image) / len(per_image),
                          tokens_per_s=len(seeds) * s["image_tokens"] / seconds, seconds=seconds,
                          residual_fallbacks=s["residual_fallbacks"]))
@@ -104,7 +107,7 @@ def print_table(title, rows, cols):
         print("| " + " | ".join(fmt.format(r[c]) for c, fmt in cols) + " |")
 
 
-MODE_COLS = [("mode", "{}"), ("window", "{}"), ("batch_forwards", "{}"), ("forwards_per_token", "{:.3f}"),  # per image
+MODE_COLS = [("mode", "{}"), ("window", "{}"), ("branches", "{}"), ("branch_hits", "{}"), ("batch_forwards", "{}"), ("forwards_per_token", "{:.3f}"),  # per image
              ("fewer_forwards_than_ar", "{:.2f}x"), ("tokens_per_s", "{:.1f}"), ("seconds", "{:.2f}")]
 
 
@@ -197,7 +200,7 @@ def main(argv=None):
               "separately; rerun this script once it exists)")
 
     # 3. against transformers
-    vs = [versus_transformers(ref, ours, grid, prompt, cfg, 64, max(args.repeats, 3)) for cfg in (3.0, 1.0)]
+    vs = [versus_transformers(ref, ours, grid, prompt, cfg, 64, max(args.repeats, 5)) for cfg in (3.0, 1.0)]
     report["vs_transformers"] = vs
     print_table("Our ar vs transformers ChameleonForConditionalGeneration.generate (same tiny weights, "
                 "one image)", vs, [("cfg", "{}"), ("tokens", "{}"), ("transformers_tokens_per_s", "{:.1f}"),

@@ -37,6 +37,15 @@ def test_generate_writes_png_and_stats(folder, tmp_path, capsys, mode):
     assert data["forwards_per_token"] == pytest.approx(data["forwards"] / data["image_tokens"])
     if mode == "ar":
         assert data["forwards"] == data["image_tokens"]
+    assert data["branches"] == (4 if mode == "sjd_coupled" else 0)
+
+
+def test_generate_branches_flag(folder, tmp_path):
+    stats = tmp_path / "stats.json"
+    assert main(["generate", "--prompt", "a red circle", "--out", str(tmp_path / "img.png"), "--branches", "0",
+                 "--stats-json", str(stats), "--model", str(folder), "--quiet"]) == 0
+    data = json.loads(stats.read_text())
+    assert data["branches"] == 0 and data["branch_hits"] == 0
 
 
 def test_generate_batch_and_no_plan(folder, tmp_path, capsys):

@@ -258,6 +258,34 @@ def test_last_only_gives_each_rows_last_real_token(model, layer_path):
     assert cache.lengths.tolist() == [9, 4]
 
 
+def test_tree_window_scores_every_branch_as_its_own_sequence(model, layer_path):
+    """A window given as a tree (the sampler's branches): each token's logits equal the full
+    forward of the prefix, its ancestors and itself, at rows of different cache lengths."""
+    prompt = random_ids(2, 8, seed=12)
+    window = random_ids(2, 7, seed=13)
+    # a chain of 4, two alternatives to token 1 (children of 0), one to token 3 and its child
+    tree = [-1, 0, 1, 2, 0, 0, 2, 6]
+    ids = torch.cat([window, random_ids(2, 1, seed=14)], 1)
+    lengths = [8, 5]
+    cache = model.new_cache(2, 20)
+    model(prompt, cache=cache, n_valid=torch.tensor(lengths))
+    logits = model(ids, cache=cache, tree=tree)
+    for b, n in enumerate(lengths):
+        for t in range(len(tree)):
+            path, k = [], t
+            while k >= 0:
+                path.insert(0, int(ids[b, k]))
+                k = tree[k]
+            expected = full(model, prompt[b, :n].tolist() + path)[-1]
+            torch.testing.assert_close(logits[b, t], expected, atol=ATOL, rtol=0)
+    chain = model.new_cache(2, 20)
+    model(prompt, cache=chain, n_valid=torch.tensor(lengths))
+    torch.testing.assert_close(model(window[:, :4], cache=chain, tree=[-1, 0, 1, 2]), logits[:, :4], atol=ATOL, rtol=0)
+    for bad in ([0, 0, 1], [-1, 1, 0], [-1, -1, 0], [-1, 0]):
+        with pytest.raises(ValueError, match="parent index"):
+            model(window[:, :3], cache=model.new_cache(2, 20), tree=bad)
+
+
 def test_rollback_overwrites_stale_slots(model, layer_path):
     ids = random_ids(1, 12, seed=9)
     cache = model.new_cache(1, 16)

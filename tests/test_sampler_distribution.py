@@ -1,5 +1,5 @@
 """Exactness of every sampling mode: the joint law of the sampled code grids equals the exact
-autoregressive law, and three known-inexact variants (sjd.md section 5.1) fail the same test.
+autoregressive law, and three known-inexact variants (sjd.md section 5.1) and a branch bug fail the same test.
 
 Setup: a tiny random float64 Uni1Model, 4 codes with top-k 3, CFG 1.5 with the batched
 unconditional rows, a 1 x 4 code grid (stream: c c c c <row end> <end of image>; windows run
@@ -121,9 +121,12 @@ EXACT = {
     "ar": dict(mode="ar"),
     "sjd": dict(mode="sjd", window=4),
     "sjd_w16": dict(mode="sjd"),
-    "coupled_maximal": dict(mode="sjd_coupled", coupling="maximal", window=4),
+    "coupled_maximal": dict(mode="sjd_coupled", coupling="maximal", window=4),        # with 4 branches
     "coupled_gumbel": dict(mode="sjd_coupled", coupling="gumbel", window=4),
     "coupled_maximal_regional": dict(mode="sjd_coupled", coupling="maximal", window=4, regional=True),
+    "coupled_maximal_no_branches": dict(mode="sjd_coupled", coupling="maximal", window=4, branches=0),
+    "coupled_gumbel_1_branch": dict(mode="sjd_coupled", coupling="gumbel", window=4, branches=1),
+    "sjd_2_branches": dict(mode="sjd", window=4, branches=2),
 }
 
 
@@ -136,6 +139,8 @@ def test_mode_has_the_exact_ar_law(setup, name):
     assert z < Z_MAX, f"{name}: chi2 {chi2:.0f} on {df} df (z {z:.1f}), TV {tv:.4f}"
     if name != "ar":
         assert stats["forwards_per_token"] < 1.0
+    if stats["branches"]:                           # the branches were used, not just scored
+        assert stats["branch_hits"] > N // 10, stats["branch_hits"]
 
 
 def test_regional_law_is_a_different_law(setup):
@@ -146,7 +151,8 @@ def test_regional_law_is_a_different_law(setup):
 
 
 # ---------------------------------------------------------------------------------------------
-# Negative controls: the same test must reject the three inexact rules of sjd.md 5.1
+# Negative controls: the same test must reject the three inexact rules of sjd.md 5.1, and a
+# branch bug of our own
 
 def lumina2_residual(p, q):
     """Lumina-mGPT 2.0's get_reject_sampling_logits: the residual only when p and q are almost
@@ -181,10 +187,25 @@ def batch_min_commit(original, group=3):
     return verify
 
 
+def bonus_after_the_draft(original):
+    """A branch bug: after every rejection, the bonus is drawn from the law the window computed
+    after the rejected draft, as if the residual sample were the draft."""
+    def take(tokens, a, m, D, cand, P, P_branch, n, S, seeds, it, active):
+        hit, from_branch, bonus = original(tokens, a, m, D, cand, P, P_branch, n, S, seeds, it, active)
+        wrong = active & (a < m) & (n + a + 1 < S) & ~hit
+        law = P.gather(1, (a + 1).clamp_max(P.shape[1] - 1)[:, None, None].expand(-1, 1, P.shape[-1])).squeeze(1)
+        stale = sampler_mod.sample_from(law, sampler_mod.random_uniform(seeds, (n + a + 1)[:, None], it, 6).squeeze(1))
+        return hit | wrong, torch.where(wrong, -1, from_branch), torch.where(wrong, stale, bonus)
+    return take
+
+
 NEGATIVE = {
     "lumina2_residual": (dict(mode="sjd", window=4), "residual_law", lambda orig: lumina2_residual),
-    "old_q_labels": (dict(mode="sjd_coupled", coupling="maximal", window=4), "verify_window", old_q_for_kept_drafts),
+    "old_q_labels": (dict(mode="sjd_coupled", coupling="maximal", window=4, branches=0), "verify_window",
+                     old_q_for_kept_drafts),
     "batch_min": (dict(mode="sjd", window=4), "verify_window", batch_min_commit),
+    "bonus_after_the_draft": (dict(mode="sjd_coupled", coupling="maximal", window=4), "take_branch",
+                              bonus_after_the_draft),
 }
 
 

@@ -29,11 +29,11 @@ DECODER=$!
 #    captions (the sentence, then the scene's layout map), one schedule
 $PY -m training.train_transformer --movq "$WORK/movq_frozen.safetensors" --out "$WORK/demo_model" \
     --scenes 40000 --steps 1300 --batch 32 --hidden 192 --layers 6 --heads 6 --save-every 100 \
-    --data-cache "$WORK/data.pt" --policy '{"cfg_scale": 2.0}'
+    --data-cache "$WORK/data.pt" --policy '{"cfg_scale": 2.0, "top_n_sigma": 1.0}'
 #    then a second, shorter schedule from there, on the same scenes (new captions and batch order)
 $PY -m training.train_transformer --init "$WORK/demo_model" --movq "$WORK/movq_frozen.safetensors" \
     --out "$WORK/demo_model_b" --scenes 40000 --data-seed 1 --seed 5 --steps 600 --lr 1e-3 --batch 32 \
-    --hidden 192 --layers 6 --heads 6 --save-every 100 --data-cache "$WORK/data.pt" --policy '{"cfg_scale": 2.0}'
+    --hidden 192 --layers 6 --heads 6 --save-every 100 --data-cache "$WORK/data.pt" --policy '{"cfg_scale": 2.0, "top_n_sigma": 1.0}'
 wait "$DECODER"
 # 4. assemble the folder
 mkdir -p "$OUT"

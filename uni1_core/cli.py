@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--mode", choices=("ar", "sjd", "sjd_coupled"), default="sjd_coupled")
     gen.add_argument("--window", type=int, default=None, help="draft window (default per mode)")
     gen.add_argument("--coupling", choices=("maximal", "gumbel"), default="maximal")
+    gen.add_argument("--branches", type=int, default=None,
+                     help="alternatives scored for the first draft of each window (default: 4 for sjd_coupled)")
     gen.add_argument("--preset", default=None, help="sampling preset: uni1, lumina_ar, lumina_sjd")
     gen.add_argument("--cfg", type=float, default=None)
     gen.add_argument("--temperature", type=float, default=None)
@@ -99,7 +101,8 @@ def _generate(args) -> int:
         prompt = args.prompt
     seeds = [args.seed + i for i in range(args.batch)]
     result = pipe.sample(prompt, width, height, mode=args.mode, policy=policy, seeds=seeds,
-                         window=args.window, coupling=args.coupling, regional=args.regional,
+                         window=args.window, coupling=args.coupling, branches=args.branches,
+                         regional=args.regional,
                          use_plan=not args.no_plan,
                          on_progress=None if args.quiet else ProgressBar(f"{args.mode} {width}x{height}"))
     if result.plan is not None:

@@ -12,6 +12,11 @@
 Row b's new tokens go to cache slots lengths[b] .. lengths[b]+T-1, their RoPE positions are those
 slot numbers, and query t sees slots <= lengths[b]+t; afterwards lengths += n (default T).
 
+A window may also be a tree (`tree=parents`, one parent index per token, -1 for the first): token
+t then sits at RoPE position lengths[b] + depth(t) and sees the cache and its own ancestors only.
+A chain (parents t-1) is the plain window. The sampler hangs alternative tokens off the chain this
+way, to get in the same forward the law after each alternative (see sampler.py, "branches").
+
 Per layer (pre-norm; `swin_norm` moves the norms after the sublayers):
 
     h   = x + Attn(RMSNorm(x))           swin:  h   = x + RMSNorm(Attn(x))
@@ -569,11 +574,14 @@ class Uni1Model(nn.Module):
         return cos[positions][:, :, None], sin[positions][:, :, None]
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None,
-                n_valid: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+                n_valid: torch.Tensor | None = None, last_only: bool = False,
+                tree: list[int] | None = None) -> torch.Tensor:
         """(B, T) token ids -> (B, T, vocab) float32 logits. See the module docstring for the cache.
 
         last_only=True returns (B, 1, vocab): only each row's last real token (index n_valid[b] - 1),
         which is all a prefill needs; it spares a (B, T, vocab) tensor for long prompts.
+        tree: (cached calls) the parent index of each of the T tokens, -1 for the first one only;
+        the same tree for every row. None: a chain.
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, tokens), got shape {tuple(input_ids.shape)}.")
@@ -585,8 +593,8 @@ class Uni1Model(nn.Module):
             rope = self.rope_for(torch.arange(T, device=input_ids.device)[None], T, x.dtype)
             layer_caches = [None] * len(self.model.layers)
         else:
-            n_valid, layer_caches, slots, key_len = self._cache_plan(cache, B, T, n_valid, x.dtype)
-            rope = self.rope_for(slots, key_len, x.dtype)
+            n_valid, layer_caches, positions, key_len = self._cache_plan(cache, B, T, n_valid, x.dtype, tree)
+            rope = self.rope_for(positions, key_len, x.dtype)
         # Without autograd the layers run in inference mode, which skips the version counters and
         # view tracking of every op: ~10% of a small model's decode step. The logits are made
         # outside it, so callers get ordinary tensors.
@@ -605,9 +613,9 @@ class Uni1Model(nn.Module):
             cache.lengths.add_(n_valid)
         return logits
 
-    def _cache_plan(self, cache: KVCache, B: int, T: int, n_valid, dtype: torch.dtype):
-        """Slots (= RoPE positions), key length and mask for one cached call; the keys are cut at
-        max(lengths) + T."""
+    def _cache_plan(self, cache: KVCache, B: int, T: int, n_valid, dtype: torch.dtype, tree=None):
+        """RoPE positions (= slots, for a chain), key length and mask for one cached call; the keys
+        are cut at max(lengths) + T."""
         if cache.batch_size != B:
             raise ValueError(f"input_ids has {B} rows but the cache was made for {cache.batch_size}.")
         lengths = cache.lengths
@@ -629,7 +637,19 @@ class Uni1Model(nn.Module):
         steps = torch.arange(T, device=lengths.device)
         slots = lengths[:, None] + steps[None, :]                              # (B, T) = RoPE positions
         rows = torch.arange(B, device=lengths.device)[:, None]
-        if T == 1 and shortest == longest:
+        positions = slots
+        if tree is not None:
+            depth, sees = tree_layout(tree, T)
+            depth, sees = depth.to(lengths.device), sees.to(lengths.device)
+            positions = lengths[:, None] + depth[None, :]
+            # query t sees the cache (slots < lengths[b]) and the window slots of its ancestors
+            rel = torch.arange(key_len, device=lengths.device)[None, :] - lengths[:, None]      # (B, key_len)
+            in_window = (rel >= 0) & (rel < T)
+            visible = sees[:, rel.clamp(0, T - 1)].permute(1, 0, 2) & in_window[:, None, :]   # (B, T, key_len)
+            visible = (visible | (rel < 0)[:, None, :])[:, None]
+            mask = torch.full(visible.shape, float("-inf"), dtype=dtype, device=lengths.device)
+            mask.masked_fill_(visible, 0.0)
+        elif T == 1 and shortest == longest:
             mask = None                 # one query per row, and every row sees all key_len slots
         else:
             # query t of row b sees slots 0 .. lengths[b] + t; stale slots above are never visible.
@@ -642,7 +662,7 @@ class Uni1Model(nn.Module):
         start = shortest if shortest == longest else None
         layer_caches = [(k, v, rows, slots, key_len, mask, start)
                         for k, v in zip(cache.k.unbind(0), cache.v.unbind(0))]
-        return n_valid, layer_caches, slots, key_len
+        return n_valid, layer_caches, positions, key_len
 
     # -----------------------------------------------------------------------------------------
     # Loading
@@ -692,6 +712,22 @@ class Uni1Model(nn.Module):
             state.pop("lm_head.weight")          # the same tensor as the embedding
         save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
         return folder
+
+
+def tree_layout(parents: list[int], T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Depth (T,) and ancestor-or-self matrix (T, T) bool of a token tree given by parent indices."""
+    parents = [int(p) for p in parents]
+    if len(parents) != T or parents[:1] != [-1] or any(not 0 <= p < t for t, p in enumerate(parents) if t):
+        raise ValueError(f"tree must give each of the {T} window tokens a parent index before it "
+                         f"(-1 for the first token only), got {parents}")
+    depth = [0] * T
+    sees = torch.zeros(T, T, dtype=torch.bool)
+    for t, p in enumerate(parents):
+        if t:
+            depth[t] = depth[p] + 1
+            sees[t] = sees[p]
+        sees[t, t] = True
+    return torch.tensor(depth), sees
 
 
 def _is_qk_norm(key: str) -> bool:

@@ -94,7 +94,8 @@ class Uni1Pipeline:
 
     def sample(self, prompt: str | Plan, width: int | None = None, height: int | None = None, *,
                mode: str = "sjd_coupled", policy: SamplingPolicy | None = None, seeds=(0,),
-               window: int | None = None, coupling: str = "maximal", regional: bool = False,
+               window: int | None = None, coupling: str = "maximal", branches: int | None = None,
+               regional: bool = False,
                use_plan: bool = True, grounded: bool = True, condition: torch.Tensor | None = None,
                task: str = "depth", on_progress=None, on_preview=None, should_cancel=None) -> Generation:
         """Plan (unless `use_plan=False`), build the prompt, sample one code grid per seed.
@@ -125,7 +126,7 @@ class Uni1Pipeline:
         result = sample_codes(
             self.model, self.vocab, grid, [prompt_ids] * len(seeds), mode=mode,
             policy=policy or self.default_policy, seeds=seeds, window=window, coupling=coupling,
-            regions=[regions] * len(seeds) if regions else None,
+            branches=branches, regions=[regions] * len(seeds) if regions else None,
             on_progress=on_progress, on_preview=on_preview, should_cancel=should_cancel)
         return Generation(result.codes, result.stats, plan, text, width, height)
 

@@ -19,6 +19,16 @@ Modes (one loop; `ar` is the window of 1):
 Forced stream positions (row ends, end of image, condition rows) are drafted as the forced
 token (q one-hot), so they are always kept.
 
+Branches (sjd_coupled, `branches=K`): most forwards reject the very first draft, because it was
+drawn given the previous window's guess for the token before it, and image codes depend strongly
+on their left neighbour. So the forward also scores K alternatives for that position, each a
+one-token branch off the window (tree attention, model.py): the left neighbour's code, the code
+above, and the next likeliest codes of the draft's law. When the residual sample that replaces
+the rejected draft is one of them, its branch already holds the law of the following position
+given the true prefix, and a "bonus" token is drawn from it in the same forward. The branches
+only decide which conditional laws get computed, never which token is drawn, so the law of the
+image is unchanged (the distribution tests run with and without them).
+
 Batches: each image has its own committed length n_b; its rows in the batched forward carry
 n_b's own cache length (the model's per-row lengths) and `n_valid` pads the shorter windows.
 The rows of one forward are [cond_0..cond_B-1, region rows, uncond_0..uncond_B-1]: the
@@ -48,9 +58,11 @@ from .policy import (SamplingPolicy, forced_sub_ids, get_policy, region_weights,
 MODES = ("ar", "sjd", "sjd_coupled")
 COUPLINGS = ("maximal", "gumbel")
 DEFAULT_WINDOW = {"ar": 1, "sjd": 16, "sjd_coupled": 32}
+DEFAULT_BRANCHES = {"ar": 0, "sjd": 0, "sjd_coupled": 4}
+BRANCH_SLOTS = 1            # window slots that get branches: where most rejections happen (slot 0)
 
 # purposes of the random numbers (part of the hash key)
-ACCEPT, RESIDUAL, FRESH, INIT, GUMBEL = 1, 2, 3, 4, 5
+ACCEPT, RESIDUAL, FRESH, INIT, GUMBEL, BONUS = 1, 2, 3, 4, 5, 6
 
 
 class Cancelled(RuntimeError):
@@ -195,13 +207,69 @@ def verify_window(P, D, Q, m, keys, rule: str, gumbel=None) -> Verdict:
 
 
 # ---------------------------------------------------------------------------------------------
+# Branches: alternatives for the first draft, scored in the same forward
+
+def branch_candidates(D, Q, left, stream, n, row_len: int, K: int, C: int) -> torch.Tensor:
+    """(B, J, K) codes to try at window slots 0..J-1 (positions n+j) instead of the drafts D there.
+
+    Chosen before the forward from what is known then: the code to the left, the code above
+    (committed, or a draft), then the likeliest codes of the draft's own law Q (B, J, V); never
+    the draft itself (the window already scores it) nor a structural token.
+    """
+    B, J, V = Q.shape
+    score = Q.clone()
+    score[..., C:] = -1.0
+    j = torch.arange(J, device=Q.device)
+    lefts = torch.cat([left[:, None], D[:, : J - 1]], dim=1)               # (B, J): code at n+j-1
+    above_at = n[:, None] + j[None, :] - row_len
+    in_window = above_at >= n[:, None]
+    above = torch.where(in_window, D.gather(1, (above_at - n[:, None]).clamp(0, D.shape[1] - 1)),
+                        stream.gather(1, above_at.clamp_min(0)))
+    for code, ok, weight in ((lefts, lefts >= 0, 3.0), (above, above_at >= 0, 2.0)):
+        ok = ok & (code < C)
+        score.scatter_add_(-1, code.clamp(0, C - 1)[..., None], (ok.float() * weight)[..., None])
+    score.scatter_(-1, D[:, :J, None], -2.0)
+    return score.topk(K, dim=-1).indices
+
+
+def take_branch(tokens, a, m, D, cand, P, P_branch, n, S: int, seeds, it, active):
+    """Whether the residual sample tokens[a] is the draft itself (the window scored the position
+    after it already) or a branch (a < J), and if so the bonus token after it, drawn with a fresh
+    uniform from the law the hit computed: the law given the true prefix, so it has the AR law.
+    Returns hit (B,), from_branch (B,) the hit branch k or -1, bonus (B,)."""
+    B, J, K = cand.shape
+    x = tokens.gather(1, a[:, None]).squeeze(1)
+    usable = active & (a < m) & (n + a + 1 < S)             # a rejection, with a position after it
+    slot = a.clamp_max(J - 1)
+    is_branch = cand.gather(1, slot[:, None, None].expand(B, 1, K)).squeeze(1) == x[:, None]   # (B, K)
+    is_self = D.gather(1, a.clamp_max(D.shape[1] - 1)[:, None]).squeeze(1) == x
+    from_branch = torch.where(usable & (a < J) & is_branch.any(1), is_branch.long().argmax(1),
+                              torch.full_like(a, -1))
+    hit = (from_branch >= 0) | (usable & is_self)
+    V = P.shape[-1]
+    law_self = P.gather(1, (a + 1).clamp_max(P.shape[1] - 1)[:, None, None].expand(B, 1, V)).squeeze(1)
+    law_branch = P_branch.gather(1, (slot * K + from_branch.clamp_min(0))[:, None, None].expand(B, 1, V)).squeeze(1)
+    law = torch.where((from_branch >= 0)[:, None], law_branch, law_self)
+    bonus = sample_from(law, random_uniform(seeds, (n + a + 1)[:, None], it, BONUS).squeeze(1))
+    return hit, from_branch, bonus
+
+
+def move_kv(cache, rows_mask, dst, src) -> None:
+    """Copy every layer's key and value at slot src[r] to slot dst[r], for rows where rows_mask."""
+    src = torch.where(rows_mask, src, dst)                    # a no-op copy elsewhere: no host sync
+    r = torch.arange(len(dst), device=dst.device)
+    cache.k[:, r, :, dst] = cache.k[:, r, :, src]
+    cache.v[:, r, :, dst] = cache.v[:, r, :, src]
+
+
+# ---------------------------------------------------------------------------------------------
 # The loop
 
 @torch.inference_mode()
 def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str = "sjd",
                  policy: SamplingPolicy | str | None = None, seeds: list[int] | None = None,
                  window: int | None = None, coupling: str = "maximal", regions=None,
-                 on_progress: Callable[[int, int], None] | None = None,
+                 branches: int | None = None, on_progress: Callable[[int, int], None] | None = None,
                  on_preview: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
                  should_cancel: Callable[[], bool] | None = None) -> SampleResult:
     """Sample B images' code grids.
@@ -212,6 +280,8 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
     mode: "ar", "sjd" or "sjd_coupled" (coupling "maximal" or "gumbel").
     policy: a SamplingPolicy or a preset name of policy.PRESETS (None: "uni1").
     seeds: one int per image (default 0, 1, ...). window: inputs per forward (default 1 / 16 / 32).
+    branches: alternatives scored for the first draft (see "Branches" above; default 4 for
+        sjd_coupled, 0 otherwise).
     regions: None, or per image None or a list of (prompt_ids, (x0, y0, x1, y1)) boxes
         normalised to 0..1: plan-guided sampling, one extra conditional row per region.
     on_progress(done, total): image tokens committed over the batch. on_preview(codes, done):
@@ -226,6 +296,8 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
         forwards_per_token  forwards / image_tokens (for the batch: its slowest image)
         per_image_forwards, per_image_forwards_per_token
         accepted_hist       [a] = (image, forward) pairs that kept a drafts, i.e. committed a+1 tokens
+                            (a+2 with a branch hit)
+        branches, branch_hits  alternatives per forward; forwards whose residual sample hit one
         residual_fallbacks  rejections whose residual was empty or not finite (then p was used)
         seconds, tokens_per_second (all images)
     """
@@ -240,6 +312,9 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
         raise ValueError(f"mode 'ar' decodes one token per forward; got window={window} (use sjd for larger windows)")
     if L < 1:
         raise ValueError(f"window must be >= 1, got {window}")
+    K = DEFAULT_BRANCHES[mode] if branches is None else int(branches)
+    if K < 0 or (K and L == 1):
+        raise ValueError(f"branches must be >= 0 and needs a window > 1 (no drafts in plain AR), got {branches}")
     rule = "sjd" if mode != "sjd_coupled" else coupling
     B = len(cond_prompts)
     if B == 0:
@@ -302,6 +377,7 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
     n = torch.full((B,), n0, dtype=torch.long, device=device)          # committed stream tokens
     it = torch.zeros(B, dtype=torch.long, device=device)               # forwards seen by each image
     last = torch.full((B,), header[-1], dtype=torch.long, device=device)
+    last_sub = torch.full((B,), -1, dtype=torch.long, device=device)    # the header: no code to its left
     D = torch.zeros(B, L, dtype=torch.long, device=device)             # drafts at n .. n+L-2 (slot L-1: pad)
     Q = torch.zeros(B, L, V, dtype=torch.float32, device=device)
     G = gumbel_noise(seeds_t, n0 + torch.arange(L, device=device)[None].expand(B, L), V) if rule == "gumbel" else None
@@ -319,10 +395,11 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
 
     stats = {"mode": mode, "window": L, "coupling": coupling if mode == "sjd_coupled" else None,
              "batch": B, "forwards": 0, "prefill_forwards": 0, "image_tokens": S - n0,
-             "regions": R}
+             "regions": R, "branches": K}
     per_image_forwards = torch.zeros(B, dtype=torch.long, device=device)
     accepted_hist = torch.zeros(L, dtype=torch.long, device=device)
     fallbacks = torch.zeros((), dtype=torch.long, device=device)
+    branch_hits = torch.zeros((), dtype=torch.long, device=device)
 
     def check_cancel():
         if should_cancel is not None and should_cancel():
@@ -352,7 +429,7 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
     cache = None
     try:
         check_cancel()
-        cache = model.new_cache(len(row_ids), int(base.max()) + S + L + 1)
+        cache = model.new_cache(len(row_ids), int(base.max()) + S + L + 1 + K * BRANCH_SLOTS)
         prefill = torch.full((len(row_ids), int(base.max())), header[0], dtype=torch.long, device=device)
         for i, r in enumerate(row_ids):
             prefill[i, : len(r) - 1] = torch.tensor(r[:-1], dtype=torch.long)
@@ -370,22 +447,33 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
             m = (n_valid - 1).clamp_min(0)                   # drafts used
             T = min(L, left)
             window_ids = last[:, None] if T == 1 else torch.cat([last[:, None], sub_ids[D[:, : T - 1]]], dim=1)
+            at = n[:, None] + steps[None, :T]                # (B, T) stream positions of the window
+            J = min(BRANCH_SLOTS, T - 1) if K else 0
+            tree = None
+            if J:
+                cand = branch_candidates(D, Q[:, :J], last_sub, stream, n, grid.cols + 1, K, C)
+                window_ids = torch.cat([window_ids, sub_ids[cand.reshape(B, J * K)]], dim=1)
+                tree = [-1, *range(T - 1)] + [j for j in range(J) for _ in range(K)]
+                # a branch off window input j is an alternative for stream position n+j; its
+                # logits are the law at n+j+1
+                at = torch.cat([at, (n[:, None] + 1 + torch.arange(J, device=device).repeat_interleave(K))], dim=1)
             check_cancel()
-            logits = model(per_row(window_ids), cache=cache, n_valid=per_row(n_valid))
+            logits = model(per_row(window_ids), cache=cache, n_valid=per_row(n_valid), tree=tree)
             stats["forwards"] += 1
             per_image_forwards += step
 
-            sub = logits.index_select(-1, sub_ids)          # (rows, T, V) = image_logits(logits, vocab)
-            at = n[:, None] + steps[None, :T]                # (B, T) stream positions of the window
+            TE = at.shape[1]
+            sub = logits.index_select(-1, sub_ids)          # (rows, T+E, V) = image_logits(logits, vocab)
             pos = at.clamp_max(S - 1)
             # rows are [cond, regions, uncond]: slices, not index copies
-            cond = sub[:B].reshape(B * T, V)
-            uncond = sub[-B:].reshape(B * T, V) if use_cfg else None
+            cond = sub[:B].reshape(B * TE, V)
+            uncond = sub[-B:].reshape(B * TE, V) if use_cfg else None
             reg_c = reg_w = None
             if R:
-                reg_c = sub[region_rows].permute(0, 2, 1, 3).reshape(B * T, R, V)
-                reg_w = region_w.gather(2, pos[:, None, :].expand(B, R, T)).permute(0, 2, 1).reshape(B * T, R)
-            P = policy.probs(cond, uncond, pos.reshape(-1), guidance, forced, reg_c, reg_w).view(B, T, V)
+                reg_c = sub[region_rows].permute(0, 2, 1, 3).reshape(B * TE, R, V)
+                reg_w = region_w.gather(2, pos[:, None, :].expand(B, R, TE)).permute(0, 2, 1).reshape(B * TE, R)
+            P = policy.probs(cond, uncond, pos.reshape(-1), guidance, forced, reg_c, reg_w).view(B, TE, V)
+            P, P_branch, at, pos = P[:, :T], P[:, T:], at[:, :T], pos[:, :T]
 
             if L == 1:
                 # plain AR: no drafts, nothing to verify; verify_window would return exactly
@@ -399,25 +487,37 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
                 tokens = verdict.tokens
                 fallbacks += (verdict.fallbacks & active[:, None]).sum()
 
-            # commit tokens[:a+1] at n..n+a (writes past that are overwritten by later commits;
+            committed = a + 1
+            if J:
+                # a branch hit: the token after the residual sample is drawn now (the bonus), in
+                # place of its draft, and the cache gets the key and value that the hit branch
+                # computed for the residual sample, in that position's slot
+                hit, from_branch, bonus = take_branch(tokens, a, m, D, cand, P, P_branch, n, S, seeds_t, it, active)
+                kv_from = base + per_row(n - n0 + T + a * K + from_branch.clamp_min(0))
+                move_kv(cache, per_row(from_branch >= 0), base + per_row(n - n0 + a + 1), kv_from)
+                tokens = torch.where(hit[:, None] & (steps[None, :T] == a[:, None] + 1), bonus[:, None], tokens)
+                committed = committed + hit.long()
+                branch_hits += hit.sum()
+            # commit tokens[:committed] at n.. (writes past that are overwritten by later commits;
             # a finished image, n = S, writes only into the padding columns S..S+L-1)
             stream.scatter_(1, at, tokens)
-            last = sub_ids[tokens.gather(1, a[:, None]).squeeze(1)]          # (unused once finished)
+            last_sub = tokens.gather(1, (committed - 1)[:, None]).squeeze(1)
+            last = sub_ids[last_sub]                                         # (unused once finished)
             accepted_hist.index_add_(0, a, step)
-            n = n + (a + 1) * step
+            n = n + committed * step
             cache.lengths = base + per_row(n - n0)                           # exactly the committed prefix
 
-            # next drafts: slot s <- window position a+1+s while it had a draft or was the last
+            # next drafts: slot s <- window position committed+s while it had a draft or was the last
             if L > 1:
                 it = it + step                                 # (plain AR's draws were keyed up front)
-                src = a[:, None] + 1 + steps[None, :]
+                src = committed[:, None] + steps[None, :]
                 carried = (src <= m[:, None]) & active[:, None]
                 srcc = src.clamp_max(T - 1)
                 D = torch.where(carried, tokens.gather(1, srcc), D)
                 Q = torch.where(carried[..., None], verdict.next_q.gather(1, srcc[..., None].expand(B, L, V)), Q)
                 if G is not None:
                     keep_g = (src < L) & active[:, None]
-                    fresh_from = int(torch.where(active, L - 1 - a, torch.full_like(a, L)).min())
+                    fresh_from = int(torch.where(active, L - committed, torch.full_like(a, L)).min())
                     shifted = G.gather(1, src.clamp_max(L - 1)[..., None].expand(B, L, V))
                     if fresh_from < L:
                         gpos = n[:, None] + steps[None, fresh_from:]
@@ -440,6 +540,7 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
         raise RuntimeError("internal error: a structural token was sampled inside a row")
     stats["accepted_hist"] = accepted_hist.tolist()
     stats["residual_fallbacks"] = int(fallbacks)
+    stats["branch_hits"] = int(branch_hits)
     stats["per_image_forwards"] = per_image_forwards.tolist()
     tokens = max(S - n0, 1)
     stats["forwards_per_token"] = stats["forwards"] / tokens
