@@ -2,7 +2,7 @@
 plain AR against transformers' Chameleon `generate` on the same tiny weights.
 
     .venv/bin/python bench/sampling.py                 # tiny random model (+ demo model if present)
-    .venv/bin/python bench/sampling.py --threads 2 --seeds 2 --json out/bench_sampling.json
+    .venv/bin/python bench/sampling.py --threads 2 --seeds 4 --json out/bench_sampling.json
 
 Three tables, printed side by side in one run:
   1. a random tiny Chameleon (written by transformers, loaded by uni1_core): every mode;
@@ -146,7 +146,7 @@ def versus_transformers(ref, ours, grid, prompt_ids, cfg, top_k, repeats):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: stable timings)")
-    ap.add_argument("--seeds", type=int, default=2, help="images per call (batch size); forwards per token "
+    ap.add_argument("--seeds", type=int, default=4, help="images per call (batch size); forwards per token "
                     "are averaged over the images")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per row; the best is reported")
     ap.add_argument("--size", type=int, default=128, help="tiny model: image side in pixels (codes = size / 8)")
