@@ -39,6 +39,7 @@ checkpoint folder loads as it is. Spec: shared/specs/lumina_mgpt2.md section 1.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field, fields
@@ -714,12 +715,16 @@ class Uni1Model(nn.Module):
         return folder
 
 
-def tree_layout(parents: list[int], T: int) -> tuple[torch.Tensor, torch.Tensor]:
+def tree_layout(parents, T: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Depth (T,) and ancestor-or-self matrix (T, T) bool of a token tree given by parent indices."""
-    parents = [int(p) for p in parents]
-    if len(parents) != T or parents[:1] != [-1] or any(not 0 <= p < t for t, p in enumerate(parents) if t):
+    return _tree_layout(tuple(int(p) for p in parents), T)
+
+
+@functools.lru_cache(maxsize=64)         # a sampler reuses a handful of trees, once per forward
+def _tree_layout(parents: tuple[int, ...], T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if len(parents) != T or parents[:1] != (-1,) or any(not 0 <= p < t for t, p in enumerate(parents) if t):
         raise ValueError(f"tree must give each of the {T} window tokens a parent index before it "
-                         f"(-1 for the first token only), got {parents}")
+                         f"(-1 for the first token only), got {list(parents)}")
     depth = [0] * T
     sees = torch.zeros(T, T, dtype=torch.bool)
     for t, p in enumerate(parents):
