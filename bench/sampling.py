@@ -11,8 +11,9 @@ Three tables, printed side by side in one run:
   3. our ar against `ChameleonForConditionalGeneration.generate` on the tiny weights, with CFG
      (transformers: its unbatched CFG processor, as the reference's plain path; ours: one
      batched forward) and without; target >= 2x tokens/s on CPU.
-A random model has flat, context-sensitive laws, so its drafts are rarely kept: its speculative
-rows show the overhead of the windows, not the speed-up a trained model gets.
+A random model's laws hardly depend on the earlier image tokens, so its speculative rows say
+little about a trained model (its drafts converge easily); the demo model's rows are the ones
+that count.
 Timings: with --threads above 1, do not set OMP_WAIT_POLICY=PASSIVE (the CLI and the tests do):
 a decode loop of small ops then waits for sleeping threads at every op. Measured at 2 threads on
 the random tiny model: our ar over transformers 1.6-1.7x with PASSIVE, 2.3-3.1x without; at 1
