@@ -284,6 +284,8 @@ def test_tree_window_scores_every_branch_as_its_own_sequence(model, layer_path):
     for bad in ([0, 0, 1], [-1, 1, 0], [-1, -1, 0], [-1, 0]):
         with pytest.raises(ValueError, match="parent index"):
             model(window[:, :3], cache=model.new_cache(2, 20), tree=bad)
+    with pytest.raises(ValueError, match="need a cache"):
+        model(window[:, :3], tree=[-1, 0, 0])
 
 
 def test_rollback_overwrites_stale_slots(model, layer_path):

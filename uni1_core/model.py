@@ -589,8 +589,8 @@ class Uni1Model(nn.Module):
         B, T = input_ids.shape
         x = self.model.embed_tokens(input_ids)
         if cache is None:
-            if n_valid is not None:
-                raise ValueError("n_valid needs a cache: without one every token of every row is real.")
+            if n_valid is not None or tree is not None:
+                raise ValueError("n_valid and tree need a cache: without one every row is one plain sequence.")
             rope = self.rope_for(torch.arange(T, device=input_ids.device)[None], T, x.dtype)
             layer_caches = [None] * len(self.model.layers)
         else:
