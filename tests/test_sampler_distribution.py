@@ -1,5 +1,6 @@
 """Exactness of every sampling mode: the joint law of the sampled code grids equals the exact
-autoregressive law, and three known-inexact variants (sjd.md section 5.1) and a branch bug fail the same test.
+autoregressive law, and three known-inexact variants (sjd.md section 5.1) and two branch bugs
+fail the same test.
 
 Setup: a tiny random float64 Uni1Model, 4 codes with top-k 3, CFG 1.5 with the batched
 unconditional rows, a 1 x 4 code grid (stream: c c c c <row end> <end of image>; windows run
@@ -151,8 +152,8 @@ def test_regional_law_is_a_different_law(setup):
 
 
 # ---------------------------------------------------------------------------------------------
-# Negative controls: the same test must reject the three inexact rules of sjd.md 5.1, and a
-# branch bug of our own
+# Negative controls: the same test must reject the three inexact rules of sjd.md 5.1, and two
+# branch bugs of our own
 
 def lumina2_residual(p, q):
     """Lumina-mGPT 2.0's get_reject_sampling_logits: the residual only when p and q are almost
@@ -206,6 +207,9 @@ NEGATIVE = {
     "batch_min": (dict(mode="sjd", window=4), "verify_window", batch_min_commit),
     "bonus_after_the_draft": (dict(mode="sjd_coupled", coupling="maximal", window=4), "take_branch",
                               bonus_after_the_draft),
+    # a hit branch's key and value left out of the cache: later laws see the rejected draft
+    "branch_kv_not_moved": (dict(mode="sjd_coupled", coupling="maximal", window=4), "move_kv",
+                            lambda orig: lambda *args: None),
 }
 
 
