@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild uni1_core/demo_model/ from nothing, exactly as the committed weights were made
 # (same seeds, steps and thread counts). Intermediate files go to $WORK (default /tmp/uni1_train).
-# Run from the repository root: bash training/reproduce.sh   (about 55 minutes on 2 CPU cores)
+# Run from the repository root: bash training/reproduce.sh   (about 56-60 minutes on 2 CPU cores)
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 WORK=${WORK:-/tmp/uni1_train}
@@ -34,9 +34,16 @@ $PY -m training.train_transformer --movq "$WORK/movq_frozen.safetensors" --out "
 $PY -m training.train_transformer --init "$WORK/demo_model" --movq "$WORK/movq_frozen.safetensors" \
     --out "$WORK/demo_model_b" --scenes 40000 --data-seed 1 --seed 5 --steps 600 --lr 1e-3 --batch 32 \
     --hidden 192 --layers 6 --heads 6 --save-every 100 --data-cache "$WORK/data.pt" --policy '{"cfg_scale": 2.0, "top_n_sigma": 1.0}'
+#    and a short third schedule that reads corrupted codes (3 in 10 replaced by a neighbour's or a
+#    random code; the targets stay clean), so the model leans less on its left neighbour, which
+#    the stale drafts of speculative decoding get wrong
+$PY -m training.train_transformer --init "$WORK/demo_model_b" --movq "$WORK/movq_frozen.safetensors" \
+    --out "$WORK/demo_model_c" --scenes 40000 --data-seed 1 --seed 7 --steps 200 --lr 5e-4 --batch 32 \
+    --hidden 192 --layers 6 --heads 6 --save-every 100 --data-cache "$WORK/data.pt" --corrupt 0.3 \
+    --policy '{"cfg_scale": 2.0, "top_n_sigma": 1.0}'
 wait "$DECODER"
 # 4. assemble the folder
 mkdir -p "$OUT"
-cp "$WORK"/demo_model_b/{config.json,model.safetensors,tokenizer.json,tokenizer_config.json} "$OUT/"
+cp "$WORK"/demo_model_c/{config.json,model.safetensors,tokenizer.json,tokenizer_config.json} "$OUT/"
 cp "$WORK/movq_dec3.safetensors" "$OUT/movq.safetensors"
 echo "demo model written to $OUT"

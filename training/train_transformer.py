@@ -212,9 +212,28 @@ def sequences(prompt_ids: list[list[int]], codes: torch.Tensor, grid: ImageGrid,
     return torch.stack([torch.cat([r, s]) for r, s in zip(rows, streams)])
 
 
-def code_loss(model: Uni1Model, ids: torch.Tensor, start: int, vocab: ImageVocab, grid: ImageGrid) -> torch.Tensor:
-    """Cross-entropy of the image codes, over the code sub-vocabulary. `start`: index of stream position 0."""
-    logits = model(ids[:, :-1])
+def corrupt_codes(ids: torch.Tensor, start: int, rate: float, vocab: ImageVocab, grid: ImageGrid) -> torch.Tensor:
+    """A copy of ids whose image codes are, each with probability `rate`, replaced by a wrong but
+    plausible code (half the time a horizontal neighbour's, half a random one): the inputs a
+    speculative decoder's stale drafts give the model."""
+    ids = ids.clone()
+    k = torch.tensor([i for i in range(grid.stream_len) if grid.cell(i) is not None])
+    pos = start + k
+    codes = ids[:, pos]
+    hit = torch.rand(codes.shape) < rate
+    shift = torch.where(torch.rand(codes.shape) < 0.5, -1, 1)
+    neighbour = codes.gather(1, (torch.arange(len(k))[None] + shift).clamp(0, len(k) - 1))
+    random_code = vocab.code_offset + torch.randint(0, vocab.num_codes, codes.shape)
+    wrong = torch.where(torch.rand(codes.shape) < 0.5, neighbour, random_code)
+    ids[:, pos] = torch.where(hit, wrong, codes)
+    return ids
+
+
+def code_loss(model: Uni1Model, ids: torch.Tensor, start: int, vocab: ImageVocab, grid: ImageGrid,
+              inputs: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of the image codes, over the code sub-vocabulary. `start`: index of stream position 0.
+    inputs: what the model reads (default ids); the targets are always ids."""
+    logits = model((ids if inputs is None else inputs)[:, :-1])
     stream = torch.arange(grid.stream_len)
     is_code = torch.tensor([grid.cell(k) is not None for k in range(grid.stream_len)])
     pos = start + stream[is_code]  # token positions of codes; predicted from position - 1
@@ -261,6 +280,8 @@ def main(argv=None):
     p.add_argument("--stop-at", type=int, default=None, help="stop (and save) after this step, schedule unchanged")
     p.add_argument("--init", type=Path, default=None,
                    help="continue from this demo model folder (same tokenizer and size) with a new schedule")
+    p.add_argument("--corrupt", type=float, default=0.0,
+                   help="rate at which input image codes are replaced by wrong plausible ones (targets stay)")
     p.add_argument("--policy", default=None,
                    help='recommended sampling settings written to config.json "uni1.default_policy", as JSON '
                         '(e.g. \'{"cfg_scale": 2.0}\'); chosen with bench/geneval_mini.py')
@@ -332,7 +353,8 @@ def main(argv=None):
         lr = args.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
         for group in opt.param_groups:
             group["lr"] = lr
-        loss = code_loss(model, ids, start, vocab, grid)
+        inputs = corrupt_codes(ids, start, args.corrupt, vocab, grid) if args.corrupt else None
+        loss = code_loss(model, ids, start, vocab, grid, inputs)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
