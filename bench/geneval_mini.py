@@ -109,8 +109,7 @@ def main(argv=None):
     pipe = Uni1Pipeline.from_pretrained(args.model)
     movq = pipe.load_movq()
     changes = {k: v for k, v in (("cfg_scale", args.cfg), ("temperature", args.temperature), ("top_k", args.top_k),
-                                             ("top_n_sigma", args.top_n_sigma))
-               if v is not None}
+                                 ("top_n_sigma", args.top_n_sigma)) if v is not None}
     # the folder's recommended settings (pipe.default_policy, from "uni1.default_policy"), then the flags
     policy = pipe.with_policy(**changes)
     save_dir = None

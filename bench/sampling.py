@@ -112,7 +112,8 @@ def print_table(title, rows, cols):
         print("| " + " | ".join(fmt.format(r[c]) for c, fmt in cols) + " |")
 
 
-MODE_COLS = [("mode", "{}"), ("window", "{}"), ("branches", "{}"), ("branch_hits", "{}"), ("batch_forwards", "{}"), ("forwards_per_token", "{:.3f}"),  # per image
+MODE_COLS = [("mode", "{}"), ("window", "{}"), ("branches", "{}"), ("branch_hits", "{}"), ("batch_forwards", "{}"),
+             ("forwards_per_token", "{:.3f}"),  # per image
              ("fewer_forwards_than_ar", "{:.2f}x"), ("tokens_per_s", "{:.1f}"), ("seconds", "{:.2f}")]
 
 

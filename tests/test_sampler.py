@@ -40,6 +40,8 @@ class TinyGrid:
         forced[:, self.cols] = vocab.row_end
         return torch.cat([forced.flatten(), torch.tensor([vocab.image_end])])
 
+    code_positions = ImageGrid.code_positions            # a function of rows and cols only
+
 
 def tiny_model(num_codes: int = 16, seed: int = 0, scale: float = 0.5, layers: int = 2) -> Uni1Model:
     """A random float64 Uni1Model over a vocabulary of 20 + num_codes ids."""

@@ -128,3 +128,10 @@ def test_i2i_prompt(vocab):
     with pytest.raises(ValueError, match="unknown image-conditioned task"):
         i2i_prompt_ids(tok, "a dog", 512, 1024, "sketch")
     assert set(I2I_TASKS) == {"depth", "canny", "subject"}
+
+
+@pytest.mark.parametrize("size", [(64, 64), (32, 64), (768, 512)])
+def test_code_positions_are_the_cells_of_the_stream(size):
+    grid = ImageGrid(*size)
+    expected = [k for k in range(grid.stream_len) if grid.cell(k) is not None]
+    assert grid.code_positions().tolist() == expected and len(expected) == grid.num_codes

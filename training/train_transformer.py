@@ -217,12 +217,11 @@ def corrupt_codes(ids: torch.Tensor, start: int, rate: float, vocab: ImageVocab,
     plausible code (half the time a horizontal neighbour's, half a random one): the inputs a
     speculative decoder's stale drafts give the model."""
     ids = ids.clone()
-    k = torch.tensor([i for i in range(grid.stream_len) if grid.cell(i) is not None])
-    pos = start + k
+    pos = start + grid.code_positions()
     codes = ids[:, pos]
     hit = torch.rand(codes.shape) < rate
     shift = torch.where(torch.rand(codes.shape) < 0.5, -1, 1)
-    neighbour = codes.gather(1, (torch.arange(len(k))[None] + shift).clamp(0, len(k) - 1))
+    neighbour = codes.gather(1, (torch.arange(len(pos))[None] + shift).clamp(0, len(pos) - 1))
     random_code = vocab.code_offset + torch.randint(0, vocab.num_codes, codes.shape)
     wrong = torch.where(torch.rand(codes.shape) < 0.5, neighbour, random_code)
     ids[:, pos] = torch.where(hit, wrong, codes)
@@ -234,9 +233,7 @@ def code_loss(model: Uni1Model, ids: torch.Tensor, start: int, vocab: ImageVocab
     """Cross-entropy of the image codes, over the code sub-vocabulary. `start`: index of stream position 0.
     inputs: what the model reads (default ids); the targets are always ids."""
     logits = model((ids if inputs is None else inputs)[:, :-1])
-    stream = torch.arange(grid.stream_len)
-    is_code = torch.tensor([grid.cell(k) is not None for k in range(grid.stream_len)])
-    pos = start + stream[is_code]  # token positions of codes; predicted from position - 1
+    pos = start + grid.code_positions()  # token positions of codes; predicted from position - 1
     pred = logits[:, pos - 1, vocab.code_offset : vocab.code_offset + vocab.num_codes]
     target = vocab.id_to_code(ids[:, pos])
     return F.cross_entropy(pred.reshape(-1, vocab.num_codes), target.reshape(-1))

@@ -391,7 +391,7 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
     uniform_q = torch.zeros(V, device=device)
     uniform_q[:C] = 1.0 / C
     steps = torch.arange(L, device=device)
-    code_pos = torch.tensor([k for k in range(S - 1) if k % (grid.cols + 1) < grid.cols], device=device)
+    code_pos = grid.code_positions().to(device)
 
     stats = {"mode": mode, "window": L, "coupling": coupling if mode == "sjd_coupled" else None,
              "batch": B, "forwards": 0, "prefill_forwards": 0, "image_tokens": S - n0,

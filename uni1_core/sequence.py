@@ -168,6 +168,11 @@ class ImageGrid:
         row, col = divmod(k, self.cols + 1)
         return (row, col) if col < self.cols and row < self.rows else None
 
+    def code_positions(self) -> torch.Tensor:
+        """(num_codes,) long: the stream positions of the codes, row by row (no row ends)."""
+        k = torch.arange(self.rows * (self.cols + 1))
+        return k[k % (self.cols + 1) < self.cols]
+
     def forced_ids(self, vocab: ImageVocab) -> torch.Tensor:
         """(stream_len,) long: the id forced at each stream position, -1 where the model chooses."""
         forced = torch.full((self.rows, self.cols + 1), -1, dtype=torch.long)
