@@ -421,7 +421,8 @@ class DecoderLayer(nn.Module):
         self._fused = None          # (key, FusedWeights): see fused_weights
 
     def forward(self, x, rope, layer_cache=None):
-        if self.fuse and not torch.is_grad_enabled():
+        # (torch.compile fuses by itself, and cannot trace fused_weights' cache key)
+        if self.fuse and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             return self.fused_forward(x, rope, layer_cache)
         if self.swin_norm:
             h = x + self.input_layernorm(self.self_attn(x, rope, layer_cache))

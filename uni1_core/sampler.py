@@ -51,6 +51,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from . import decode
 from .policy import (SamplingPolicy, forced_sub_ids, get_policy, region_weights,
                      stream_region_weights, sub_vocab_ids)
 
@@ -636,7 +637,8 @@ def commit(cache, setup: SamplerSetup, state: DecodeState, window: Window, token
     state.last_token = setup.sub_ids[state.last_code]                   # (unused once finished)
     state.accepted_hist.index_add_(0, accepted, step)
     state.committed = state.committed + advance * step
-    cache.lengths = setup.prefix_len + setup.per_row(state.committed - setup.start)   # the committed prefix
+    # the committed prefix; written in place (the setter's range check would read it on the host)
+    cache.lengths.copy_(setup.prefix_len + setup.per_row(state.committed - setup.start))
 
 
 def next_drafts(setup: SamplerSetup, state: DecodeState, window: Window, tokens, advance, next_dists) -> None:
@@ -664,12 +666,11 @@ def shift_gumbel(setup: SamplerSetup, state: DecodeState, active, source, advanc
     B, L, V = setup.batch, setup.window, setup.dist_size
     noise = state.gumbel
     still_in_window = (source < L) & active[:, None]
-    fresh_from = int(torch.where(active, L - advance, torch.full_like(advance, L)).min())
     shifted = noise.gather(1, source.clamp_max(L - 1)[..., None].expand(B, L, V))
-    if fresh_from < L:
-        positions = state.committed[:, None] + setup.window_slots[None, fresh_from:]
-        new = torch.cat([shifted[:, :fresh_from], gumbel_noise(setup.seeds, positions, V)], dim=1)
-        shifted = torch.where(still_in_window[..., None], shifted, new)
+    # the noise of every window position, though only those new to the window are used: which
+    # ones those are is known on the device only, and reading it would cost a host sync
+    new = gumbel_noise(setup.seeds, state.committed[:, None] + setup.window_slots[None, :], V)
+    shifted = torch.where(still_in_window[..., None], shifted, new)
     return torch.where(active[:, None, None], shifted, noise)
 
 
@@ -682,7 +683,7 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
                  window: int | None = None, coupling: str = "maximal", regions=None,
                  branches: int | None = None, on_progress: Callable[[int, int], None] | None = None,
                  on_preview: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
-                 should_cancel: Callable[[], bool] | None = None) -> SampleResult:
+                 should_cancel: Callable[[], bool] | None = None, compile: bool | None = None) -> SampleResult:
     """Sample B images' code grids.
 
     model: callable as `model(ids, cache=cache, n_valid=n, tree=tree)` with
@@ -699,6 +700,9 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
     on_progress(done, total): image tokens committed over the batch. on_preview(codes, done):
         (B, rows, cols) partial codes (0 where not yet drawn) and a bool mask.
     should_cancel(): checked before every forward; True raises Cancelled.
+    compile: run the decode windows through `decode.StaticForward` with torch.compile (static
+        shapes, CUDA graphs on CUDA, one host sync per step); None: on for CUDA only. Where it
+        cannot work the eager forward runs, with a log line.
     Returns SampleResult(codes, streams, stats), stats a SampleStats.
     """
     t0 = time.perf_counter()
@@ -710,6 +714,9 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
     stats = SampleStats(mode=mode, window=window, coupling=coupling if mode == "sjd_coupled" else None,
                         batch=B, image_tokens=S - setup.start, regions=setup.num_regions, branches=branches)
     state = initial_state(setup)
+    static = decode.default_compile(model.device) if compile is None else bool(compile)
+    forward = decode.static_forward(model) if static else None
+    static = forward is not None
 
     def check_cancel():
         if should_cancel is not None and should_cancel():
@@ -720,19 +727,23 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
     try:
         check_cancel()
         longest_prefix = int(setup.prefix_len.max())
-        cache = model.new_cache(len(setup.row_ids), longest_prefix + S + window + 1 + branches * BRANCH_SLOTS)
+        slots = longest_prefix + S + window + 1 + branches * BRANCH_SLOTS
+        cache = forward.new_cache(len(setup.row_ids), slots) if static else model.new_cache(len(setup.row_ids), slots)
         stats.prefill_forwards = prefill(model, setup, cache)
         while True:
-            remaining = S - int(state.committed.min())                     # the one host sync
-            if remaining == 0:
+            least, done = torch.stack([state.committed.min(), state.committed.sum()]).tolist()   # the one host sync
+            if stats.forwards:                                   # the hooks see the previous step
+                if on_progress is not None:
+                    on_progress(done, B * S)
+                if on_preview is not None:
+                    on_preview(*_partial_grid(state.stream, state.committed, setup.code_positions, grid))
+            if least == S:
                 break
             check_cancel()
-            decode_step(model, cache, setup, state, remaining)
+            # static shapes keep the whole window to the stream's end (the positions past it are
+            # padding, never committed); eager shortens the last windows instead
+            decode_step(forward or model, cache, setup, state, window if static else S - least)
             stats.forwards += 1
-            if on_progress is not None:
-                on_progress(int(state.committed.sum()), B * S)
-            if on_preview is not None:
-                on_preview(*_partial_grid(state.stream, state.committed, setup.code_positions, grid))
     finally:
         del cache
     return finish(setup, state, stats, grid, t0)
