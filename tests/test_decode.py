@@ -109,6 +109,27 @@ def test_one_host_sync_per_step(model, vocab, uncompiled_static, mode, coupling)
     assert min(eager) >= 2, eager
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA's sync debug mode needs a GPU")
+def test_one_device_sync_per_step_on_cuda(vocab):
+    """On CUDA, torch's own sync detector (which also sees syncs inside C++ ops) between steps."""
+    import warnings
+    model = tiny_model().to("cuda")
+    marks = []
+
+    def syncs(caught):
+        return sum("synchroniz" in str(w.message) for w in caught)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            sample_codes(model, vocab, TinyGrid(4, 5), PROMPTS, mode="sjd_coupled", policy=POLICY, seeds=[1, 2, 3],
+                         compile=True, on_progress=lambda done, total: marks.append(syncs(caught)))
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    steps = [b - a for a, b in zip(marks, marks[1:])]
+    assert len(steps) > 3 and max(steps) <= 1, steps
+
+
 def test_compiled_step_gives_the_same_tokens(model, vocab):
     """torch.compile for real (one bucket: sjd_coupled, window 6 + 4 branches): greedy and sampled."""
     grid = TinyGrid(4, 5)

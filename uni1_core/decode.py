@@ -87,6 +87,7 @@ class StaticForward:
                 self._fall_back(exc)
         self._rope = None
         self._kept_cache = None
+        self._layouts = {}
 
     @property
     def model(self):
@@ -120,8 +121,15 @@ class StaticForward:
             self._rope = cos[0, :, 0], sin[0, :, 0]                       # (max_len, head_dim)
         return self._rope
 
+    def layout(self, tree, width: int):
+        """window_layout on the device, copied there once per tree (a copy per step would wait)."""
+        key = (tuple(tree) if tree is not None else None, width)
+        if key not in self._layouts:
+            self._layouts[key] = window_layout(tree, width, self.device)
+        return self._layouts[key]
+
     def __call__(self, ids, cache, n_valid, tree=None):
-        depth, sees = window_layout(tree, ids.shape[1], ids.device)
+        depth, sees = self.layout(tree, ids.shape[1])
         cos, sin = self.rope_tables(cache.max_len, self.model.dtype)
         args = (self.model, ids, cache.k, cache.v, cache.lengths, depth, sees, cos, sin)
         if self.compiled and self.device.type == "cuda":
