@@ -536,13 +536,13 @@ class Window(NamedTuple):
     tree: list[int] | None        # parent index of every input (None: a plain chain)
 
 
-def build_window(setup: SamplerSetup, state: DecodeState, remaining: int) -> Window:
-    """The chain [last committed token, drafts], and with branches the alternatives for the
-    first draft. `remaining`: stream tokens left to the least advanced image (> 0)."""
+def build_window(setup: SamplerSetup, state: DecodeState, size: int) -> Window:
+    """The chain [last committed token, size-1 drafts], and with branches the alternatives for
+    the first draft. size: at most the window, and at most the stream tokens the least advanced
+    image has left (static shapes keep the full window: see sample_codes)."""
     B, L, K, S = setup.batch, setup.window, setup.branches, setup.stream_len
     n = state.committed
     n_valid = (S - n).clamp_max(L)
-    size = min(L, remaining)
     ids = state.last_token[:, None]
     if size > 1:
         ids = torch.cat([ids, setup.sub_ids[state.drafts[:, : size - 1]]], dim=1)
@@ -582,10 +582,10 @@ def window_distributions(setup: SamplerSetup, logits: torch.Tensor, window: Wind
     return dists[:, : window.size], dists[:, window.size:]
 
 
-def decode_step(model, cache, setup: SamplerSetup, state: DecodeState, remaining: int) -> None:
+def decode_step(model, cache, setup: SamplerSetup, state: DecodeState, size: int) -> None:
     """One forward: score the window, verify its drafts, use a branch hit, commit the decided
-    tokens and draft the next window. `remaining` > 0 as in `build_window`."""
-    window = build_window(setup, state, remaining)
+    tokens and draft the next window. size: the chain's length (see `build_window`)."""
+    window = build_window(setup, state, size)
     logits = model(setup.per_row(window.ids), cache=cache, n_valid=setup.per_row(window.n_valid), tree=window.tree)
     active = window.active
     state.forwards_per_image += active.long()
@@ -742,7 +742,7 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
             check_cancel()
             # static shapes keep the whole window to the stream's end (the positions past it are
             # padding, never committed); eager shortens the last windows instead
-            decode_step(forward or model, cache, setup, state, window if static else S - least)
+            decode_step(forward or model, cache, setup, state, window if static else min(window, S - least))
             stats.forwards += 1
     finally:
         del cache
