@@ -60,6 +60,11 @@ class CheckpointError(ValueError):
     """A model folder, repo id or weight file that cannot be used; the message says why and how to fix it."""
 
 
+class DownloadError(CheckpointError):
+    """The hub did not deliver a file (offline, unknown repo, no access, network); `__cause__` is
+    the hub's own exception."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Hugging Face hub
 
@@ -71,14 +76,14 @@ def hub_offline() -> bool:
     return value.strip().lower() in {"1", "on", "yes", "true"} or bool(hub_constants.HF_HUB_OFFLINE)
 
 
-def _hub_error(repo_id: str, what: str, err: Exception) -> CheckpointError:
+def _hub_error(repo_id: str, what: str, err: Exception) -> DownloadError:
     if hub_offline():
         how = ("HF_HUB_OFFLINE is set and the local cache does not hold it: unset HF_HUB_OFFLINE "
                "to download it once, or pass a local folder")
     else:
         how = ("check the repo id and your connection (a gated or private repo also needs "
                "`huggingface-cli login`), or pass a local folder")
-    return CheckpointError(f"could not get {what} from the Hugging Face repo {repo_id!r}: "
+    return DownloadError(f"could not get {what} from the Hugging Face repo {repo_id!r}: "
                            f"{type(err).__name__}: {err}. Fix: {how}.")
 
 
@@ -92,8 +97,6 @@ def _snapshot(repo_id: str, allow_patterns: list[str], cache_dir=None, local_dir
         folder = snapshot_download(repo_id, allow_patterns=allow_patterns, cache_dir=cache_dir,
                                    local_files_only=hub_offline(), **options)
     except Exception as err:  # the hub raises many types (offline, 404, auth, network)
-        if type(err).__name__ == "InterruptProcessingException":   # ComfyUI's Cancel: not a hub error
-            raise
         raise _hub_error(repo_id, f"the files {allow_patterns}", err) from err
     return Path(folder)
 
