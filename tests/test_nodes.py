@@ -594,16 +594,10 @@ def test_plan_node_explains_bad_input(comfy, prompt, plan_json, words):
 # ---------------------------------------------------------------------------------------------
 # the whole chain on a complete tiny random model folder (the real file layout, CPU, seconds)
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    from tests.tiny_model_folder import build
-    return build(tmp_path_factory.mktemp("tiny") / "model")
-
-
 @pytest.fixture
-def tiny(comfy, tiny_folder):
+def tiny(comfy, tiny_model_folder):
     import shutil
-    shutil.copytree(tiny_folder, comfy.models / "tiny")
+    shutil.copytree(tiny_model_folder, comfy.models / "tiny")
     M = comfy.pack.NODE_CLASS_MAPPINGS
     assert M["Uni1ModelLoader"].VALIDATE_INPUTS(model_name="tiny") is True
     (model,) = M["Uni1ModelLoader"]().load("tiny", "auto")
