@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import resolve_model_dir
-from .model import ModelConfig, Uni1Model
+from .model import Uni1Model
 from .plan import Plan, make_plan
 from .policy import PRESETS, SamplingPolicy
 from .sampler import MODES, sample_codes
@@ -57,8 +57,7 @@ class Uni1Pipeline:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = "demo", dtype="auto", device=None, cache_dir=None):
-        # A repo id: its config.json is checked before any weight is downloaded.
-        model_dir = resolve_model_dir(name_or_path, cache_dir=cache_dir, check_config=ModelConfig.from_file)
+        model_dir = resolve_model_dir(name_or_path, cache_dir=cache_dir)
         model = Uni1Model.from_pretrained(model_dir, dtype=dtype, device=device or "cpu")
         return cls(model, TextTokenizer.from_dir(model_dir), model_dir)
 
