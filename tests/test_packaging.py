@@ -173,3 +173,14 @@ def test_functions_fit_on_a_screen_or_two():
                 long.add((path.relative_to(ROOT).as_posix(), node.name))
     assert long <= LONG_FUNCTIONS_PENDING, f"functions over {MAX_FUNCTION_LINES} lines: {sorted(long - LONG_FUNCTIONS_PENDING)}"
     assert long == LONG_FUNCTIONS_PENDING, f"{sorted(LONG_FUNCTIONS_PENDING - long)} are short now: remove them"
+
+
+def test_readme_starts_small_and_design_maps_every_module():
+    assert len((ROOT / "README.md").read_text().splitlines()) < 200
+    design = (ROOT / "docs" / "design.md").read_text()
+    unmapped = [p.name for p in sorted((ROOT / "uni1_core").glob("*.py")) + sorted((ROOT / "nodes").glob("*.py"))
+                if p.name != "__main__.py" and f"`{p.name}`" not in design]
+    assert not unmapped, f"docs/design.md's module map lacks {unmapped}"
+    glossary = design[design.index("## Words"):]
+    for word in ("stream", "window", "draft", "forced token", "header", "branch", "hit", "bonus"):
+        assert f"| {word} |" in glossary, f"the glossary lacks {word!r}"
