@@ -133,7 +133,7 @@ class Uni1SJDSampler:
             runtime.raise_interrupt()
         finally:
             runtime.free_cache()
-        stats = dict(result.stats, previews=progress.previews)
+        stats = dict(result.stats.to_dict(), previews=progress.previews)
         text = format_stats(stats, result.width, result.height, len(seeds))
         tokens = Tokens(result.codes, condition_rows=0 if cond is None else cond.shape[0])
         return {"ui": {"uni1_stats": [text]}, "result": (tokens, text)}

@@ -19,7 +19,7 @@ from .checkpoint import resolve_model_dir
 from .model import Uni1Model
 from .plan import Plan, make_plan
 from .policy import PRESETS, SamplingPolicy
-from .sampler import MODES, sample_codes
+from .sampler import MODES, SampleStats, sample_codes
 from .sequence import (I2I_SIZES, PIXELS_PER_CODE, ImageGrid, ImageVocab, check_size, i2i_prompt_ids,
                        supported_sizes, t2i_prompt_ids)
 from .tokenizer import TextTokenizer
@@ -31,7 +31,7 @@ MOVQ_FILES = ("movq.safetensors", "movqgan_270M.safetensors", "movqgan_270M.ckpt
 @dataclass
 class Generation:
     codes: torch.Tensor          # (B, rows, cols) long
-    stats: dict
+    stats: SampleStats
     plan: Plan | None
     conditioning: str            # the text the model was conditioned on
     width: int
