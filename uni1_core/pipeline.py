@@ -24,9 +24,6 @@ from .sequence import (I2I_SIZES, PIXELS_PER_CODE, ImageGrid, ImageVocab, check_
                        supported_sizes, t2i_prompt_ids)
 from .tokenizer import TextTokenizer
 
-DEFAULT_MOVQ_REPO = "ai-forever/MoVQGAN"
-MOVQ_FILES = ("movq.safetensors", "movqgan_270M.safetensors", "movqgan_270M.ckpt")
-
 
 @dataclass
 class Generation:
@@ -71,11 +68,8 @@ class Uni1Pipeline:
     def load_movq(self, path_or_repo_id=None, dtype=None, device=None, cache_dir=None):
         """The image tokenizer that belongs to this model: an explicit path or repo id, else the
         MoVQ weights inside the model folder (the demo ships them), else ai-forever/MoVQGAN."""
-        from .movq import MoVQ
-        if path_or_repo_id is None:
-            local = [self.model_dir / f for f in MOVQ_FILES if (self.model_dir / f).is_file()]
-            path_or_repo_id = str(local[0]) if local else DEFAULT_MOVQ_REPO
-        movq = MoVQ.from_pretrained(path_or_repo_id, dtype=dtype or torch.float32,
+        from .movq import MoVQ, default_source
+        movq = MoVQ.from_pretrained(path_or_repo_id or default_source(self.model_dir), dtype=dtype or torch.float32,
                                     device=device or self.device, cache_dir=cache_dir)
         movq.check_compatible(self.vocab.num_codes, downsample_factor=PIXELS_PER_CODE)
         return movq
