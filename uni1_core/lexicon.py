@@ -64,22 +64,22 @@ NUMBER_WORDS = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5,
                 "eighteen": 18, "nineteen": 19}
 TENS_WORDS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70,
               "eighty": 80, "ninety": 90}
-# Quantity phrases -> count. Vague plurals get a small definite number, which the user can edit.
+# Quantity phrases -> count. Only phrases that give a number count; vague ones ("some", "many",
+# "a group of") say "more than one" and leave the number open (None), as a bare plural does.
 QUANTITY_PHRASES = {
     ("a", "pair", "of"): 2, ("pair", "of"): 2, ("a", "couple", "of"): 2, ("couple", "of"): 2,
     ("both",): 2, ("twin",): 2, ("a", "trio", "of"): 3, ("a", "dozen"): 12, ("dozen",): 12,
     ("half", "a", "dozen"): 6, ("a", "single"): 1, ("single",): 1, ("a", "lone"): 1,
-    ("some",): 3, ("several",): 3, ("a", "few"): 3, ("few",): 3, ("multiple",): 3,
-    ("various",): 3, ("a", "group", "of"): 3, ("a", "bunch", "of"): 3, ("a", "set", "of"): 3,
-    ("a", "row", "of"): 3, ("a", "herd", "of"): 4, ("a", "flock", "of"): 4,
-    ("a", "pack", "of"): 4, ("many",): 5, ("numerous",): 5, ("lots", "of"): 5,
-    ("a", "lot", "of"): 5, ("plenty", "of"): 5, ("a", "crowd", "of"): 5,
+    ("some",): None, ("several",): None, ("a", "few"): None, ("few",): None, ("multiple",): None,
+    ("various",): None, ("a", "group", "of"): None, ("a", "bunch", "of"): None, ("a", "set", "of"): None,
+    ("a", "row", "of"): None, ("a", "herd", "of"): None, ("a", "flock", "of"): None,
+    ("a", "pack", "of"): None, ("many",): None, ("numerous",): None, ("lots", "of"): None,
+    ("a", "lot", "of"): None, ("plenty", "of"): None, ("a", "crowd", "of"): None,
 }
 MAX_COUNT = 50
 _QUANTITY_INDEX: dict[str, list] = {}
 for _p, _v in sorted(QUANTITY_PHRASES.items(), key=lambda pv: -len(pv[0])):
     _QUANTITY_INDEX.setdefault(_p[0], []).append((_p, _v))
-DEFAULT_PLURAL_COUNT = 2
 
 DETERMINERS = {"a", "an", "the", "this", "that", "these", "those", "his", "her", "its", "their",
                "my", "your", "our", "another", "each", "every"}

@@ -23,7 +23,7 @@ import re
 
 from .lexicon import (  # noqa: F401  (some names are re-exported for plan.py)
     ADJECTIVES, AMBIGUOUS_COMPOSITION, BASIC_COLORS, CLAUSE_END, COLOR_ALIASES, COMPOUND_NOUNS,
-    CONTAINER_NOUNS, COPULAS, DEFAULT_PLURAL_COUNT, DETERMINERS, FILLER_WORDS, FUNCTION_WORDS,
+    CONTAINER_NOUNS, COPULAS, DETERMINERS, FILLER_WORDS, FUNCTION_WORDS,
     INTRO_TABLE, KNOWN_NOUNS, LEADER_TABLE, LIGHT_OBJECTS, LIST_TABLE, LIST_WORDS, MAX_COUNT,
     MOOD_SINGLE, NEGATION_TABLE, NOT_NOUNS, NUMBER_WORDS, ORDER_PHRASES, OTHER_COLOR_WORDS,
     POSITIONS, POSITION_PHRASES, PREPOSITIONS, PRE_COLOR_WORDS, QUALIFIER_WORDS, RELATIONS,
@@ -54,8 +54,9 @@ def tokenize(text: str) -> list[Token]:
     return [Token(m.group(), m.start(), m.end()) for m in _TOKEN_RE.finditer(text)]
 
 
-def parse_count(toks: list[Token], i: int) -> tuple[int, int] | None:
-    """(count, tokens used) for a number at toks[i]: digits, words, "twenty one", quantities."""
+def parse_count(toks: list[Token], i: int) -> tuple[int | None, int] | None:
+    """(count, tokens used) for a number at toks[i]: digits, words, "twenty one", quantities;
+    the count is None for a vague quantity ("some", "many")."""
     n = len(toks)
     for phrase, value in _QUANTITY_INDEX.get(toks[i].low, ()):
         k = len(phrase)
@@ -197,15 +198,16 @@ class _Parser:
         toks = self.toks
         det = None
         count = None
+        quantity = False         # a number or quantity word was read (its count may be None: "some")
         while i < end:
             low = toks[i].low
-            if count is None:
+            if not quantity:
                 c = parse_count(toks, i)
                 if c is not None:
-                    count, k = c
+                    (count, k), quantity = c, True
                     i += k
                     continue
-            if low in DETERMINERS and det is None and count is None:
+            if low in DETERMINERS and det is None and not quantity:
                 det = low
                 i += 1
                 continue
@@ -231,17 +233,16 @@ class _Parser:
             return None
         noun_sing = singular(last)
         is_plural = noun_sing != last
-        if as_subject and det is None and count is None and (not is_noun_like(last) or last in BASIC_COLORS):
+        if as_subject and det is None and not quantity and (not is_noun_like(last) or last in BASIC_COLORS):
             return None
         if last in NOT_NOUNS:
             return None
         if count is not None and (count < 1 or count > MAX_COUNT):
             return None
-        if count is None:
-            if det in ("these", "those") or (is_plural and det not in ("a", "an", "another", "each", "every")):
-                count = DEFAULT_PLURAL_COUNT
-            else:
-                count = 1
+        if count is None and not (quantity or det in ("these", "those") or is_plural):
+            count = 1            # "a cat", "the dog", "each bird"
+        # else a plural without a number ("cats", "some cats", "these birds") keeps count None:
+        # the prompt does not say how many, so neither does the plan
         noun = " ".join(head_words[:-1] + [noun_sing])
         color, attributes = _color_and_attributes(mods)
         return {"noun": noun, "count": count, "color": color, "attributes": attributes, "_det": det}, i
@@ -258,7 +259,7 @@ class _Parser:
             if c is None:
                 return None
             count, k = c
-            if not 1 <= count <= MAX_COUNT:
+            if count is None or not 1 <= count <= MAX_COUNT:
                 return None
             j += k
         words = []
