@@ -24,7 +24,7 @@ and for each view, per corpus, the share of prompts with
               a number the prompt states (digits, number words, "pair", "couple", "both",
               "twin", "trio", "dozen"; vague words such as "some" or "many" state none).
               Sentence: a number of 2 or more written in it that the prompt does not state.
-    fragment  a stray piece of text: a chunk (text between . , ; : ! ? or a line break) that has
+    fragment  a stray piece of text: a chunk (text between . , ; : ! ? before a space, or line breaks) that has
               no content word or ends in a word that needs a complement (an article, a
               preposition, a conjunction, a copula), and that is not itself a chunk of the
               prompt. Plan: the chunks of `unparsed`; sentence: the chunks of the sentence.
@@ -48,41 +48,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from uni1_core.lexicon import COLOR_ALIASES, NUMBER_WORDS, TENS_WORDS, singular  # noqa: E402
+from uni1_core.lexicon import (COLOR_ALIASES, GRAMMAR_WORDS, NUMBER_WORDS, TENS_WORDS,  # noqa: E402
+                               is_fragment, singular)
 from uni1_core.plan import make_plan  # noqa: E402
 from uni1_core.plan_parse import tokenize  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
-
-# Closed-class words: they carry grammar, not content; what they mean reaches the plan as a
-# count, a relation or a position, so a view need not repeat them word for word.
-GRAMMAR_WORDS = set("""
-a an the this that these those each every another any some such no not nor none
-i me my mine you your yours he him his she her hers it its they them their theirs we us our ours
-itself himself herself themselves oneself one ones someone something everything there here
-who whom whose which what where when while whilst as than so too also just very
-and or but plus & yet
-of to in on at by for from with without into onto upon over under above below beneath
-underneath behind beside besides between among amid around about across along alongside
-against through toward towards within inside outside near nearby next atop before after
-during up down off out away past via per like unlike
-is are was were be been being am has have had having do does did will would can could
-shall should may might must let lets
-left right top bottom middle center centre front back side sides corner far upper lower
-hand left-hand right-hand foreground background distance each other
-""".split()) | set(NUMBER_WORDS) | set(TENS_WORDS) | {
-    "pair", "couple", "both", "twin", "twins", "trio", "dozen", "dozens", "half", "single",
-    "several", "few", "many", "multiple", "various", "numerous", "lots", "lot", "plenty"}
-
-# A chunk that ends in one of these is cut short ("Under.", "Chopsticks resting on.").
-DANGLING_WORDS = set("""
-a an the this that these those his her its their my your our
-of to in on at by for from with without into onto upon over under above below beneath underneath
-behind beside between among around across along against through toward towards within inside
-near next atop
-and or but nor plus &
-is are was were be been being
-""".split())
 
 # Numbers a prompt states: number words, digits, and these quantity words.
 QUANTITY_WORDS = {"pair": 2, "couple": 2, "both": 2, "twin": 2, "twins": 2, "trio": 3, "dozen": 12}
@@ -141,7 +112,7 @@ def invented_numbers(prompt: str, counts: list[int | None]) -> list[int]:
     return [c for c in counts if c is not None and c >= 2 and c not in stated]
 
 
-_CHUNK_RE = re.compile(r"[.,;:!?\n]+")
+_CHUNK_RE = re.compile(r"[.,;:!?]+(?=\s|$)|\n")
 
 
 def chunks(text: str) -> list[str]:
@@ -159,10 +130,7 @@ def fragments(prompt: str, text: str) -> list[str]:
     own = set(chunks(prompt))
     bad = []
     for c in chunks(text):
-        ws = c.split()
-        if c in own:
-            continue
-        if not content_words(c) or ws[-1] in DANGLING_WORDS:
+        if c not in own and is_fragment(c.split()):
             bad.append(c)
     return bad
 

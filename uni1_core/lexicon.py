@@ -507,3 +507,50 @@ def is_noun_like(low: str) -> bool:
     """A bare word that can head a noun phrase without a determiner in front of it."""
     return (low in KNOWN_NOUNS or singular(low) in KNOWN_NOUNS or low in SCENE_NOUNS
             or singular(low) in SCENE_NOUNS)
+
+
+# Closed-class words (the fidelity checks' and the parser's notion of a content word: any other
+# word): they carry grammar, not content; what they mean reaches the plan as a
+# count, a relation or a position, so a view need not repeat them word for word.
+GRAMMAR_WORDS = set("""
+a an the this that these those each every another any some such no not nor none
+i me my mine you your yours he him his she her hers it its they them their theirs we us our ours
+itself himself herself themselves oneself one ones someone something everything there here
+who whom whose which what where when while whilst as than so too also just very
+and or but plus & yet
+of to in on at by for from with without into onto upon over under above below beneath
+underneath behind beside besides between among amid around about across along alongside
+against through toward towards within inside outside near nearby next atop before after
+during up down off out away past via per like unlike
+is are was were be been being am has have had having do does did will would can could
+shall should may might must let lets
+left right top bottom middle center centre front back side sides corner far upper lower
+left-hand right-hand foreground background distance each other
+""".split()) | set(NUMBER_WORDS) | set(TENS_WORDS) | {
+    "pair", "couple", "both", "twin", "twins", "trio", "dozen", "dozens", "half", "single",
+    "several", "few", "many", "multiple", "various", "numerous", "lots", "lot", "plenty"}
+
+# A chunk that ends in one of these is cut short ("Under.", "Chopsticks resting on.").
+DANGLING_WORDS = set("""
+a an the this that these those his her its their my your our
+of to in on at by for from with without into onto upon over under above below beneath underneath
+behind beside between among around across along against through toward towards within inside
+near next atop
+and or but nor plus &
+is are was were be been being
+""".split())
+
+
+# Position nouns: "in the corner", "on the left" stand alone though no content word is in them.
+PLACE_WORDS = {"left", "right", "top", "bottom", "middle", "center", "centre", "front", "back",
+               "side", "sides", "corner", "foreground", "background", "distance"}
+
+
+def is_fragment(words: list[str]) -> bool:
+    """Lower-case words that cannot stand alone: cut short after a word that needs a complement
+    ("under", "a", "playing with"), or without a content word unless they end in a place
+    ("he", "the one", "one of them"; but "in the corner" stands)."""
+    if not words or words[-1] in DANGLING_WORDS:
+        return True
+    content = [w for w in words if w not in GRAMMAR_WORDS and not w.isdigit()]
+    return not content and words[-1] not in PLACE_WORDS

@@ -18,6 +18,7 @@ It also holds the English helpers the plan renders with (plural forms, number wo
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 
@@ -28,7 +29,7 @@ from .lexicon import (  # noqa: F401  (some names are re-exported for plan.py)
     MOOD_SINGLE, NEGATION_TABLE, NOT_NOUNS, NUMBER_WORDS, ORDER_PHRASES, OTHER_COLOR_WORDS,
     POSITIONS, POSITION_PHRASES, PREPOSITIONS, PRE_COLOR_WORDS, QUALIFIER_WORDS, RELATIONS,
     RELATION_PHRASES, SCENE_NOUNS, SCENE_ONLY_PREPOSITIONS, SOLITARY_TABLE, STYLE_TABLE, TENS_WORDS,
-    RELATION_TEXT, VERBS, _MM_RE, _QUANTITY_INDEX, article, is_noun_like, number_word, plural, same_kind,
+    DANGLING_WORDS, RELATION_TEXT, VERBS, _MM_RE, _QUANTITY_INDEX, article, is_fragment, is_noun_like, number_word, plural, same_kind,
     singular)
 
 # ---------------------------------------------------------------------------------------------
@@ -150,6 +151,7 @@ class _Parser:
         self.scene: list[str] = []
         self.negatives: list[str] = []
         self.lost: list[str] = []            # relation texts that named one subject twice
+        self.spans: list[tuple[int, int]] = []   # token span of each subject's first mention
 
     # -- helpers ------------------------------------------------------------------------------
     def span_text(self, i: int, j: int) -> str:
@@ -181,8 +183,10 @@ class _Parser:
         if not t.word or t.low in CLAUSE_END:
             return True
         low = t.low
+        # a verb ends a noun phrase, except right after an article: "a jump rope", "the cast"
+        verb = low in VERBS and not (i > 0 and self.toks[i - 1].low in ("a", "an", "the"))
         if (low in LIST_WORDS or low in PREPOSITIONS or low in COPULAS or low in DETERMINERS
-                or low in ("no", "not", "nor") or low in VERBS or low in FILLER_WORDS
+                or low in ("no", "not", "nor") or verb or low in FILLER_WORDS
                 or parse_count(self.toks, i) is not None):
             return True
         if (_match(self.toks, i, ORDER_PHRASES) or _match(self.toks, i, POSITION_PHRASES)
@@ -329,10 +333,13 @@ class _Parser:
         wins (each returns the next index, or None to pass); a token no rule takes stays unused
         and ends up, verbatim, in `unparsed`."""
         st = _ClauseState()
-        i = start
+        clause_snap = seg_snap = self.snapshot(st)
+        seg_start = i = start
         while i < end:
             if self.toks[i].low == ",":
+                self.keep_whole_if_cut(seg_start, i, seg_snap, st)
                 i = self.comma(i, st)
+                seg_start, seg_snap = i, self.snapshot(st)
                 continue
             st.at_seg_start, st.seg_start = st.seg_start, False
             st.adjacent = bool(st.group) and st.last_end == i   # right after a subject's phrase
@@ -343,6 +350,7 @@ class _Parser:
                     break
             else:
                 i += 1   # not understood: stays unused and ends up in `unparsed`
+        self.keep_whole_if_cut(seg_start, end, seg_snap, st)
         # what was waiting for a noun that never came stays as written:
         for _, a, b in st.elliptic:          # "a red and a blue."
             self.untake(a, b)
@@ -350,6 +358,23 @@ class _Parser:
             self.untake(*st.pending_pos[1])
         if st.pending_rel is not None:       # "next to the window."
             self.untake(*st.pending_rel[4])
+        self.keep_whole_if_cut(start, end, clause_snap, st)
+
+    def snapshot(self, st: _ClauseState) -> tuple:
+        """Everything a clause rule may change, to undo a segment the grammar only half read."""
+        return copy.deepcopy((self.subjects, self.spans, self.relations, self.relation_texts,
+                              self.style, self.composition, self.scene, self.negatives, self.lost,
+                              self.used, vars(st)))
+
+    def keep_whole_if_cut(self, start: int, end: int, snap: tuple, st: _ClauseState) -> None:
+        """If what the rules left unread in toks[start:end] is a stray piece ("under", "one of
+        them"), undo the span: it goes to `unparsed` whole, as written, and states nothing."""
+        if not self.has_fragment(start, end):
+            return
+        (self.subjects, self.spans, self.relations, self.relation_texts, self.style,
+         self.composition, self.scene, self.negatives, self.lost, self.used, st_vars) = copy.deepcopy(snap)
+        vars(st).update(st_vars)
+        self.untake(start, end)
 
     def comma(self, i: int, st: _ClauseState) -> int:
         """A comma starts a segment; right after a subject it lists the next one."""
@@ -401,10 +426,14 @@ class _Parser:
         return i + m[0]
 
     def rule_solitary(self, i: int, end: int, st: _ClauseState) -> int | None:
-        """ "a red square on its own", "a star by itself": not a relation, kept as written."""
+        """ "a red square on its own", "a star by itself": not a relation but a way of being, an
+        attribute of the subject before it; "alone" stays as written."""
         m = _match(self.toks, i, SOLITARY_TABLE)
         if not m:
             return None
+        if st.adjacent and self.toks[i].low in ("on", "by"):     # "a star by itself" says how it is
+            self.subjects[st.group[-1]]["attributes"].append(self.norm_text(i, i + m[0]))
+            self.take(i, i + m[0])
         if st.last_end == i:        # "a cat alone in a field": the field is still the scene
             st.last_end = i + m[0]
         return i + m[0]
@@ -477,7 +506,7 @@ class _Parser:
         k = self.phrase_until_boundary(i + 1, end)
         if k == i + 1 and i + 2 < end and toks[i + 1].low in PREPOSITIONS:   # "made of wood"
             k = self.phrase_until_boundary(i + 2, end)
-        if k <= i + 1:
+        if k <= i + 1 or toks[k - 1].low in DANGLING_WORDS:     # "playing with" + what it cannot read
             return None
         self.subjects[st.group[-1]]["attributes"].append(self.norm_text(i, k))
         self.take(i, k)
@@ -808,9 +837,12 @@ class _Parser:
                         and all(a in old["attributes"] for a in subj["attributes"])):
                     return k
         self.subjects.append(subj)
+        self.spans.append((i, j))
         return len(self.subjects) - 1
 
     def add_relation(self, s: int, o: int, rel: str, o2: int | None, text: str) -> None:
+        # the text a dropped relation leaves in `unparsed` names its subject: "the sun behind it"
+        text = f"{self.norm_text(*self.spans[s])} {text}"
         if s == o or (o2 is not None and s == o2) or o == o2:
             self.lost.append(text)           # "the cat left of the cat": kept as written
             return
@@ -822,28 +854,39 @@ class _Parser:
         self.relations.append(r)
         self.relation_texts.append(text)
 
-    def unparsed(self) -> list[str]:
-        """Verbatim runs of tokens nobody used (punctuation-only runs are dropped)."""
-        runs, i, n = [], 0, len(self.toks)
-        while i < n:
+    def unused_runs(self, start: int, end: int):
+        """(i, j, a, b) for each run toks[i:j] of unused tokens in [start, end); toks[a:b] is the
+        run without list punctuation and conjunctions at its edges (a == b: no word in it)."""
+        i = start
+        while i < end:
             if self.used[i] or self.toks[i].low in CLAUSE_END:
                 i += 1
                 continue
             j = i
-            while j < n and not self.used[j] and self.toks[j].low not in CLAUSE_END:
+            while j < end and not self.used[j] and self.toks[j].low not in CLAUSE_END:
                 j += 1
-            # trim list punctuation and conjunctions at the edges
             a, b = i, j
             while a < b and (not self.toks[a].word or self.toks[a].low in ("and", "or")):
                 a += 1
             while b > a and (not self.toks[b - 1].word or self.toks[b - 1].low in ("and", "or")):
                 b -= 1
+            yield i, j, a, b
+            i = j
+
+    def has_fragment(self, start: int, end: int) -> bool:
+        """Some unused run in [start, end) is a stray piece of a phrase ("under", "he, next to")."""
+        return any(a < b and is_fragment([t.low for t in self.toks[a:b] if t.word])
+                   for _, _, a, b in self.unused_runs(start, end))
+
+    def unparsed(self) -> list[str]:
+        """Verbatim runs of tokens nobody used (punctuation-only runs are dropped)."""
+        runs = []
+        for i, j, a, b in self.unused_runs(0, len(self.toks)):
             if a < b:
                 runs.append(self.span_text(a, b))
             elif any(not t.word and t.low not in (",", "\n") for t in self.toks[i:j]):
                 # keep symbols such as emoji or "#" even without words around them
                 runs.append(self.span_text(i, j).strip(" ,"))
-            i = j
         return [r for r in runs if r]
 
 
