@@ -18,8 +18,9 @@ and for each view, per corpus, the share of prompts with
               prompt's word tokens minus `GRAMMAR_WORDS` (articles, pronouns, prepositions,
               conjunctions, auxiliaries, number and quantity words, and the position words whose
               meaning the plan keeps as a relation or position). A word is held when one of its
-              forms (as typed, singular, grey/gray) is a whole word of the view (for the plan:
-              of any of its strings or relation names).
+              forms (as typed, singular, grey/gray, or the same crude stem: "sits" and
+              "sitting") is a whole word of the view (for the plan: of any of its strings or
+              relation names).
     invented  a count the prompt never gave. Plan: a subject whose count is 2 or more and not
               a number the prompt states (digits, number words, "pair", "couple", "both",
               "twin", "trio", "dozen"; vague words such as "some" or "many" state none).
@@ -68,9 +69,26 @@ def words(text: str) -> list[str]:
     return [t.low for t in tokenize(text) if t.word]
 
 
+_IRREGULAR_STEMS = {"lies": "lie", "lying": "lie", "lay": "lie", "sat": "sit", "stood": "stand"}
+
+
+def stem(word: str) -> str:
+    """A crude stem that joins the inflections of one verb or noun: sits, sitting, sit -> "sit";
+    placed, place -> "plac"."""
+    w = _IRREGULAR_STEMS.get(word, word)
+    for suffix in ("ing", "ed", "es", "s"):
+        if w.endswith(suffix) and len(w) - len(suffix) >= 3:
+            w = w[:-len(suffix)]
+            break
+    if len(w) > 3 and w[-1] == w[-2] and w[-1] not in "aeiouls":
+        w = w[:-1]                      # sitting -> sitt -> sit
+    return w[:-1] if len(w) > 3 and w.endswith("e") else w
+
+
 def forms(word: str) -> set[str]:
-    """The forms in which a view may hold `word`: as typed, singular, grey/gray."""
-    return {word, singular(word), COLOR_ALIASES.get(word, word)}
+    """The forms in which a view may hold `word`: as typed, singular, grey/gray, or any word of
+    the same stem ("the statue sits" is held by "a statue sitting")."""
+    return {word, singular(word), COLOR_ALIASES.get(word, word), "stem:" + stem(word)}
 
 
 def content_words(text: str) -> list[str]:
@@ -79,7 +97,7 @@ def content_words(text: str) -> list[str]:
 
 def lost_words(prompt: str, held: set[str]) -> list[str]:
     """Content words of `prompt` none of whose forms is in `held` (a set of words)."""
-    held = held | {singular(w) for w in held}
+    held = held | {singular(w) for w in held} | {"stem:" + stem(w) for w in held}
     return [w for w in content_words(prompt) if not forms(w) & held]
 
 

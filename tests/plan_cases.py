@@ -336,9 +336,9 @@ FREE_FORM = [
      "unparsed": ["from left to right"]},
     # being alone is not a relation
     {"prompt": "a red square on its own",
-     "subjects": [("square", 1, "red", ["on its own"])], "relations": [], "unparsed": []},
+     "subjects": [("square", 1, "red", [])], "relations": [], "unparsed": ["on its own"]},
     {"prompt": "a blue star by itself",
-     "subjects": [("star", 1, "blue", ["by itself"])], "relations": [], "unparsed": []},
+     "subjects": [("star", 1, "blue", [])], "relations": [], "unparsed": ["by itself"]},
     {"prompt": "a cat alone in a field",
      "subjects": [("cat", 1, None, [])], "relations": [], "scene": "in a field", "unparsed": ["alone"]},
     # "X with Y" of one kind is two subjects; otherwise "with Y" qualifies X

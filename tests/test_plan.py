@@ -89,7 +89,7 @@ def test_plural_and_singular_round_trip(singular_noun, plural_noun):
     ("there are three circles in the picture", "Three circles."),
     ("four circles please", "Four circles. Please."),
     ("two triangles side by side", "Two triangles. Side by side."),
-    ("a red square on its own", "A red square on its own."),
+    ("a red square on its own", "A red square. On its own."),
     ("a purple triangle with a green square", "A purple triangle and a green square."),
     ("a man with a hat", "A man with a hat."),
 ])

@@ -77,6 +77,8 @@ QUANTITY_PHRASES = {
     ("a", "lot", "of"): None, ("plenty", "of"): None, ("a", "crowd", "of"): None,
 }
 MAX_COUNT = 50
+# The noun of a vague quantity that says how the things are gathered: kept as "in a group".
+COLLECTIVE_WORDS = {"group", "bunch", "set", "row", "herd", "flock", "pack", "crowd"}
 _QUANTITY_INDEX: dict[str, list] = {}
 for _p, _v in sorted(QUANTITY_PHRASES.items(), key=lambda pv: -len(pv[0])):
     _QUANTITY_INDEX.setdefault(_p[0], []).append((_p, _v))
@@ -333,6 +335,14 @@ COPULAS = {"is", "are", "was", "were", "be", "being", "placed", "positioned", "l
            "situated", "set", "sits", "sit", "stands", "stand", "rests", "lies", "put", "which",
            "that", "who", "there", "here", "also", "it", "they", "both", "has", "have",
            "featuring", "showing", "shows", "depicting", "containing"}
+# Copulas with content: said of the subject before them as its -ing form ("the statue sits on the
+# moon" -> a statue sitting, on the moon); a transitive one takes its object along ("a map
+# showing a bay").
+POSTURE_VERBS = {"sits": "sitting", "sit": "sitting", "stands": "standing", "stand": "standing",
+                 "rests": "resting", "lies": "lying", "placed": "placed", "positioned": "positioned",
+                 "located": "located", "situated": "situated"}
+TRANSITIVE_VERBS = {"shows": "showing", "showing": "showing", "depicting": "depicting",
+                    "featuring": "featuring", "containing": "containing"}
 LIST_WORDS = {"and", "or", "&", "plus", "while", ","}
 CLAUSE_END = {".", ";", "!", "?", "\n", "|"}
 # Post-nominal phrase leaders: "a dog with a red collar", "a woman in a red dress".
@@ -511,7 +521,8 @@ def is_noun_like(low: str) -> bool:
 
 # Closed-class words (the fidelity checks' and the parser's notion of a content word: any other
 # word): they carry grammar, not content; what they mean reaches the plan as a
-# count, a relation or a position, so a view need not repeat them word for word.
+# count, a relation or a position, so a view need not repeat them word for word. The last line
+# names the picture itself ("an image of a cat" asks for a cat).
 GRAMMAR_WORDS = set("""
 a an the this that these those each every another any some such no not nor none
 i me my mine you your yours he him his she her hers it its they them their theirs we us our ours
@@ -526,9 +537,15 @@ is are was were be been being am has have had having do does did will would can 
 shall should may might must let lets
 left right top bottom middle center centre front back side sides corner far upper lower
 left-hand right-hand foreground background distance each other
+image picture view depiction rendition
 """.split()) | set(NUMBER_WORDS) | set(TENS_WORDS) | {
     "pair", "couple", "both", "twin", "twins", "trio", "dozen", "dozens", "half", "single",
     "several", "few", "many", "multiple", "various", "numerous", "lots", "lot", "plenty"}
+
+# Adverbs that qualify a relation or position ("just left of", "high above", "directly behind").
+DEGREE_ADVERBS = {"just", "directly", "right", "exactly", "precisely", "immediately", "slightly",
+                  "far", "high", "low", "way", "well", "partly", "partially", "halfway", "somewhat",
+                  "very", "deep", "straight", "squarely", "neatly", "closely", "mostly", "almost"}
 
 # A chunk that ends in one of these is cut short ("Under.", "Chopsticks resting on.").
 DANGLING_WORDS = set("""
@@ -541,16 +558,18 @@ is are was were be been being
 """.split())
 
 
-# Position nouns: "in the corner", "on the left" stand alone though no content word is in them.
-PLACE_WORDS = {"left", "right", "top", "bottom", "middle", "center", "centre", "front", "back",
-               "side", "sides", "corner", "foreground", "background", "distance"}
+# Phrases ending in a place ("in the corner", "on the left", "front view") or a reflexive ("by itself") stand
+# alone though no content word is in them.
+SELF_CONTAINED_ENDS = {"left", "right", "top", "bottom", "middle", "center", "centre", "front", "back",
+                       "side", "sides", "corner", "foreground", "background", "distance",
+                       "itself", "themselves", "himself", "herself", "alone", "view"}
 
 
 def is_fragment(words: list[str]) -> bool:
     """Lower-case words that cannot stand alone: cut short after a word that needs a complement
     ("under", "a", "playing with"), or without a content word unless they end in a place
-    ("he", "the one", "one of them"; but "in the corner" stands)."""
+    ("he", "the one", "one of them"; but "in the corner" and "by itself" stand)."""
     if not words or words[-1] in DANGLING_WORDS:
         return True
     content = [w for w in words if w not in GRAMMAR_WORDS and not w.isdigit()]
-    return not content and words[-1] not in PLACE_WORDS
+    return not content and words[-1] not in SELF_CONTAINED_ENDS

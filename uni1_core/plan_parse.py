@@ -24,7 +24,7 @@ import re
 
 from .lexicon import (  # noqa: F401  (some names are re-exported for plan.py)
     ADJECTIVES, AMBIGUOUS_COMPOSITION, BASIC_COLORS, CLAUSE_END, COLOR_ALIASES, COMPOUND_NOUNS,
-    CONTAINER_NOUNS, COPULAS, DETERMINERS, FILLER_WORDS, FUNCTION_WORDS,
+    COLLECTIVE_WORDS, POSTURE_VERBS, TRANSITIVE_VERBS, CONTAINER_NOUNS, COPULAS, DEGREE_ADVERBS, DETERMINERS, GRAMMAR_WORDS, FILLER_WORDS, FUNCTION_WORDS,
     INTRO_TABLE, KNOWN_NOUNS, LEADER_TABLE, LIGHT_OBJECTS, LIST_TABLE, LIST_WORDS, MAX_COUNT,
     MOOD_SINGLE, NEGATION_TABLE, NOT_NOUNS, NUMBER_WORDS, ORDER_PHRASES, OTHER_COLOR_WORDS,
     POSITIONS, POSITION_PHRASES, PREPOSITIONS, PRE_COLOR_WORDS, QUALIFIER_WORDS, RELATIONS,
@@ -183,8 +183,12 @@ class _Parser:
         if not t.word or t.low in CLAUSE_END:
             return True
         low = t.low
-        # a verb ends a noun phrase, except right after an article: "a jump rope", "the cast"
+        # a verb ends a noun phrase, except right after an article ("a jump rope") or as the
+        # last word of a compound ("a book stand.", "a drum set and ...")
         verb = low in VERBS and not (i > 0 and self.toks[i - 1].low in ("a", "an", "the"))
+        if low in ("stand", "set") and i > 0 and self.toks[i - 1].word and self.toks[i - 1].low not in DETERMINERS \
+                and (i + 1 == len(self.toks) or not self.toks[i + 1].word or self.toks[i + 1].low in LIST_WORDS):
+            return False
         if (low in LIST_WORDS or low in PREPOSITIONS or low in COPULAS or low in DETERMINERS
                 or low in ("no", "not", "nor") or verb or low in FILLER_WORDS
                 or parse_count(self.toks, i) is not None):
@@ -192,6 +196,9 @@ class _Parser:
         if (_match(self.toks, i, ORDER_PHRASES) or _match(self.toks, i, POSITION_PHRASES)
                 or _match(self.toks, i, LIST_TABLE)):
             return True
+        if low in DEGREE_ADVERBS and (_match(self.toks, i + 1, RELATION_PHRASES)
+                                      or _match(self.toks, i + 1, POSITION_PHRASES)):
+            return True      # "a bird *high* above a house"
         m = _match(self.toks, i, STYLE_TABLE)
         # mood words ("a serene garden") and a few framing words are ordinary adjectives too
         return m is not None and m[1] != "mood" and low not in AMBIGUOUS_COMPOSITION
@@ -203,12 +210,16 @@ class _Parser:
         det = None
         count = None
         quantity = False         # a number or quantity word was read (its count may be None: "some")
+        collective = None        # "a group of (four) squares": squares in a group
         while i < end:
             low = toks[i].low
-            if not quantity:
+            if not quantity or (collective and count is None and i == collective[1]):
                 c = parse_count(toks, i)
                 if c is not None:
                     (count, k), quantity = c, True
+                    word = next((t.low for t in toks[i:i + k] if t.low in COLLECTIVE_WORDS), None)
+                    if word:
+                        collective = (word, i + k)
                     i += k
                     continue
             if low in DETERMINERS and det is None and not quantity:
@@ -249,6 +260,8 @@ class _Parser:
         # the prompt does not say how many, so neither does the plan
         noun = " ".join(head_words[:-1] + [noun_sing])
         color, attributes = _color_and_attributes(mods)
+        if collective:
+            attributes.append(f"in a {collective[0]}")
         return {"noun": noun, "count": count, "color": color, "attributes": attributes, "_det": det}, i
 
     def elliptic(self, i: int, end: int) -> tuple[dict, int, int] | None:
@@ -426,14 +439,10 @@ class _Parser:
         return i + m[0]
 
     def rule_solitary(self, i: int, end: int, st: _ClauseState) -> int | None:
-        """ "a red square on its own", "a star by itself": not a relation but a way of being, an
-        attribute of the subject before it; "alone" stays as written."""
+        """ "a red square on its own", "a star by itself": not a relation, kept as written."""
         m = _match(self.toks, i, SOLITARY_TABLE)
         if not m:
             return None
-        if st.adjacent and self.toks[i].low in ("on", "by"):     # "a star by itself" says how it is
-            self.subjects[st.group[-1]]["attributes"].append(self.norm_text(i, i + m[0]))
-            self.take(i, i + m[0])
         if st.last_end == i:        # "a cat alone in a field": the field is still the scene
             st.last_end = i + m[0]
         return i + m[0]
@@ -441,6 +450,26 @@ class _Parser:
     def rule_frame(self, i: int, end: int, st: _ClauseState) -> int | None:
         """ "three birds in the image": the picture itself is framing, not a place."""
         return self.frame_phrase(i, end)
+
+    def rule_adverb(self, i: int, end: int, st: _ClauseState) -> int | None:
+        """An adverb before a relation, a position or a noun phrase: "just left of", "high above",
+        "directly behind", "just a square". The relation still binds to the subject before it;
+        an adverb with content ("high") stays as written in `unparsed`, an empty one ("just") is
+        read as grammar."""
+        toks = self.toks
+        if toks[i].low not in DEGREE_ADVERBS or i + 1 >= end or not toks[i + 1].word:
+            return None
+        if _match(toks, i, RELATION_PHRASES) or _match(toks, i, POSITION_PHRASES):
+            return None      # "right of", "far in the background" are phrases of their own
+        if not (_match(toks, i + 1, RELATION_PHRASES) or _match(toks, i + 1, POSITION_PHRASES)
+                or toks[i + 1].low in DETERMINERS or parse_count(toks, i + 1) is not None):
+            return None
+        if toks[i].low in GRAMMAR_WORDS:
+            self.take(i, i + 1)
+        if st.last_end == i:                 # what follows still belongs to the same subjects
+            st.last_end = i + 1
+        st.seg_start = st.at_seg_start
+        return i + 1
 
     def rule_position(self, i: int, end: int, st: _ClauseState) -> int | None:
         """Absolute positions: "a cat on the left", "On the left, a cat"."""
@@ -513,6 +542,30 @@ class _Parser:
         st.last_end = k
         # what follows is about this subject only, and a list after it starts afresh
         st.group, st.group_open = st.group[-1:], False
+        return k
+
+    def rule_verb(self, i: int, end: int, st: _ClauseState) -> int | None:
+        """A copula with content after its subject: "the statue sits on the moon" (a statue
+        sitting), "a map showing a bay" (with its object). Elsewhere it stays as written."""
+        toks = self.toks
+        low = toks[i].low
+        if low not in POSTURE_VERBS and low not in TRANSITIVE_VERBS:
+            return None
+        if not st.adjacent or st.pending_rel is not None:     # "On the hill stands a castle"
+            return i + 1
+        if low in TRANSITIVE_VERBS:
+            k = self.phrase_until_boundary(i + 1, end)
+            if k <= i + 1:
+                return i + 1
+            text = f"{TRANSITIVE_VERBS[low]} {self.norm_text(i + 1, k)}"
+            self.subjects[st.group[-1]]["attributes"].append(text)
+            st.group, st.group_open = st.group[-1:], False
+        else:
+            k = i + 1
+            for s in st.group:
+                self.subjects[s]["attributes"].append(POSTURE_VERBS[low])
+        self.take(i, k)
+        st.last_end = k
         return k
 
     def rule_filler(self, i: int, end: int, st: _ClauseState) -> int | None:
@@ -596,7 +649,7 @@ class _Parser:
         return k
 
     CLAUSE_RULES = (rule_style, rule_negation, rule_order, rule_joiner, rule_solitary, rule_frame,
-                    rule_position, rule_relation, rule_scene, rule_qualifier, rule_filler,
+                    rule_adverb, rule_position, rule_relation, rule_scene, rule_qualifier, rule_verb, rule_filler,
                     rule_elliptic, rule_subject, rule_trailing)
 
     def style_or_intro(self, i: int, end: int, at_seg_start: bool) -> int | None:
