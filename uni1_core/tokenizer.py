@@ -792,8 +792,12 @@ class TextTokenizer:
             elif piece:
                 yield piece, None
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`, no BOS/EOS added (`encode(text, add_special_tokens=False)`)."""
+    def encode(self, text: str, max_tokens: int | None = None) -> list[int]:
+        """Token ids of `text`, no BOS/EOS added (`encode(text, add_special_tokens=False)`).
+
+        max_tokens: stop once more than this many ids are known (the result is then a prefix
+        of the full encoding, longer than max_tokens): how a length check refuses a huge text
+        without paying for all of it."""
         if not isinstance(text, str):
             raise TypeError(f"encode takes a str, got {type(text).__name__}")
         try:
@@ -805,6 +809,8 @@ class TextTokenizer:
         for piece, token in self._pieces(text):
             if token is not None:
                 ids.append(token.id)
+                if max_tokens is not None and len(ids) > max_tokens:
+                    return ids
                 continue
             words = [piece]
             for step in self.pre_tokenize:
@@ -812,6 +818,8 @@ class TextTokenizer:
             for w in words:
                 if w:
                     ids.extend(self.model.encode_word(w))
+                    if max_tokens is not None and len(ids) > max_tokens:
+                        return ids
         return ids
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
