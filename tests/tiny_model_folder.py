@@ -26,7 +26,8 @@ def build_tokenizer() -> TextTokenizer:
     return TextTokenizer(tokenizer_json(), bos_token=None, eos_token="<|endoftext|>", source="tiny tokenizer")
 
 
-def build(folder: Path, seed: int = 0, sizes=((64, 64), (32, 64)), grounding: dict | None = None) -> Path:
+def build(folder: Path, seed: int = 0, sizes=((64, 64), (32, 64)), grounding: dict | None = None,
+          max_positions: int = 512) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tok = tokenizer_json()
@@ -35,7 +36,7 @@ def build(folder: Path, seed: int = 0, sizes=((64, 64), (32, 64)), grounding: di
     text_vocab = max(t["id"] for t in tok["added_tokens"]) + 1
     raw = {"model_type": "chameleon", "vocab_size": text_vocab + NUM_CODES, "hidden_size": 32,
            "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-           "num_key_value_heads": 2, "max_position_embeddings": 512, "rope_theta": 10000.0,
+           "num_key_value_heads": 2, "max_position_embeddings": max_positions, "rope_theta": 10000.0,
            "rms_norm_eps": 1e-5, "model_parallel_size": 1, "swin_norm": False, "vocabulary_map": {},
            "torch_dtype": "float32",
            "uni1": {"image_token_offset": text_vocab, "num_image_codes": NUM_CODES}}
