@@ -7,6 +7,8 @@ Hugging Face key names); uni1_core loads it with no conversion.
 from __future__ import annotations
 
 import json
+import re
+import time
 
 import pytest
 import torch
@@ -454,3 +456,68 @@ def test_model_loaded_under_inference_mode_runs(checkpoints):
         ids = random_ids(2, 7, seed=3)
         logits = model(ids)
     torch.testing.assert_close(logits, Uni1Model.from_pretrained(folder, dtype=torch.float32)(ids), atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad configs: a clear CheckpointError, fast, before any network is built (issue 16)
+
+def _config_error(folder, edit) -> tuple[str, float]:
+    """Rewrite folder/config.json with `edit(raw)` (or the text it returns), load, and return the
+    error's message and the seconds it took."""
+    path = folder / "config.json"
+    original = path.read_text()
+    raw = json.loads(original)
+    new = edit(raw)
+    path.write_text(new if isinstance(new, str) else json.dumps(raw if new is None else new))
+    try:
+        start = time.perf_counter()
+        with pytest.raises(CheckpointError) as err:
+            Uni1Model.from_pretrained(folder, dtype=torch.float32)
+        return str(err.value), time.perf_counter() - start
+    finally:
+        path.write_text(original)
+
+
+POSITIVE = "must be a positive whole number, got"
+BAD_CONFIGS = {
+    # name: (edit of the raw config, returning a replacement if any; the message it must give)
+    "a_list": (lambda raw: [], r"config must be a JSON object of settings, got list \[\]"),
+    "zero_heads": (lambda raw: raw.update(num_attention_heads=0), f"num_attention_heads {POSITIVE} 0"),
+    "negative_hidden": (lambda raw: raw.update(hidden_size=-32), f"hidden_size {POSITIVE} -32"),
+    "zero_kv_heads": (lambda raw: raw.update(num_key_value_heads=0), f"num_key_value_heads {POSITIVE} 0"),
+    "string_vocab": (lambda raw: raw.update(vocab_size="96"), f'vocab_size {POSITIVE} "96"'),
+    "bool_layers": (lambda raw: raw.update(num_hidden_layers=True), f"num_hidden_layers {POSITIVE} true"),
+    "fractional_layers": (lambda raw: raw.update(num_hidden_layers=2.5), f"num_hidden_layers {POSITIVE} 2.5"),
+    "negative_eps": (lambda raw: raw.update(rms_norm_eps=-1e-5), "rms_norm_eps must be a positive number"),
+    "heads_not_dividing_hidden": (lambda raw: raw.update(num_attention_heads=5, num_key_value_heads=5),
+                                  "hidden_size 32 is not a multiple of num_attention_heads 5"),
+    "rope_parameters_a_string": (lambda raw: raw.update(rope_parameters="big"),
+                                 "rope_parameters / rope_scaling must be an object"),
+    "vocabulary_map_a_list": (lambda raw: raw.update(vocabulary_map=[1, 2]),
+                              "vocabulary_map must map token names to ids"),
+    "deeply_nested": (lambda raw: "[" * 100_000 + "]" * 100_000, "is not readable JSON"),
+    "a_million_layers": (lambda raw: raw.update(num_hidden_layers=1_000_000),
+                         r"num_hidden_layers 1000000, but the weights in .* hold layers 0..1 \(2 in all\): "
+                         r"they lack 'model.layers.2.\*'"),
+    "fewer_layers_than_the_weights": (lambda raw: raw.update(num_hidden_layers=1),
+                                      r"num_hidden_layers 1, .* hold layers 0..1 .*"
+                                      r"'model.layers.1.\*' and above are unexpected"),
+    "huge_vocab": (lambda raw: raw.update(vocab_size=10**9),
+                   r"'model.embed_tokens.weight' has shape \(96, 32\), expected \(1000000000, 32\) "
+                   r"from config.json \(vocab_size"),
+    "huge_hidden": (lambda raw: raw.update(hidden_size=2**20, intermediate_size=2**22),
+                    r"has shape \(96, 32\), expected \(96, 1048576\) from config.json"),
+    "more_heads": (lambda raw: raw.update(num_attention_heads=8, num_key_value_heads=8, head_dim=8),
+                   r"'model.layers.0.self_attn.q_proj.weight' has shape \(32, 32\), expected \(64, 32\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_bad_config_is_a_fast_clear_error(checkpoints, case):
+    folder = checkpoints["gqa_prenorm"][0]
+    edit, message = BAD_CONFIGS[case]
+    text, seconds = _config_error(folder, edit)
+    assert str(folder / "config.json") in text or str(folder) in text
+    assert re.search(message, text), text
+    assert "Fix:" in text
+    assert seconds < 0.5, f"{case}: {seconds:.2f} s"

@@ -69,7 +69,7 @@ def test_every_key_loads_and_logits_match(qwen, name):
     cfg = model.config
     assert cfg.model_type == VARIANTS[name][0] and cfg.rope_theta == 1_000_000.0
     assert cfg.qk_norm == ("none" if cfg.model_type == "qwen2" else "rmsnorm")
-    assert cfg.masked_token_ids == [] and model._logit_mask is None
+    assert cfg.masked_token_ids == [] and model._masked_ids is None
     # no missing and no unexpected key: the file's keys are exactly ours (lm_head may be tied)
     in_file = set(list_safetensors_dir(folder))
     ours = set(model.state_dict())

@@ -72,6 +72,7 @@ FAMILY_DEFAULTS = {"chameleon": ("layernorm", None, None),      # per-head Layer
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "half": torch.float16, "fp16": torch.float16}
+FIX_CONFIG = " Fix: use the checkpoint's own config.json."
 _COUNTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
            "num_key_value_heads", "head_dim", "max_position_embeddings", "model_parallel_size")
 
@@ -141,14 +142,15 @@ class ModelConfig:
     def _check_shapes(self) -> None:
         if self.num_attention_heads % self.num_key_value_heads:
             raise CheckpointError(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
-                                  f"num_key_value_heads {self.num_key_value_heads}.")
+                                  f"num_key_value_heads {self.num_key_value_heads}." + FIX_CONFIG)
         if self.head_dim % 2:
-            raise CheckpointError(f"head_dim {self.head_dim} is odd; rotary embeddings need an even head_dim.")
+            raise CheckpointError(f"head_dim {self.head_dim} is odd; rotary embeddings need an even head_dim."
+                                  + FIX_CONFIG)
         if self.qk_norm not in QK_NORMS:
-            raise CheckpointError(f"qk_norm {self.qk_norm!r} is not one of {QK_NORMS}.")
+            raise CheckpointError(f"qk_norm {self.qk_norm!r} is not one of {QK_NORMS}." + FIX_CONFIG)
         if not isinstance(self.vocabulary_map, dict):
             raise CheckpointError(f"config vocabulary_map must map token names to ids, got "
-                                  f"{type(self.vocabulary_map).__name__}.")
+                                  f"{type(self.vocabulary_map).__name__}. Fix: use the checkpoint's own config.json.")
 
     @property
     def masked_token_ids(self) -> list[int]:
@@ -194,7 +196,8 @@ class ModelConfig:
         if missing:
             raise CheckpointError(f"config lacks {missing}. Fix: use the checkpoint's own config.json.")
         if raw.get("hidden_act", "silu") != "silu":
-            raise CheckpointError(f"hidden_act {raw['hidden_act']!r} is not supported (these families use 'silu').")
+            raise CheckpointError(f"hidden_act {raw['hidden_act']!r} is not supported (these families use 'silu')."
+                                  + FIX_CONFIG)
         _check_full_attention(raw)
         heads = _whole(raw, "num_attention_heads")
         scaling, factor, theta = _rope_settings(raw)
@@ -230,7 +233,7 @@ class ModelConfig:
 
 def unsupported_model_type(model_type) -> CheckpointError:
     return CheckpointError(
-        f"config has model_type {_short(model_type)}, but uni1_core runs only {', '.join(SUPPORTED_MODEL_TYPES)} "
+        f"config has model_type {model_type!r:.60}, but uni1_core runs only {', '.join(SUPPORTED_MODEL_TYPES)} "
         "checkpoints: Chameleon-family image models such as Alpha-VLLM/Lumina-mGPT-2.0, and Qwen2 / Qwen2.5 / "
         "Qwen3 text models. Fix: pass the folder or repo id of such a checkpoint.")
 
@@ -240,7 +243,8 @@ def _first(*values):
 
 
 def _short(value) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    """A config value as config.json writes it, cut to a readable length."""
+    text = json.dumps(value, default=str)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -249,7 +253,7 @@ def _whole(raw: dict, key: str, default=...):
     value = raw.get(key)
     if value is None:
         if default is ...:
-            raise CheckpointError(f"config {key} is null; it must be a positive whole number.")
+            raise CheckpointError(f"config {key} is null; it must be a positive whole number." + FIX_CONFIG)
         return default
     if isinstance(value, float) and value.is_integer():
         return int(value)
@@ -264,7 +268,7 @@ def _number(raw: dict, key: str, default: float) -> float:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise CheckpointError(f"config {key} must be a number, got {_short(value)}.")
+        raise CheckpointError(f"config {key} must be a number, got {_short(value)}." + FIX_CONFIG)
     return float(value)
 
 
@@ -283,7 +287,8 @@ def _rope_settings(raw: dict) -> tuple[str | None, float, float]:
     or the newer transformers form (rope_parameters: {rope_type, rope_theta, factor})."""
     params = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
     if not isinstance(params, dict):
-        raise CheckpointError(f"config rope_parameters / rope_scaling must be an object, got {_short(params)}.")
+        raise CheckpointError(f"config rope_parameters / rope_scaling must be an object, got {_short(params)}."
+                              + FIX_CONFIG)
     theta = _number(params, "rope_theta", None) or _number(raw, "rope_theta", 10000.0)
     kind = params.get("rope_type", params.get("type", "default"))
     if kind in (None, "default"):
@@ -631,10 +636,8 @@ class Uni1Model(nn.Module):
         # Plain attributes, not buffers: the model is built on the meta device and only the
         # checkpoint's tensors are materialised. Both follow the logits' device lazily.
         masked_ids = config.masked_token_ids
-        self._logit_mask = None             # (vocab,) bool: the logits the reference sets to the minimum
-        if masked_ids:
-            self._logit_mask = torch.zeros(config.vocab_size, dtype=torch.bool, device="cpu")
-            self._logit_mask[masked_ids] = True
+        # the ids whose logits the reference sets to the minimum (Chameleon's IMGIMG names), or None
+        self._masked_ids = torch.tensor(masked_ids, device="cpu") if masked_ids else None
         self._rope_tables = {}              # (device, dtype) -> (cos, signed sin), (positions, head_dim)
 
     @property
@@ -722,10 +725,10 @@ class Uni1Model(nn.Module):
             last = (n_valid - 1).clamp(min=0) if cache is not None else torch.full((B,), T - 1)
             x = x[torch.arange(B, device=x.device), last.to(x.device)][:, None]
         logits = self.lm_head(self.model.norm(x)).float()
-        if self._logit_mask is not None:
-            if self._logit_mask.device != logits.device:
-                self._logit_mask = self._logit_mask.to(logits.device)
-            logits.masked_fill_(self._logit_mask, torch.finfo(logits.dtype).min)
+        if self._masked_ids is not None:
+            if self._masked_ids.device != logits.device:
+                self._masked_ids = self._masked_ids.to(logits.device)
+            logits.index_fill_(-1, self._masked_ids, torch.finfo(logits.dtype).min)
         if cache is not None:
             cache.lengths.add_(n_valid)
         return logits
@@ -874,7 +877,7 @@ def _check_config_against_headers(entries, config: ModelConfig, folder: Path) ->
     n = config.num_hidden_layers
     if len(layers) != n or (layers and max(layers) != n - 1):
         held = f"layers 0..{max(layers)} ({len(layers)} in all)" if layers else "no decoder layer"
-        first_missing = next(i for i in range(n + 1) if i not in layers)
+        first_missing = next((i for i in range(n) if i not in layers), n)
         what = (f"they lack 'model.layers.{first_missing}.*'" if first_missing < n
                 else f"'model.layers.{n}.*' and above are unexpected")
         raise CheckpointError(f"config.json says num_hidden_layers {n}, but the weights in {folder} hold {held}: "
