@@ -164,7 +164,7 @@ def test_release_sizes_and_omni_panel_sizes(tmp_path):
     the Omni reference's 512x1024 panel for image-conditioned requests."""
     from uni1_core.sampler import Cancelled
     from uni1_core.sequence import SizeError
-    pipe = Uni1Pipeline.from_pretrained(str(build(tmp_path / "release_like", sizes=None)))
+    pipe = Uni1Pipeline.from_pretrained(str(build(tmp_path / "release_like", sizes=None, max_positions=16384)))
     assert len(pipe.sizes) == 73 and pipe.default_size == (768, 768) and pipe.i2i_sizes == [(512, 1024)]
     stop = dict(should_cancel=lambda: True, use_plan=False)
     with pytest.raises(SizeError, match="512x1024"):

@@ -143,9 +143,9 @@ class StaticForward:
             # a failed run wrote at most the same keys and values that the rerun writes again.
             self._fall_back(exc)
             logits = self._step(*args)
-        mask = getattr(self.model, "_logit_mask", None)      # the release's masked logits, as forward does
-        if mask is not None:
-            logits = logits.masked_fill(mask.to(logits.device), torch.finfo(logits.dtype).min)
+        masked = getattr(self.model, "_masked_ids", None)    # the release's masked logits, as forward does
+        if masked is not None:
+            logits = logits.index_fill(-1, masked.to(logits.device), torch.finfo(logits.dtype).min)
         cache.lengths.add_(n_valid)
         return logits
 
