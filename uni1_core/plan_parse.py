@@ -308,10 +308,16 @@ class _Parser:
 
     def is_participle(self, i: int, end: int) -> bool:
         """ "a dog *sleeping* under", "a car *parked* in front of": a verb form that ends a noun phrase."""
-        low = self.toks[i].low
+        toks = self.toks
+        low = toks[i].low
         if not low.endswith(("ing", "ed")) or low in KNOWN_NOUNS:
             return False
-        return is_noun_like(self.toks[i - 1].low) or (
+        if i + 1 < end and (low, singular(toks[i + 1].low)) in COMPOUND_NOUNS:
+            return False                     # "an orange potted plant"
+        if low in QUALIFIER_WORDS or (low.endswith("ing") and i + 1 < end and (
+                toks[i + 1].low in DETERMINERS or parse_count(toks, i + 1) is not None)):
+            return True                      # "a beaver wearing glasses", "a man holding a cup"
+        return is_noun_like(toks[i - 1].low) or (
             low not in ADJECTIVES and (i + 1 >= end or self.is_boundary(i + 1)))
 
     # -- the scan -----------------------------------------------------------------------------
@@ -480,7 +486,8 @@ class _Parser:
         k, canon = m
         after = toks[i + k].low if i + k < end else ""
         # "on the right is a cow", "..., on the right, a house": it introduces what follows
-        introduces = after in COPULAS or (st.at_seg_start and after == ",") or (
+        introduces = after in COPULAS or (st.at_seg_start and (
+            after == "," or after in DETERMINERS or (i + k < end and parse_count(toks, i + k) is not None))) or (
             not st.adjacent and after != "")
         if st.adjacent and not introduces:
             for s in st.group:
@@ -513,6 +520,8 @@ class _Parser:
             return None
         self.scene.append(self.norm_text(i, k))
         self.take(i, k)
+        if st.adjacent:                      # "a cabin by a lake under the lights": still the cabin
+            st.last_end = k
         return k
 
     def rule_qualifier(self, i: int, end: int, st: _ClauseState) -> int | None:
@@ -537,6 +546,13 @@ class _Parser:
             k = self.phrase_until_boundary(i + 2, end)
         if k <= i + 1 or toks[k - 1].low in DANGLING_WORDS:     # "playing with" + what it cannot read
             return None
+        # "with silver hair and freckles": a bare noun after "and" belongs to the same phrase
+        while (k + 1 < end and toks[k].low == "and" and toks[k + 1].word and not self.is_boundary(k + 1)
+               and not is_noun_like(toks[k + 1].low)):
+            k2 = self.phrase_until_boundary(k + 1, end)
+            if k2 <= k + 1:
+                break
+            k = k2
         self.subjects[st.group[-1]]["attributes"].append(self.norm_text(i, k))
         self.take(i, k)
         st.last_end = k
@@ -703,6 +719,9 @@ class _Parser:
         moods = j
         while moods < end and toks[moods].low in MOOD_SINGLE:      # "a cinematic photo of"
             moods += 1
+        nxt = self.framing_chain(i, j, moods, end)
+        if nxt is not None:
+            return nxt
         m = _match(toks, moods, INTRO_TABLE) if moods < end else None
         # "of" introduces the subject anywhere; "showing", "with", "containing" ... only at the
         # start of a segment, where the picture is framing ("a cat with a picture of ..." is not)
@@ -729,6 +748,25 @@ class _Parser:
             self.take(i, j + k)
             return j + k
         return None
+
+    def framing_chain(self, i: int, j: int, moods: int, end: int) -> int | None:
+        """ "a close-up portrait of", "a black and white studio photo of": several framing words
+        in a row before "of" (toks[j:moods] are mood words, toks[i:j] the article)."""
+        toks = self.toks
+        chain, p = [], moods
+        while p < end:
+            m = _match(toks, p, INTRO_TABLE) or _match(toks, p, STYLE_TABLE)
+            if not m or not m[1] or m[1] == "mood":
+                break
+            chain.append((p, m))
+            p += m[0]
+        if len(chain) < 2 or not (p < end and toks[p].low == "of"):
+            return None
+        self.style["mood"].extend(t.low for t in toks[j:moods])
+        for q, (k, fld) in chain:
+            (self.composition if fld == "composition" else self.style[fld]).append(self.norm_text(q, q + k))
+        self.take(i, p + 1)
+        return p + 1
 
     def frame_phrase(self, i: int, end: int) -> int | None:
         """ "in the picture", "in this photo" closing a phrase: the picture itself, not a place in
