@@ -152,6 +152,7 @@ class _Parser:
         self.negatives: list[str] = []
         self.lost: list[str] = []            # relation texts that named one subject twice
         self.spans: list[tuple[int, int]] = []   # token span of each subject's first mention
+        self.head: int | None = None         # first subject of the last clause that named one
 
     # -- helpers ------------------------------------------------------------------------------
     def span_text(self, i: int, j: int) -> str:
@@ -328,7 +329,10 @@ class _Parser:
         for i in range(n + 1):
             if i == n or toks[i].low in CLAUSE_END:
                 if i > clause_start:
+                    before = len(self.subjects)
                     self.parse_clause(clause_start, i)
+                    if len(self.subjects) > before:
+                        self.head = before
                 clause_start = i + 1
 
     def segment_is_style_only(self, i: int, end: int) -> bool:
@@ -456,6 +460,31 @@ class _Parser:
     def rule_frame(self, i: int, end: int, st: _ClauseState) -> int | None:
         """ "three birds in the image": the picture itself is framing, not a place."""
         return self.frame_phrase(i, end)
+
+    def rule_pronoun(self, i: int, end: int, st: _ClauseState) -> int | None:
+        """ "A beaver wearing glasses. He stands next to a stack of books": a pronoun that starts
+        a segment and is followed by what a subject does or is, refers to the first subject of
+        the last clause that named one."""
+        toks = self.toks
+        low = toks[i].low
+        if low not in ("he", "she", "it", "they") or not st.at_seg_start or self.head is None:
+            return None
+        last = self.head
+        if (low == "they") != (self.subjects[last]["count"] != 1):
+            return None
+        j = i + 1
+        while j < end and toks[j].low in ("is", "are", "was", "were"):
+            j += 1
+        if j >= end:
+            return None
+        w = toks[j].low
+        if not (_match(toks, j, RELATION_PHRASES) or w in POSTURE_VERBS or w in TRANSITIVE_VERBS
+                or w in QUALIFIER_WORDS or w in BASIC_COLORS or w in COLOR_ALIASES or w in ADJECTIVES):
+            return None
+        self.take(i, i + 1)
+        st.group, st.group_open, st.list_next = [last], False, False
+        st.last_end = i + 1
+        return i + 1
 
     def rule_adverb(self, i: int, end: int, st: _ClauseState) -> int | None:
         """An adverb before a relation, a position or a noun phrase: "just left of", "high above",
@@ -665,8 +694,9 @@ class _Parser:
         return k
 
     CLAUSE_RULES = (rule_style, rule_negation, rule_order, rule_joiner, rule_solitary, rule_frame,
-                    rule_adverb, rule_position, rule_relation, rule_scene, rule_qualifier, rule_verb, rule_filler,
-                    rule_elliptic, rule_subject, rule_trailing)
+                    rule_pronoun, rule_adverb, rule_position, rule_relation, rule_scene,
+                    rule_qualifier, rule_verb, rule_filler, rule_elliptic, rule_subject,
+                    rule_trailing)
 
     def style_or_intro(self, i: int, end: int, at_seg_start: bool) -> int | None:
         """Style phrases and "a photo of"; returns the next index if it consumed something."""
