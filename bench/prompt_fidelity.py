@@ -27,8 +27,8 @@ and for each view, per corpus, the share of prompts with
               Sentence: a number of 2 or more written in it that the prompt does not state.
     fragment  a stray piece of text: a chunk (text between . , ; : ! ? before a space, or line breaks) that has
               no content word or ends in a word that needs a complement (an article, a
-              preposition, a conjunction, a copula), and that is not itself a chunk of the
-              prompt. Plan: the chunks of `unparsed`; sentence: the chunks of the sentence.
+              preposition, a conjunction, a copula), and that is neither a chunk of the
+              prompt nor inside a chunk of the prompt that is itself such a piece. Plan: the chunks of `unparsed`; sentence: the chunks of the sentence.
 
 plus crashes (an exception from `make_plan` or `conditioning_text`), the share of prompts with
 anything in `unparsed`, the planner's milliseconds per prompt on this CPU, and for GenEval the
@@ -146,9 +146,11 @@ def chunks(text: str) -> list[str]:
 def fragments(prompt: str, text: str) -> list[str]:
     """Chunks of `text` that are stray pieces (see the module docstring) and not the prompt's own."""
     own = set(chunks(prompt))
+    # words of a piece the user typed as a fragment ("a and") may stay one
+    typed = [f" {c} " for c in own if is_fragment(c.split())]
     bad = []
     for c in chunks(text):
-        if c not in own and is_fragment(c.split()):
+        if c not in own and is_fragment(c.split()) and not any(f" {c} " in t for t in typed):
             bad.append(c)
     return bad
 

@@ -522,7 +522,7 @@ def is_noun_like(low: str) -> bool:
 # Closed-class words (the fidelity checks' and the parser's notion of a content word: any other
 # word): they carry grammar, not content; what they mean reaches the plan as a
 # count, a relation or a position, so a view need not repeat them word for word. The last line
-# names the picture itself ("an image of a cat" asks for a cat).
+# names the picture itself and how it shows ("an image showing a cat" asks for a cat).
 GRAMMAR_WORDS = set("""
 a an the this that these those each every another any some such no not nor none
 i me my mine you your yours he him his she her hers it its they them their theirs we us our ours
@@ -537,7 +537,7 @@ is are was were be been being am has have had having do does did will would can 
 shall should may might must let lets
 left right top bottom middle center centre front back side sides corner far upper lower
 left-hand right-hand foreground background distance each other
-image picture view depiction rendition
+image picture view depiction rendition showing featuring depicting displaying containing
 """.split()) | set(NUMBER_WORDS) | set(TENS_WORDS) | {
     "pair", "couple", "both", "twin", "twins", "trio", "dozen", "dozens", "half", "single",
     "several", "few", "many", "multiple", "various", "numerous", "lots", "lot", "plenty"}

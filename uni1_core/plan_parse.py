@@ -251,8 +251,8 @@ class _Parser:
         is_plural = noun_sing != last
         if as_subject and det is None and not quantity and (not is_noun_like(last) or last in BASIC_COLORS):
             return None
-        if last in NOT_NOUNS:
-            return None
+        if last in NOT_NOUNS or (last in GRAMMAR_WORDS and last not in KNOWN_NOUNS and last not in SCENE_NOUNS):
+            return None      # "the one", "a dozen" (no noun after it), "a she"
         if count is not None and (count < 1 or count > MAX_COUNT):
             return None
         if count is None and not (quantity or det in ("these", "those") or is_plural):
@@ -547,6 +547,8 @@ class _Parser:
         head = self.toks[k - 1].low
         if not (singular(head) in SCENE_NOUNS or head in SCENE_NOUNS or not st.adjacent):
             return None
+        if is_fragment([t.low for t in self.toks[i:k] if t.word]):
+            return None                      # "by she"
         self.scene.append(self.norm_text(i, k))
         self.take(i, k)
         if st.adjacent:                      # "a cabin by a lake under the lights": still the cabin
@@ -573,7 +575,7 @@ class _Parser:
         k = self.phrase_until_boundary(i + 1, end)
         if k == i + 1 and i + 2 < end and toks[i + 1].low in PREPOSITIONS:   # "made of wood"
             k = self.phrase_until_boundary(i + 2, end)
-        if k <= i + 1 or toks[k - 1].low in DANGLING_WORDS:     # "playing with" + what it cannot read
+        if k <= i + 1 or is_fragment([t.low for t in toks[i:k] if t.word]):   # "playing with", "with it"
             return None
         # "with silver hair and freckles": a bare noun after "and" belongs to the same phrase
         while (k + 1 < end and toks[k].low == "and" and toks[k + 1].word and not self.is_boundary(k + 1)
