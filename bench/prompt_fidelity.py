@@ -31,7 +31,7 @@ and for each view, per corpus, the share of prompts with
               prompt nor inside a chunk of the prompt that is itself such a piece. Plan: the chunks of `unparsed`; sentence: the chunks of the sentence.
 
 plus crashes (an exception from `make_plan` or `conditioning_text`), the share of prompts with
-anything in `unparsed`, the planner's milliseconds per prompt on this CPU, and for GenEval the
+anything in `unparsed`, the planner's milliseconds per prompt (`make_plan` alone) on this CPU, and for GenEval the
 share of plans that match the metadata exactly: one subject per `include` entry with its class,
 count and colour (none when the metadata gives none), the stated position as a relation, and
 no other subject.
@@ -167,11 +167,14 @@ def plan_words(plan) -> set[str]:
 
 def check(prompt: str) -> dict:
     """Every check on one prompt: {"plan": {...}, "sentence": {...}, "unparsed": bool, "plan_obj"}."""
+    start = time.perf_counter()
     plan = make_plan(prompt)
+    seconds = time.perf_counter() - start
     sentence = plan.conditioning_text()
     counts = [s.count for s in plan.subjects]
     return {
         "plan_obj": plan,
+        "seconds": seconds,
         "sentence_text": sentence,
         "unparsed": bool(plan.unparsed),
         "plan": {"lost": lost_words(prompt, plan_words(plan)),
@@ -237,13 +240,14 @@ def measure(prompts: list[str], metadata: list[dict] | None = None) -> tuple[dic
     n = len(prompts)
     tally = {f"{view} {c}": [] for view in ("plan", "sentence") for c in ("lost", "invented", "fragment")}
     tally.update({"crash": [], "unparsed": [], "geneval miss": []})
-    start = time.perf_counter()
+    seconds = 0.0
     for k, prompt in enumerate(prompts):
         try:
             got = check(prompt)
         except Exception as exc:   # a crash is a result to count, not a reason to stop
             tally["crash"].append((prompt, repr(exc)))
             continue
+        seconds += got["seconds"]
         for view in ("plan", "sentence"):
             for c in ("lost", "invented", "fragment"):
                 if got[view][c]:
@@ -252,7 +256,7 @@ def measure(prompts: list[str], metadata: list[dict] | None = None) -> tuple[dic
             tally["unparsed"].append((prompt, got["plan_obj"].unparsed))
         if metadata is not None and not matches_geneval(got["plan_obj"], metadata[k]):
             tally["geneval miss"].append((prompt, got["plan_obj"].summary()))
-    ms = 1000 * (time.perf_counter() - start) / max(n, 1)
+    ms = 1000 * seconds / max(n, 1)
     row = {key: len(v) / max(n, 1) for key, v in tally.items()}
     row["prompts"], row["ms"] = n, ms
     return row, tally
