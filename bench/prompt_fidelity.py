@@ -28,7 +28,8 @@ and for each view, per corpus, the share of prompts with
     fragment  a stray piece of text: a chunk (text between . , ; : ! ? before a space, or line breaks) that has
               no content word or ends in a word that needs a complement (an article, a
               preposition, a conjunction, a copula), and that is neither a chunk of the
-              prompt nor inside a chunk of the prompt that is itself such a piece. Plan: the chunks of `unparsed`; sentence: the chunks of the sentence.
+              prompt nor inside a chunk of the prompt that is itself such a piece. Plan: the
+              chunks of `unparsed`; sentence: the chunks of the sentence.
 
 plus crashes (an exception from `make_plan` or `conditioning_text`), the share of prompts with
 anything in `unparsed`, the planner's milliseconds per prompt (`make_plan` alone) on this CPU, and for GenEval the

@@ -1,18 +1,24 @@
 """Prompt text -> plan dictionary: a small, deterministic grammar of English image prompts.
 
-The parser reads a prompt left to right and recognises, in this order of priority at each word:
-clause ends, style phrases ("oil painting", "cinematic lighting", "35mm"), a leading "a photo of" or
-"an image showing", negation ("no people", "without text"), joiners ("together with"), framing
-("in the picture"), absolute positions ("on the left"), spatial relations ("to the left of",
-"on top of", "beneath"), scene phrases ("on a beach", "at night"), phrases that qualify the
-previous object ("with a red collar", "in a red dress"), and finally noun phrases
-("two small red cubes"), which become subjects with their own count, colour and attributes, so
-that adjectives never bleed from one object to the next.
+The parser splits a prompt into clauses (at . ; ! ? and line breaks) and reads each clause left to
+right. At each word the first rule of `_Parser.CLAUSE_RULES` that reads something wins, in this
+order: style phrases ("oil painting", "cinematic lighting", "35mm") and a leading "a photo of";
+negation ("no people"); order phrases ("from left to right"); joiners ("together with"); "by
+itself"; framing ("in the picture"); a pronoun that starts a clause ("He stands ..."); an adverb
+before a relation ("just left of"); absolute positions ("on the left"); spatial relations ("to
+the left of", "on top of"); scene phrases ("at night"); phrases that qualify the previous subject
+("with a red collar", "holding two cups"); copulas with content ("sits", "showing a bay"); list
+words and copulas; colours waiting for their noun ("a red, a green and a blue ball"); and finally
+noun phrases ("two small red cubes"), which become subjects with their own count, colour and
+attributes, so that adjectives never bleed from one object to the next.
 
-Whatever it does not understand is kept verbatim in `unparsed`; nothing is dropped. The output is
-a plain dictionary in the plan's JSON form (see `uni1_core/plan.py`), plus the source text of each
-relation so that the planner can hand a relation that the layout cannot satisfy back to `unparsed`.
-It also holds the English helpers the plan renders with (plural forms, number words, articles) and
+Nothing is invented and nothing is dropped. A plural without a number has no count (None); a
+word the grammar does not understand stays, verbatim, in `unparsed`; and when what is left of a
+comma segment or a clause would be a stray piece ("under", "one of them"), the whole span is read
+again as not understood: it goes to `unparsed` as written and states no subject or relation.
+The output is a plain dictionary in the plan's JSON form (see `uni1_core/plan.py`), plus the source
+text of each relation so that the planner can hand a relation that the layout cannot satisfy back
+to `unparsed`. The word tables and English helpers live in `lexicon.py`. This module also holds
 `extract_llm_payload`, which digs a plan JSON or a rewritten prompt out of another model's answer.
 """
 
@@ -21,15 +27,16 @@ from __future__ import annotations
 import json
 import re
 
-from .lexicon import (  # noqa: F401  (some names are re-exported for plan.py)
-    ADJECTIVES, AMBIGUOUS_COMPOSITION, BASIC_COLORS, CLAUSE_END, COLOR_ALIASES, COMPOUND_NOUNS,
-    COLLECTIVE_WORDS, POSTURE_VERBS, TRANSITIVE_VERBS, CONTAINER_NOUNS, COPULAS, DEGREE_ADVERBS, DETERMINERS, GRAMMAR_WORDS, FILLER_WORDS, FUNCTION_WORDS,
-    INTRO_TABLE, KNOWN_NOUNS, LEADER_TABLE, LIGHT_OBJECTS, LIST_TABLE, LIST_WORDS, MAX_COUNT,
-    MOOD_SINGLE, NEGATION_TABLE, NOT_NOUNS, NUMBER_WORDS, ORDER_PHRASES, OTHER_COLOR_WORDS,
-    POSITIONS, POSITION_PHRASES, PREPOSITIONS, PRE_COLOR_WORDS, QUALIFIER_WORDS, RELATIONS,
-    RELATION_PHRASES, SCENE_NOUNS, SCENE_ONLY_PREPOSITIONS, SOLITARY_TABLE, STYLE_TABLE, TENS_WORDS,
-    DANGLING_WORDS, RELATION_TEXT, VERBS, _MM_RE, _QUANTITY_INDEX, article, is_fragment, is_noun_like, number_word, plural, same_kind,
-    singular)
+from .lexicon import (  # noqa: F401  (plan.py and tests import some of these from here)
+    ADJECTIVES, AMBIGUOUS_COMPOSITION, BASIC_COLORS, CLAUSE_END, COLLECTIVE_WORDS, COLOR_ALIASES,
+    COMPOUND_NOUNS, CONTAINER_NOUNS, COPULAS, DANGLING_WORDS, DEGREE_ADVERBS, DETERMINERS,
+    FILLER_WORDS, FUNCTION_WORDS, GRAMMAR_WORDS, INTRO_TABLE, KNOWN_NOUNS, LEADER_TABLE,
+    LIGHT_OBJECTS, LIST_TABLE, LIST_WORDS, MAX_COUNT, MOOD_SINGLE, NEGATION_TABLE, NOT_NOUNS,
+    NUMBER_WORDS, ORDER_PHRASES, OTHER_COLOR_WORDS, POSITIONS, POSITION_PHRASES, POSTURE_VERBS,
+    PREPOSITIONS, PRE_COLOR_WORDS, QUALIFIER_WORDS, RELATIONS, RELATION_PHRASES, RELATION_TEXT,
+    SCENE_NOUNS, SCENE_ONLY_PREPOSITIONS, SOLITARY_TABLE, STYLE_TABLE, TENS_WORDS, TRANSITIVE_VERBS,
+    VERBS, _MM_RE, _QUANTITY_INDEX, article, is_fragment, is_noun_like, number_word, plural,
+    same_kind, singular)
 
 # ---------------------------------------------------------------------------------------------
 # Tokens
@@ -186,8 +193,9 @@ class _Parser:
         # a verb ends a noun phrase, except right after an article ("a jump rope") or as the
         # last word of a compound ("a book stand.", "a drum set and ...")
         verb = low in VERBS and not (i > 0 and self.toks[i - 1].low in ("a", "an", "the"))
-        if low in ("stand", "set") and i > 0 and self.toks[i - 1].word and self.toks[i - 1].low not in DETERMINERS \
-                and (i + 1 == len(self.toks) or not self.toks[i + 1].word or self.toks[i + 1].low in LIST_WORDS):
+        prev, nxt = self.toks[i - 1] if i > 0 else None, self.toks[i + 1] if i + 1 < len(self.toks) else None
+        if (low in ("stand", "set") and prev and prev.word and prev.low not in DETERMINERS
+                and (nxt is None or not nxt.word or nxt.low in LIST_WORDS)):
             return False
         if (low in LIST_WORDS or low in PREPOSITIONS or low in COPULAS or low in DETERMINERS
                 or low in ("no", "not", "nor") or verb or low in FILLER_WORDS
@@ -1016,10 +1024,10 @@ def _copy_state(state: tuple) -> tuple:
     """A copy of the parser's state as `_Parser.snapshot` lists it, deep where rules mutate
     (a subject's attributes, the style lists, the clause's elliptic list); faster than deepcopy."""
     subjects, spans, relations, texts, style, composition, scene, negatives, lost, used, st = state
+    st = dict(st, group=list(st["group"]), elliptic=[(dict(e), a, b) for e, a, b in st["elliptic"]])
     return ([dict(s, attributes=list(s["attributes"])) for s in subjects], list(spans), list(relations),
             list(texts), {k: list(v) for k, v in style.items()}, list(composition), list(scene),
-            list(negatives), list(lost), list(used), dict(st, group=list(st["group"]),
-                                                     elliptic=[(dict(e), a, b) for e, a, b in st["elliptic"]]))
+            list(negatives), list(lost), list(used), st)
 
 
 def _color_and_attributes(modifiers: list[str]) -> tuple[str | None, list[str]]:
