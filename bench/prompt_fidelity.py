@@ -166,6 +166,13 @@ def plan_words(plan) -> set[str]:
     return {w for p in parts for w in words(p)}
 
 
+def text_checks(prompt: str, text: str) -> dict:
+    """The checks on a text a model reads instead of `prompt` (any way of writing the plan)."""
+    return {"lost": lost_words(prompt, set(words(text))),
+            "invented": invented_numbers(prompt, sorted(stated_numbers(text))),
+            "fragment": fragments(prompt, text)}
+
+
 def check(prompt: str) -> dict:
     """Every check on one prompt: {"plan": {...}, "sentence": {...}, "unparsed": bool, "plan_obj"}."""
     start = time.perf_counter()
@@ -181,9 +188,7 @@ def check(prompt: str) -> dict:
         "plan": {"lost": lost_words(prompt, plan_words(plan)),
                  "invented": invented_numbers(prompt, counts),
                  "fragment": [f for u in plan.unparsed for f in fragments(prompt, u)]},
-        "sentence": {"lost": lost_words(prompt, set(words(sentence))),
-                     "invented": invented_numbers(prompt, sorted(stated_numbers(sentence))),
-                     "fragment": fragments(prompt, sentence)},
+        "sentence": text_checks(prompt, sentence),
     }
 
 
@@ -278,7 +283,7 @@ def main() -> None:
     head = f"{'corpus':<14}{'prompts':>8}" + "".join(f"{c:>11}" for c in
                                                    ["lost", "invented", "fragment"] * 2) + \
         f"{'crash':>7}{'unparsed':>10}{'ms/prompt':>11}{'GenEval':>9}"
-    print(f"{'':<22}{'--------------- plan ---------------':>33}{'------------- sentence -------------':>33}")
+    print(f"{'':<24}{' plan ':-^31}  {' sentence ':-^31}")
     print(head)
     for name, prompts in load_corpora().items():
         row, tally = measure(prompts, geneval if name == "GenEval" else None)
