@@ -418,6 +418,8 @@ def _relation_phrases() -> list[tuple[tuple[str, ...], str]]:
         (("under",), "under"), (("underneath",), "under"),
         (("in", "front", "of"), "in front of"), (("before",), "in front of"),
         (("behind",), "behind"), (("in", "back", "of"), "behind"), (("at", "the", "back", "of"), "behind"),
+        (("hidden", "by"), "behind"), (("hidden", "behind"), "behind"), (("obscured", "by"), "behind"),
+        (("blocked", "by"), "behind"), (("partially", "hidden", "by"), "behind"),
         (("next", "to"), "next to"), (("beside",), "next to"), (("besides",), "next to"),
         (("near",), "next to"), (("close", "to"), "next to"), (("adjacent", "to"), "next to"),
         (("alongside",), "next to"), (("by", "the", "side", "of"), "next to"),
@@ -532,7 +534,7 @@ and or but plus & yet
 of to in on at by for from with without into onto upon over under above below beneath
 underneath behind beside besides between among amid around about across along alongside
 against through toward towards within inside outside near nearby next atop before after
-during up down off out away past via per like unlike
+during up down off out away past via per like unlike hidden obscured blocked partially
 is are was were be been being am has have had having do does did will would can could
 shall should may might must let lets
 left right top bottom middle center centre front back side sides corner far upper lower
@@ -541,6 +543,9 @@ image picture view depiction rendition showing featuring depicting displaying co
 """.split()) | set(NUMBER_WORDS) | set(TENS_WORDS) | {
     "pair", "couple", "both", "twin", "twins", "trio", "dozen", "dozens", "half", "single",
     "several", "few", "many", "multiple", "various", "numerous", "lots", "lot", "plenty"}
+
+# Particles of a phrasal verb before a relation: "the sun shone *down* on the water".
+PARTICLES = {"down", "up", "out", "over", "back", "away", "off", "around", "along", "together"}
 
 # Adverbs that qualify a relation or position ("just left of", "high above", "directly behind").
 DEGREE_ADVERBS = {"just", "directly", "right", "exactly", "precisely", "immediately", "slightly",

@@ -28,7 +28,7 @@ import json
 import re
 
 from .lexicon import (  # noqa: F401  (plan.py and tests import some of these from here)
-    ADJECTIVES, AMBIGUOUS_COMPOSITION, BASIC_COLORS, CLAUSE_END, COLLECTIVE_WORDS, COLOR_ALIASES,
+    ADJECTIVES, AMBIGUOUS_COMPOSITION, BASIC_COLORS, CLAUSE_END, COLLECTIVE_WORDS, PARTICLES, COLOR_ALIASES,
     COMPOUND_NOUNS, CONTAINER_NOUNS, COPULAS, DANGLING_WORDS, DEGREE_ADVERBS, DETERMINERS,
     FILLER_WORDS, FUNCTION_WORDS, GRAMMAR_WORDS, INTRO_TABLE, KNOWN_NOUNS, LEADER_TABLE,
     LIGHT_OBJECTS, LIST_TABLE, LIST_WORDS, MAX_COUNT, MOOD_SINGLE, NEGATION_TABLE, NOT_NOUNS,
@@ -192,7 +192,9 @@ class _Parser:
         low = t.low
         # a verb ends a noun phrase, except right after an article ("a jump rope") or as the
         # last word of a compound ("a book stand.", "a drum set and ...")
-        verb = low in VERBS and not (i > 0 and self.toks[i - 1].low in ("a", "an", "the"))
+        before = self.toks[i - 1].low if i > 0 else ""
+        verb = low in VERBS and not (before in ("a", "an", "the") or (
+            low in KNOWN_NOUNS and (before in ADJECTIVES or before in BASIC_COLORS)))   # "a silver watch"
         prev, nxt = self.toks[i - 1] if i > 0 else None, self.toks[i + 1] if i + 1 < len(self.toks) else None
         if (low in ("stand", "set") and prev and prev.word and prev.low not in DETERMINERS
                 and (nxt is None or not nxt.word or nxt.low in LIST_WORDS)):
@@ -202,7 +204,7 @@ class _Parser:
                 or parse_count(self.toks, i) is not None):
             return True
         if (_match(self.toks, i, ORDER_PHRASES) or _match(self.toks, i, POSITION_PHRASES)
-                or _match(self.toks, i, LIST_TABLE)):
+                or _match(self.toks, i, LIST_TABLE) or _match(self.toks, i, RELATION_PHRASES)):
             return True
         if low in DEGREE_ADVERBS and (_match(self.toks, i + 1, RELATION_PHRASES)
                                       or _match(self.toks, i + 1, POSITION_PHRASES)):
@@ -243,6 +245,13 @@ class _Parser:
             if i > words_start and _match(toks, i, SOLITARY_TABLE):     # "a cat alone"
                 break
             i += 1
+        # "the fire engine *sped* past": an unknown word after a known noun, before a preposition,
+        # is the verb, not the head
+        if (i - words_start >= 2 and i < end and toks[i].low in PREPOSITIONS
+                and not is_noun_like(toks[i - 1].low) and is_noun_like(toks[i - 2].low)
+                and toks[i - 1].low not in ADJECTIVES
+                and (toks[i - 2].low, singular(toks[i - 1].low)) not in COMPOUND_NOUNS):
+            i -= 1
         words = [t.low for t in toks[words_start:i]]
         if not words:
             return None
@@ -622,6 +631,26 @@ class _Parser:
         st.last_end = k
         return k
 
+    def rule_bridge(self, i: int, end: int, st: _ClauseState) -> int | None:
+        """A verb between a subject and its relation: "the phone was resting on the charger" (an
+        -ing or -ed form qualifies the subject), "the sun shone down on the water" (another verb,
+        with its particle, stays as written); the relation still binds to the subject."""
+        toks = self.toks
+        low = toks[i].low
+        if not st.adjacent or not toks[i].word or low in GRAMMAR_WORDS or low in COPULAS:
+            return None
+        j = i + 1
+        if j < end and toks[j].low in PARTICLES and not _match(toks, j, RELATION_PHRASES):
+            j += 1                                          # "shone down on"
+        if not (j < end and _match(toks, j, RELATION_PHRASES)):
+            return None
+        if j == i + 1 and low.endswith(("ing", "ed")):
+            for s in st.group:
+                self.subjects[s]["attributes"].append(low)
+            self.take(i, j)
+        st.last_end = j
+        return j
+
     def rule_filler(self, i: int, end: int, st: _ClauseState) -> int | None:
         """List words and copulas: "and", ",", "is", "which"."""
         low = self.toks[i].low
@@ -704,7 +733,7 @@ class _Parser:
 
     CLAUSE_RULES = (rule_style, rule_negation, rule_order, rule_joiner, rule_solitary, rule_frame,
                     rule_pronoun, rule_adverb, rule_position, rule_relation, rule_scene,
-                    rule_qualifier, rule_verb, rule_filler, rule_elliptic, rule_subject,
+                    rule_qualifier, rule_verb, rule_bridge, rule_filler, rule_elliptic, rule_subject,
                     rule_trailing)
 
     def style_or_intro(self, i: int, end: int, at_seg_start: bool) -> int | None:
