@@ -372,24 +372,28 @@ class _Parser:
         wins (each returns the next index, or None to pass); a token no rule takes stays unused
         and ends up, verbatim, in `unparsed`."""
         st = _ClauseState()
-        clause_snap = seg_snap = self.snapshot(st)
+        clause_snap = self.snapshot(st)
         seg_start = i = start
+        checkpoints = [(i, clause_snap)]     # where a phrase of this comma segment began
         while i < end:
             if self.toks[i].low == ",":
-                self.keep_whole_if_cut(seg_start, i, seg_snap, st)
+                self.keep_whole_if_cut(seg_start, i, checkpoints, st)
                 i = self.comma(i, st)
-                seg_start, seg_snap = i, self.snapshot(st)
+                seg_start, checkpoints = i, [(i, self.snapshot(st))]
                 continue
             st.at_seg_start, st.seg_start = st.seg_start, False
             st.adjacent = bool(st.group) and st.last_end == i   # right after a subject's phrase
+            snap = self.snapshot(st) if i > seg_start else None
             for rule in self.CLAUSE_RULES:
                 nxt = rule(self, i, end, st)
                 if nxt is not None:
+                    if snap is not None:
+                        checkpoints.append((i, snap))
                     i = nxt
                     break
             else:
                 i += 1   # not understood: stays unused and ends up in `unparsed`
-        self.keep_whole_if_cut(seg_start, end, seg_snap, st)
+        self.keep_whole_if_cut(seg_start, end, checkpoints, st)
         # what was waiting for a noun that never came stays as written:
         for _, a, b in st.elliptic:          # "a red and a blue."
             self.untake(a, b)
@@ -397,7 +401,7 @@ class _Parser:
             self.untake(*st.pending_pos[1])
         if st.pending_rel is not None:       # "next to the window."
             self.untake(*st.pending_rel[4])
-        self.keep_whole_if_cut(start, end, clause_snap, st)
+        self.keep_whole_if_cut(start, end, [(start, clause_snap)], st)
 
     def snapshot(self, st: _ClauseState) -> tuple:
         """Everything a clause rule may change, to undo a segment the grammar only half read."""
@@ -405,15 +409,24 @@ class _Parser:
                             self.style, self.composition, self.scene, self.negatives, self.lost,
                             self.used, vars(st)))
 
-    def keep_whole_if_cut(self, start: int, end: int, snap: tuple, st: _ClauseState) -> None:
+    def keep_whole_if_cut(self, start: int, end: int, checkpoints: list, st: _ClauseState) -> None:
         """If what the rules left unread in toks[start:end] is a stray piece ("under", "one of
-        them"), undo the span: it goes to `unparsed` whole, as written, and states nothing."""
-        if not self.has_fragment(start, end):
+        them"), undo from the last phrase that began before it (`checkpoints`: (token index,
+        snapshot) pairs, the first at `start`): that tail goes to `unparsed` whole, as written,
+        and states nothing. An earlier phrase is tried when the tail alone would still leave a
+        stray piece; the first checkpoint undoes the whole span."""
+        first = next((a for _, _, a, b in self.unused_runs(start, end)
+                      if a < b and is_fragment([t.low for t in self.toks[a:b] if t.word])), None)
+        if first is None:
             return
-        (self.subjects, self.spans, self.relations, self.relation_texts, self.style,
-         self.composition, self.scene, self.negatives, self.lost, self.used, st_vars) = _copy_state(snap)
-        vars(st).update(st_vars)
-        self.untake(start, end)
+        for at, snap in reversed([c for c in checkpoints if c[0] <= first] or checkpoints[:1]):
+            (self.subjects, self.spans, self.relations, self.relation_texts, self.style,
+             self.composition, self.scene, self.negatives, self.lost, self.used,
+             st_vars) = _copy_state(snap)
+            vars(st).update(st_vars)
+            self.untake(at, end)
+            if at == checkpoints[0][0] or not self.has_fragment(start, end):
+                return
 
     def comma(self, i: int, st: _ClauseState) -> int:
         """A comma starts a segment; right after a subject it lists the next one."""
