@@ -15,9 +15,10 @@ Two views of each prompt are measured:
 and for each view, per corpus, the share of prompts with
 
     lost      a content word of the prompt that the view does not hold. Content words are the
-              prompt's word tokens minus `GRAMMAR_WORDS` (articles, pronouns, prepositions,
-              conjunctions, auxiliaries, number and quantity words, and the position words whose
-              meaning the plan keeps as a relation or position). A word is held when one of its
+              prompt's word tokens minus `lexicon.GRAMMAR_WORDS` (articles, pronouns,
+              prepositions, conjunctions, auxiliaries, number and quantity words, the position
+              and relation words whose meaning the plan keeps as a relation or position, and
+              words for the picture itself: "image", "showing"). A word is held when one of its
               forms (as typed, singular, grey/gray, or the same crude stem: "sits" and
               "sitting") is a whole word of the view (for the plan: of any of its strings or
               relation names).
@@ -25,15 +26,17 @@ and for each view, per corpus, the share of prompts with
               a number the prompt states (digits, number words, "pair", "couple", "both",
               "twin", "trio", "dozen"; vague words such as "some" or "many" state none).
               Sentence: a number of 2 or more written in it that the prompt does not state.
-    fragment  a stray piece of text: a chunk (text between . , ; : ! ? before a space, or line breaks) that has
-              no content word or ends in a word that needs a complement (an article, a
-              preposition, a conjunction, a copula), and that is neither a chunk of the
-              prompt nor inside a chunk of the prompt that is itself such a piece. Plan: the
-              chunks of `unparsed`; sentence: the chunks of the sentence.
+    fragment  a stray piece of text (`lexicon.is_fragment`): a chunk (text between . , ; : ! ?
+              before a space, or line breaks) that ends in a word needing a complement (an
+              article, a preposition, a conjunction, a copula), or has no content word and does
+              not end in a place, "view" or a reflexive ("in the corner", "by itself" stand);
+              unless it is a chunk of the prompt, or inside a chunk of the prompt that is
+              itself such a piece. Plan: the chunks of `unparsed`; sentence: the chunks of the
+              sentence.
 
 plus crashes (an exception from `make_plan` or `conditioning_text`), the share of prompts with
-anything in `unparsed`, the planner's milliseconds per prompt (`make_plan` alone) on this CPU, and for GenEval the
-share of plans that match the metadata exactly: one subject per `include` entry with its class,
+anything in `unparsed`, the planner's milliseconds per prompt (`make_plan` alone) on this CPU,
+and for GenEval the share of plans that match the metadata exactly: one subject per `include` entry with its class,
 count and colour (none when the metadata gives none), the stated position as a relation, and
 no other subject.
 """
