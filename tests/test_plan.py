@@ -106,6 +106,7 @@ def test_a_plural_without_a_number_has_no_count():
     assert '"count": null' in plan.to_json()
     assert Plan.from_json(plan.to_json()) == plan
     assert plan.summary().startswith("some robot, some tree")
+    assert [text for text, _ in plan.regions()] == ["robots", "trees"]
     with pytest.raises(PlanError, match=r"count must be a positive integer \(1 to 50\) or null"):
         Plan.from_json({**plan.to_dict(), "subjects": [{"noun": "robot", "count": 0}], "relations": [],
                         "layout": []})
