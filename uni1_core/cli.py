@@ -59,6 +59,8 @@ def _check_args(args) -> None:
     if args.window is not None:
         clamp_window(args.window, args.window)          # >= 1; clamped to the image later
     check_branches(args.branches)
+    if args.regional and args.no_plan:
+        raise RequestError("--regional guides each planned object's box, so it needs the plan: drop --no-plan")
     if args.preset is not None and args.preset not in PRESETS:
         raise RequestError(f"unknown preset {args.preset!r}: choose one of {', '.join(PRESETS)}")
     _policy(args, PRESETS[args.preset or "uni1"])     # cfg, temperature, top-k, top-p in range
@@ -220,7 +222,8 @@ def main(argv=None) -> int:
     except (MemoryError, RuntimeError) as exc:
         if not is_out_of_memory(exc):
             raise
-        print(f"error: out of memory ({str(exc).splitlines()[0][:200]}). Fix: a smaller --batch, size or "
-              "--window, no --regional, or --dtype bfloat16", file=sys.stderr)
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        print(f"error: out of memory ({detail}). Fix: a smaller --batch, size or --window, no "
+              "--regional, or --dtype bfloat16", file=sys.stderr)
         return 2
     return 1

@@ -25,7 +25,9 @@ class RequestError(ValueError):
 
 def seed_to_int64(seed) -> int:
     """A seed of -2^63 .. 2^64-1 as the int64 the sampler hashes (two's complement)."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if isinstance(seed, bool):
+        raise RequestError(f"seed {seed!r} is not a whole number")
+    if not isinstance(seed, int):
         try:
             if int(seed) != seed:
                 raise ValueError
