@@ -144,6 +144,15 @@ def test_long_prompts_are_refused_before_any_allocation(demo, prompt):
                   r"but this model has 256 positions \(max_position_embeddings\): shorten it to at most 180 tokens")
 
 
+def test_each_region_prompt_is_checked_too(demo, monkeypatch):
+    from uni1_core.plan import Plan, make_plan
+    plan = make_plan("a red circle")
+    monkeypatch.setattr(Plan, "regions", lambda self: [("a red circle", (0, 0, 0.5, 0.5)),
+                                                       ("x" * 50_000, (0.5, 0.5, 1, 1))])
+    refused(demo.sample, plan, regional=True, error=PromptTooLong,
+            match=r"region 1 \('xxxx.*'\) is at least \d+ tokens .* shorten it to at most 180 tokens")
+
+
 def test_the_longest_prompt_that_fits_is_accepted(demo):
     """The limit is exact: the longest prompt that fits is sampled (here: accepted, then
     cancelled at the first check), one word more is refused."""

@@ -127,18 +127,19 @@ class Uni1Pipeline:
         limit = position_limit(self.model.config)
         room = max(limit - 3 - grid.stream_len, 0)        # prompt tokens that fit beside the image
 
-        def prompt_row(prompt_text, what, encode=t2i_prompt_ids, *extra):
-            ids = encode(self.tokenizer, prompt_text, width, height, *extra, max_tokens=room)
+        def checked(ids, what):
             check_positions(len(ids), grid, limit, what, at_least=len(ids) > room)
             return ids
 
         if condition is None:
-            prompt_ids = prompt_row(text, "the prompt")
+            prompt_ids = checked(t2i_prompt_ids(self.tokenizer, text, width, height, max_tokens=room), "the prompt")
         else:
-            prompt_ids = prompt_row(text, "the prompt", i2i_prompt_ids, task)
+            prompt_ids = checked(i2i_prompt_ids(self.tokenizer, text, width, height, task, max_tokens=room),
+                                 "the prompt")
         regions = None
         if regional:
-            regions = [(prompt_row(region_text, f"region {k} ({region_text[:40]!r})"), box)
+            regions = [(checked(t2i_prompt_ids(self.tokenizer, region_text, width, height, max_tokens=room),
+                                f"region {k} ({region_text[:40]!r})"), box)
                        for k, (region_text, box) in enumerate(plan.regions())]
         result = sample_codes(
             self.model, self.vocab, grid, [prompt_ids] * len(seeds), mode=mode,

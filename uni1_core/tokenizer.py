@@ -619,7 +619,7 @@ def read_json_file(path: Path):
     size = path.stat().st_size
     if size > MAX_JSON_BYTES:
         raise TokenizerError(f"{path} is {size / 2**20:.0f} MiB; tokenizer files are at most "
-                             f"{MAX_JSON_BYTES >> 20} MiB (the largest published ones are ~35 MiB): "
+                             f"{MAX_JSON_BYTES >> 20} MiB (published ones are tens of MiB at most): "
                              "not a tokenizer file?")
     try:
         return json.loads(path.read_bytes().decode("utf-8"))
