@@ -406,6 +406,8 @@ FLAGS = ["--no-plan", "--regional", "--quiet"]
 
 @st.composite
 def command_lines(draw):
+    if draw(st.integers(0, 9)) == 0:                   # now and then the plan command
+        return ["plan", "--prompt", draw(ARGS["--prompt"])]
     chosen = draw(st.lists(st.sampled_from(sorted(ARGS)), unique=True, max_size=8))
     argv = ["generate"]
     for name in chosen:
