@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from .limits import (MAX_BATCH, RequestError, batch_seeds, check_batch, check_branches, clamp_window,
+from .limits import (MAX_BATCH, RequestError, batch_seeds, check_batch, check_branches, check_window,
                      is_out_of_memory, resolve_device)
 
 
@@ -56,8 +56,7 @@ def _check_args(args) -> None:
     from .policy import PRESETS
     check_batch(args.batch)
     batch_seeds(args.seed, args.batch)                  # the seed's range
-    if args.window is not None:
-        clamp_window(args.window, args.window)          # >= 1; clamped to the image later
+    check_window(args.window)                          # >= 1; clamped to the image's stream later
     check_branches(args.branches)
     if args.regional and args.no_plan:
         raise RequestError("--regional guides each planned object's box, so it needs the plan: drop --no-plan")
@@ -109,7 +108,8 @@ def _check_movq(name: str) -> None:
             raise RequestError(f"--movq {name} is a folder; give the weights file "
                                "(movq.safetensors or movqgan_270M.ckpt)")
         return
-    repo_id = name.count("/") == 1 and not name.startswith((".", "/", "~")) and not path.suffix
+    repo_id = (name.count("/") == 1 and not name.startswith((".", "/", "~"))
+               and path.suffix not in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"))
     if not repo_id:
         raise RequestError(f"--movq file {name} does not exist (give a weights file, or a Hugging Face "
                            "repo id such as ai-forever/MoVQGAN)")
