@@ -293,6 +293,20 @@ def test_cli_plan_refuses_a_blank_prompt(capsys):
     assert rc == 2 and "the prompt is empty" in err
 
 
+@pytest.mark.parametrize("src,dst,words", [
+    ("{tmp}/missing.ckpt", "{tmp}/out.safetensors", "convert-movq: .*missing.ckpt is not a file"),
+    ("{tmp}", "{tmp}/out.safetensors", "is not a file"),
+    ("{tmp}/a_file", "{tmp}", "convert-movq destination .* is a folder"),
+    ("{tmp}/a_file", "{tmp}/a_file/out.safetensors", "a_file is a file, so no folder can be made there"),
+])
+def test_cli_convert_movq_checks_its_paths_first(tmp_path, capsys, src, dst, words):
+    (tmp_path / "a_file").write_text("x")
+    rc, err = run_cli(["convert-movq", src.replace("{tmp}", str(tmp_path)), dst.replace("{tmp}", str(tmp_path))],
+                      capsys)
+    assert rc == 2 and re.search(words, err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]          # nothing written
+
+
 def test_cli_long_prompt_is_a_message(capsys, tmp_path):
     """Refused once the tokenizer is loaded (with the model: the bound allows the demo's load;
     the refusal itself is timed in test_long_prompts_are_refused_before_any_allocation)."""

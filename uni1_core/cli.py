@@ -51,6 +51,10 @@ def _check_args(args) -> None:
     so a typo never costs a model load, and a bad output path never costs a finished image."""
     if args.command in ("generate", "plan") and not args.prompt.strip():
         raise RequestError("the prompt is empty: say what to draw, e.g. --prompt \"a red circle\"")
+    if args.command == "convert-movq":
+        if not Path(args.src).is_file():
+            raise RequestError(f"convert-movq: {args.src} is not a file (give the MoVQGAN .ckpt)")
+        _check_output(args.dst, "convert-movq destination")
     if args.command != "generate":
         return
     from .policy import PRESETS
