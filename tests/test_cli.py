@@ -138,7 +138,7 @@ def test_pipeline_refuses_unknown_mode_and_regional_without_plan(pipe):
 
 def test_pipeline_regional_and_condition(pipe):
     r = pipe.sample("a red circle to the left of a blue square", seeds=[0], regional=True)
-    assert r.stats["regions"] >= 2
+    assert r.stats.regions >= 2
     cond = torch.randint(0, 32, (4, 8))
     out = pipe.sample("a dog", 64, 64, seeds=[0], condition=cond, task="depth")
     assert torch.equal(out.codes[0, :4], cond)

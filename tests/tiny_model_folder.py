@@ -1,24 +1,25 @@
 """A complete, tiny, random model folder in the real layout (config.json with our "uni1" section,
 model.safetensors, tokenizer.json + tokenizer_config.json, movq.safetensors), built only with
-uni1_core's own modules: what the pipeline, the CLI and the nodes load."""
+uni1_core's own modules: what the pipeline, the CLI and the nodes load.
+
+The text tokenizer is the demo model's (a real byte-level BPE with every Lumina-mGPT 2.0 special
+token, shipped in uni1_core/demo_model/), so the tests need nothing from training/.
+The suite shares one such folder through the `tiny_model_folder` fixture (conftest.py)."""
 import json
 from pathlib import Path
 
 import torch
 
-from training.bpe import LUMINA_ADDED, build_bpe_tokenizer_json
+from uni1_core.checkpoint import DEMO_DIR
 from uni1_core.model import ModelConfig, Uni1Model
 from uni1_core.movq import MoVQ, MoVQConfig
 from uni1_core.tokenizer import TextTokenizer
 
-CORPUS = ["Generate an image of 64x64 according to the following prompt:",
-          "two red circles to the left of a blue square", "a green triangle above a yellow star",
-          "one small purple ring on a white background"] * 3
 NUM_CODES = 32
 
 
 def tokenizer_json() -> dict:
-    return build_bpe_tokenizer_json(CORPUS, 256 + 40 + len(LUMINA_ADDED), LUMINA_ADDED)
+    return json.loads((DEMO_DIR / "tokenizer.json").read_text(encoding="utf-8"))
 
 
 def build_tokenizer() -> TextTokenizer:

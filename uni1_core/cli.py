@@ -193,10 +193,10 @@ def _generate(args) -> int:
     for path, image in zip(paths, pixels):
         tensor_to_pil(image).save(path)
     stats = result.stats
-    print(f"{stats['image_tokens']} image tokens, {stats['forwards']} forwards "
-          f"({stats['forwards_per_token']:.3f} per token), {stats['seconds']:.2f} s")
+    print(f"{stats.image_tokens} image tokens, {stats.forwards} forwards "
+          f"({stats.forwards_per_token:.3f} per token), {stats.seconds:.2f} s")
     if args.stats_json:
-        Path(args.stats_json).write_text(json.dumps(stats, indent=2))
+        Path(args.stats_json).write_text(json.dumps(stats.to_dict(), indent=2))
     for path in paths:
         print(f"wrote {path}")
     return 0

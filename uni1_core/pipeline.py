@@ -20,19 +20,16 @@ from .limits import check_batch, check_branches, clamp_window, resolve_device, s
 from .model import Uni1Model
 from .plan import Plan, make_plan
 from .policy import PRESETS, SamplingPolicy
-from .sampler import MODES, sample_codes
+from .sampler import MODES, SampleStats, sample_codes
 from .sequence import (I2I_SIZES, PIXELS_PER_CODE, PIXELS_PER_GRID_UNIT, ImageGrid, ImageVocab, check_positions,
                        check_size, i2i_prompt_ids, position_limit, supported_sizes, t2i_prompt_ids)
 from .tokenizer import TextTokenizer
-
-DEFAULT_MOVQ_REPO = "ai-forever/MoVQGAN"
-MOVQ_FILES = ("movq.safetensors", "movqgan_270M.safetensors", "movqgan_270M.ckpt")
 
 
 @dataclass
 class Generation:
     codes: torch.Tensor          # (B, rows, cols) long
-    stats: dict
+    stats: SampleStats
     plan: Plan | None
     conditioning: str            # the text the model was conditioned on
     width: int
@@ -73,11 +70,8 @@ class Uni1Pipeline:
     def load_movq(self, path_or_repo_id=None, dtype=None, device=None, cache_dir=None):
         """The image tokenizer that belongs to this model: an explicit path or repo id, else the
         MoVQ weights inside the model folder (the demo ships them), else ai-forever/MoVQGAN."""
-        from .movq import MoVQ
-        if path_or_repo_id is None:
-            local = [self.model_dir / f for f in MOVQ_FILES if (self.model_dir / f).is_file()]
-            path_or_repo_id = str(local[0]) if local else DEFAULT_MOVQ_REPO
-        movq = MoVQ.from_pretrained(path_or_repo_id, dtype=dtype or torch.float32,
+        from .movq import MoVQ, default_source
+        movq = MoVQ.from_pretrained(path_or_repo_id or default_source(self.model_dir), dtype=dtype or torch.float32,
                                     device=device or self.device, cache_dir=cache_dir)
         movq.check_compatible(self.vocab.num_codes, downsample_factor=PIXELS_PER_CODE)
         return movq

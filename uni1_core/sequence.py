@@ -30,6 +30,7 @@ ROW_END = "<reserved08799>"
 TURN_END = "<reserved08706>"
 PIXELS_PER_GRID_UNIT = 32   # the grid tokens count 32-pixel units
 PIXELS_PER_CODE = 8         # MoVQGAN downsamples by 8
+I2I_PANELS = 2              # an image-conditioned image stacks two panels: the condition above, the answer below
 
 T2I_TEMPLATE = "Generate an image of {w}x{h} according to the following prompt:\n{prompt}"
 # The reference's generate.py writes {w}x{h} (TRAIN.md writes {h}x{w}); square sizes are
