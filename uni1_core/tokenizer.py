@@ -1,7 +1,7 @@
 """The text tokenizer: a pure-Python reader of Hugging Face `tokenizer.json` files.
 
 Lumina-mGPT 2.0 ships a Qwen2-family byte-level BPE with Chameleon-named special tokens
-appended (see ../shared/specs/lumina_mgpt2.md section 3). This module implements the
+appended (see docs/format.md, section 4). This module implements the
 `tokenizer.json` format for the components such files use, and gives the same ids and strings
 as the `tokenizers` library (`encode(text, add_special_tokens=False)` / `decode(ids)`):
 
