@@ -736,7 +736,7 @@ def test_a_repo_of_another_model_type_is_refused_after_its_config(comfy, monkeyp
     big = {"config.json": json.dumps({"model_type": "llama", "hidden_size": 4096}), "model.safetensors": "w"}
     calls = fake_hub(monkeypatch, {"someone/llama": big})
     start = time.perf_counter()
-    with pytest.raises(Exception, match="model_type 'llama'.*only Chameleon-family"):
+    with pytest.raises(Exception, match="model_type 'llama'.*uni1_core runs only chameleon, qwen2, qwen3"):
         comfy.nodes.loaders.resolve_model_source("someone/llama")
     assert time.perf_counter() - start < 1.0
     assert calls == [("someone/llama", ["config.json"])]

@@ -97,6 +97,21 @@ def test_conditioning_text(prompt, text):
     assert make_plan(prompt).conditioning_text() == text
 
 
+def test_a_plural_without_a_number_has_no_count():
+    """The schema's unspecified count: null in JSON, one box for the group, no number word."""
+    plan = make_plan("robots next to some trees")
+    assert [(s.noun, s.count) for s in plan.subjects] == [("robot", None), ("tree", None)]
+    assert sorted((b.subject, b.instance) for b in plan.layout) == [(0, 0), (1, 0)]
+    assert plan.conditioning_text() == "Robots are next to trees."
+    assert '"count": null' in plan.to_json()
+    assert Plan.from_json(plan.to_json()) == plan
+    assert plan.summary().startswith("some robot, some tree")
+    assert [text for text, _ in plan.regions()] == ["robots", "trees"]
+    with pytest.raises(PlanError, match=r"count must be a positive integer \(1 to 50\) or null"):
+        Plan.from_json({**plan.to_dict(), "subjects": [{"noun": "robot", "count": 0}], "relations": [],
+                        "layout": []})
+
+
 def test_conditioning_from_structured_scene_matches_parsed_prompt():
     """The demo trainer builds plans from scenes; parsing its caption gives the same plan back."""
     plan = Plan(subjects=[Subject("circle", 2, "red", ["small"]), Subject("square", 1, "blue", ["large"])],

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from .limits import (MAX_BATCH, RequestError, batch_seeds, check_batch, check_branches, clamp_window,
+from .limits import (MAX_BATCH, RequestError, batch_seeds, check_batch, check_branches, check_window,
                      is_out_of_memory, resolve_device)
 
 
@@ -51,14 +51,19 @@ def _check_args(args) -> None:
     so a typo never costs a model load, and a bad output path never costs a finished image."""
     if args.command in ("generate", "plan") and not args.prompt.strip():
         raise RequestError("the prompt is empty: say what to draw, e.g. --prompt \"a red circle\"")
+    if args.command == "convert-movq":
+        if not Path(args.src).is_file():
+            raise RequestError(f"convert-movq: {args.src} is not a file (give the MoVQGAN .ckpt)")
+        _check_output(args.dst, "convert-movq destination")
     if args.command != "generate":
         return
     from .policy import PRESETS
     check_batch(args.batch)
     batch_seeds(args.seed, args.batch)                  # the seed's range
-    if args.window is not None:
-        clamp_window(args.window, args.window)          # >= 1; clamped to the image later
+    check_window(args.window)                          # >= 1; clamped to the image's stream later
     check_branches(args.branches)
+    if args.regional and args.no_plan:
+        raise RequestError("--regional guides each planned object's box, so it needs the plan: drop --no-plan")
     if args.preset is not None and args.preset not in PRESETS:
         raise RequestError(f"unknown preset {args.preset!r}: choose one of {', '.join(PRESETS)}")
     _policy(args, PRESETS[args.preset or "uni1"])     # cfg, temperature, top-k, top-p in range
@@ -107,7 +112,8 @@ def _check_movq(name: str) -> None:
             raise RequestError(f"--movq {name} is a folder; give the weights file "
                                "(movq.safetensors or movqgan_270M.ckpt)")
         return
-    repo_id = name.count("/") == 1 and not name.startswith((".", "/", "~")) and not path.suffix
+    repo_id = (name.count("/") == 1 and not name.startswith((".", "/", "~"))
+               and path.suffix not in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"))
     if not repo_id:
         raise RequestError(f"--movq file {name} does not exist (give a weights file, or a Hugging Face "
                            "repo id such as ai-forever/MoVQGAN)")
@@ -222,7 +228,8 @@ def main(argv=None) -> int:
     except (MemoryError, RuntimeError) as exc:
         if not is_out_of_memory(exc):
             raise
-        print(f"error: out of memory ({str(exc).splitlines()[0][:200]}). Fix: a smaller --batch, size or "
-              "--window, no --regional, or --dtype bfloat16", file=sys.stderr)
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        print(f"error: out of memory ({detail}). Fix: a smaller --batch, size or --window, no "
+              "--regional, or --dtype bfloat16", file=sys.stderr)
         return 2
     return 1

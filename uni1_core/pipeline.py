@@ -10,6 +10,7 @@ number of requests (and a cancelled request leaves it as it was).
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,8 +61,11 @@ class Uni1Pipeline:
     def from_pretrained(cls, name_or_path: str = "demo", dtype="auto", device=None, cache_dir=None):
         device = resolve_device(device or "cpu")       # a missing CUDA named as such, before any read
         model_dir = resolve_model_dir(name_or_path, cache_dir=cache_dir)
+        # The cheap files first, so that a bad one is reported before gigabytes of weights load.
+        _precheck_uni1_section(Path(model_dir) / "config.json")
+        tokenizer = TextTokenizer.from_dir(model_dir)
         model = Uni1Model.from_pretrained(model_dir, dtype=dtype, device=device)
-        return cls(model, TextTokenizer.from_dir(model_dir), model_dir)
+        return cls(model, tokenizer, model_dir)
 
     @property
     def device(self) -> torch.device:
@@ -123,18 +127,19 @@ class Uni1Pipeline:
         limit = position_limit(self.model.config)
         room = max(limit - 3 - grid.stream_len, 0)        # prompt tokens that fit beside the image
 
-        def prompt_row(prompt_text, what, encode=t2i_prompt_ids, *extra):
-            ids = encode(self.tokenizer, prompt_text, width, height, *extra, max_tokens=room)
+        def checked(ids, what):
             check_positions(len(ids), grid, limit, what, at_least=len(ids) > room)
             return ids
 
         if condition is None:
-            prompt_ids = prompt_row(text, "the prompt")
+            prompt_ids = checked(t2i_prompt_ids(self.tokenizer, text, width, height, max_tokens=room), "the prompt")
         else:
-            prompt_ids = prompt_row(text, "the prompt", i2i_prompt_ids, task)
+            prompt_ids = checked(i2i_prompt_ids(self.tokenizer, text, width, height, task, max_tokens=room),
+                                 "the prompt")
         regions = None
         if regional:
-            regions = [(prompt_row(region_text, f"region {k} ({region_text[:40]!r})"), box)
+            regions = [(checked(t2i_prompt_ids(self.tokenizer, region_text, width, height, max_tokens=room),
+                                f"region {k} ({region_text[:40]!r})"), box)
                        for k, (region_text, box) in enumerate(plan.regions())]
         result = sample_codes(
             self.model, self.vocab, grid, [prompt_ids] * len(seeds), mode=mode,
@@ -146,6 +151,17 @@ class Uni1Pipeline:
     def with_policy(self, **changes) -> SamplingPolicy:
         """The default policy with some fields changed (what the sampler node's widgets do)."""
         return dataclasses.replace(self.default_policy, **changes)
+
+
+def _precheck_uni1_section(config_path: Path) -> None:
+    """check_uni1_section on the raw config.json, before the model loads. A file that is not
+    readable JSON is left to the model loader, whose message names that problem."""
+    try:
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return
+    if isinstance(raw, dict):
+        check_uni1_section(raw.get("uni1", {}), config_path)
 
 
 def check_uni1_section(uni1, source: Path) -> dict:

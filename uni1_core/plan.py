@@ -471,7 +471,9 @@ class Plan:
     def regions(self) -> list[tuple[str, tuple[float, float, float, float]]]:
         """(text, (x0, y0, x1, y1)) for every subject instance, for regional guidance."""
         plan = self._laid_out()
-        return [(plan.subject_phrase(b.subject, one=True, with_position=False), b.xyxy)
+        # one box per instance; a plural without a number has one box for the group ("robots")
+        return [(plan.subject_phrase(b.subject, one=plan.subjects[b.subject].count is not None,
+                                     with_position=False), b.xyxy)
                 for b in sorted(plan.layout, key=lambda b: (b.subject, b.instance))]
 
 
