@@ -14,6 +14,9 @@ replay the whole forward. `StaticForward` is that forward:
   to the end of the stream in this mode), so each (rows, width, tree, max_len) bucket compiles
   once: ar (width 1), sjd (its window), sjd_coupled (window plus branches).
 
+The price of one shape: every step reads the keys and values of the whole cache (masked), where
+the eager forward reads the filled part only; at the end of an image the two are the same.
+
 It runs the model's own layers (`layer(x, rope, layer_cache)`), so the weights and the layer
 code are the model's; only the cache plan differs. Where `torch.compile` fails (no compiler,
 an unsupported model) the step falls back to the eager forward with one log line, never a crash.
