@@ -391,3 +391,16 @@ def test_bad_inputs_are_clear_errors(model, vocab, grid):
         sample_codes(model, vocab, grid, PROMPTS[:2], regions=[None])
     with pytest.raises(ValueError, match="coupling 'x' is unknown"):
         sample_codes(model, vocab, grid, PROMPTS, mode="sjd_coupled", coupling="x")
+
+
+def test_direct_callers_get_the_request_limits(model, vocab, grid):
+    """sample_codes itself (not only the pipeline) maps every widget seed to its int64 twin,
+    clamps an oversized window and refuses a prompt longer than the model's positions."""
+    from uni1_core.sequence import PromptTooLong
+    run = lambda **kw: sample_codes(model, vocab, grid, [[7, 8]], mode="sjd", policy=SamplingPolicy(cfg_scale=1.0), **kw)
+    top = run(seeds=[2**64 - 1])
+    assert torch.equal(top.codes, run(seeds=[-1]).codes)
+    assert torch.equal(run(seeds=[0], window=10**6).codes, run(seeds=[0], window=grid.stream_len).codes)
+    too_long = [7] * model.config.max_position_embeddings
+    with pytest.raises(PromptTooLong, match="prompt"):
+        sample_codes(model, vocab, grid, [too_long], mode="ar", policy=SamplingPolicy(cfg_scale=1.0))

@@ -52,6 +52,8 @@ from typing import Callable, NamedTuple
 import torch
 
 from . import decode
+from .limits import seed_to_int64
+from .sequence import check_positions, position_limit
 from .policy import (SamplingPolicy, forced_sub_ids, get_policy, region_weights,
                      stream_region_weights, sub_vocab_ids)
 
@@ -372,7 +374,8 @@ def check_request(mode, coupling, window, branches, cond_prompts, seeds, regions
     batch = len(cond_prompts)
     if batch == 0:
         raise ValueError("cond_prompts is empty: give one list of prompt token ids per image")
-    seeds = list(range(batch)) if seeds is None else [int(s) for s in seeds]
+    # any seed of -2^63 .. 2^64-1 (the node's widget range), hashed as its int64 twin
+    seeds = list(range(batch)) if seeds is None else [seed_to_int64(s) for s in seeds]
     if len(seeds) != batch:
         raise ValueError(f"{len(seeds)} seeds for {batch} prompts: give one seed per image")
     if regions is not None:
@@ -385,6 +388,20 @@ def check_request(mode, coupling, window, branches, cond_prompts, seeds, regions
                     raise ValueError(f"regions[{b}] holds {region!r}: each region must be "
                                      "(prompt_ids, (x0, y0, x1, y1)) with the box normalised to 0..1")
     return size, num_branches, seeds
+
+
+def check_prompt_positions(model, grid, cond_prompts, regions) -> None:
+    """Refuse a prompt (or region prompt) that with the image needs more positions than the model
+    has, before the cache is sized by it."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "max_position_embeddings"):
+        return
+    limit = position_limit(config)
+    for p in cond_prompts:
+        check_positions(len(p), grid, limit)
+    for image_regions in regions or []:
+        for prompt, _ in image_regions or []:
+            check_positions(len(prompt), grid, limit, what="a region prompt")
 
 
 def make_setup(device, vocab, grid, cond_prompts, policy: SamplingPolicy, mode: str, rule: str, window: int,
@@ -708,6 +725,8 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
     t0 = time.perf_counter()
     policy = get_policy(policy)
     window, branches, seeds = check_request(mode, coupling, window, branches, cond_prompts, seeds, regions)
+    window = min(window, grid.stream_len)       # a longer window only allocates slots no draft can use
+    check_prompt_positions(model, grid, cond_prompts, regions)
     rule = "sjd" if mode != "sjd_coupled" else coupling
     setup = make_setup(model.device, vocab, grid, cond_prompts, policy, mode, rule, window, branches, seeds, regions)
     B, S = setup.batch, setup.stream_len
