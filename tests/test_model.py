@@ -74,6 +74,7 @@ def test_checkpoint_is_sharded_and_every_key_is_used(checkpoints):
     vq = {k for k in in_file if k.startswith("model.vqmodel.")}
     assert vq, "the reference writes its VQ-VAE; the loader must skip it by name"
     assert in_file - vq == ours            # no missing, no unexpected key, names unchanged
+    assert list(model.state_dict()) == [k for k in ref.state_dict() if not k.startswith("model.vqmodel.")]
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, ref.state_dict()[key], atol=0, rtol=0)
     assert all(p.device.type == "cpu" and not p.requires_grad for p in model.parameters())

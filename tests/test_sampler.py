@@ -51,7 +51,7 @@ def tiny_model(num_codes: int = 16, seed: int = 0, scale: float = 0.5, layers: i
     model = Uni1Model(cfg).to(torch.float64).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for name, p in model.state_dict().items():     # Hugging Face names and order: views, written in place
             noise = torch.randn(p.shape, generator=g, dtype=torch.float64)
             if "norm" in name:
                 p.copy_(1.0 + 0.1 * noise if name.endswith("weight") else 0.1 * noise)

@@ -629,36 +629,42 @@ class DecoderLayer(nn.Module):
 # in keeps its own entries under the internal name.
 
 def hf_layout(cfg: ModelConfig) -> dict[str, tuple[tuple[str, ...], tuple[int, ...] | None]]:
-    """internal module -> (Hugging Face modules, rows of each along dim 0; None: a plain rename).
-    A row count of 0 marks a 1-D tensor stored as one row (Qwen3's qk-norm weights)."""
+    """internal module -> (Hugging Face modules, rows of each along dim 0; None: a plain rename),
+    in Hugging Face's order. A row count of 0 marks a 1-D tensor stored as one row (Qwen3's
+    qk-norm weights)."""
     H, KV, D, I = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.intermediate_size
+    qk_norm = {"layernorm": (H, KV), "rmsnorm": (0, 0)}.get(cfg.qk_norm)
     layout = {
         "attention.wqkv": (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), (H * D, KV * D, KV * D)),
         "attention.wo": (("self_attn.o_proj",), None),
+        "attention.qk_norm": (("self_attn.q_norm", "self_attn.k_norm"), qk_norm),
         "feed_forward.w13": (("mlp.gate_proj", "mlp.up_proj"), (I, I)),
         "feed_forward.w2": (("mlp.down_proj",), None),
     }
-    if cfg.qk_norm == "layernorm":
-        layout["attention.qk_norm"] = (("self_attn.q_norm", "self_attn.k_norm"), (H, KV))
-    elif cfg.qk_norm == "rmsnorm":
-        layout["attention.qk_norm"] = (("self_attn.q_norm", "self_attn.k_norm"), (0, 0))
+    if qk_norm is None:
+        del layout["attention.qk_norm"]
     return layout
 
 
 def _to_hf_names(module, state_dict, prefix, local_metadata, layout):
+    # This layer's entries are the last ones; they are put back in Hugging Face's order (the
+    # order of transformers' own state_dict), renamed and split, then the rest (the norms).
+    mine = {k: state_dict.pop(k) for k in [k for k in state_dict if k.startswith(prefix)]}
     for internal, (names, rows) in layout.items():
+        parts = {}
         for param in ("weight", "bias"):
-            key = f"{prefix}{internal}.{param}"
-            t = state_dict.get(key)
+            t = mine.get(f"{prefix}{internal}.{param}")
             if t is None or not t.is_floating_point():
                 continue
-            del state_dict[key]
+            del mine[f"{prefix}{internal}.{param}"]
             if rows is None:
-                state_dict[f"{prefix}{names[0]}.{param}"] = t
-                continue
-            parts = t.split([n or 1 for n in rows])
-            for name, n, part in zip(names, rows, parts):
-                state_dict[f"{prefix}{name}.{param}"] = part if n else part[0]
+                parts[param] = [t]
+            else:
+                parts[param] = [part if n else part[0] for part, n in zip(t.split([n or 1 for n in rows]), rows)]
+        for i, name in enumerate(names):
+            for param, split in parts.items():
+                state_dict[f"{prefix}{name}.{param}"] = split[i]
+    state_dict.update(mine)
 
 
 def _from_hf_names(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs, layout):
