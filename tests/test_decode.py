@@ -58,16 +58,18 @@ def uncompiled_static(monkeypatch):
     monkeypatch.setattr(decode, "static_forward", lambda model: decode.StaticForward(model, compile=False))
 
 
+@pytest.mark.parametrize("kv", [None, "int8"])
 @pytest.mark.parametrize("tree", [None, [-1, 0, 1, 0, 0, 1]])
 @torch.inference_mode()
-def test_static_forward_equals_the_model_forward(model, tree):
-    """Same logits and the same cache writes as Uni1Model.forward, for ragged rows, padding and a tree."""
+def test_static_forward_equals_the_model_forward(model, tree, kv):
+    """Same logits and the same cache writes as Uni1Model.forward, for ragged rows, padding and a
+    tree, with a float cache and with an int8 one."""
     ids = torch.randint(20, 36, (3, 6), generator=torch.Generator().manual_seed(0))
     prompt = torch.randint(7, 20, (3, 5), generator=torch.Generator().manual_seed(1))
     n_valid = torch.tensor([6, 3, 6])
     caches = []
     for forward in (model, decode.StaticForward(model, compile=False)):
-        cache = model.new_cache(3, decode.cache_len(20))
+        cache = model.new_cache(3, decode.cache_len(20), dtype=kv)
         model(prompt, cache=cache, n_valid=torch.tensor([5, 2, 4]))
         logits = forward(ids, cache=cache, n_valid=n_valid, tree=tree)
         caches.append((logits, cache))

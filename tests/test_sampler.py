@@ -45,21 +45,6 @@ class TinyGrid:
     code_positions = ImageGrid.code_positions            # a function of rows and cols only
 
 
-LAYER_DRAW_ORDER = ["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
-                    "self_attn.o_proj.weight", "self_attn.q_norm.weight", "self_attn.q_norm.bias",
-                    "self_attn.k_norm.weight", "self_attn.k_norm.bias", "mlp.gate_proj.weight",
-                    "mlp.up_proj.weight", "mlp.down_proj.weight", "input_layernorm.weight",
-                    "post_attention_layernorm.weight"]
-
-
-def hf_draw_order(name: str) -> tuple:
-    """Embedding, then layer by layer (LAYER_DRAW_ORDER), then the final norm and the head."""
-    if name.startswith("model.layers."):
-        index, rest = name.removeprefix("model.layers.").split(".", 1)
-        return (1, int(index), LAYER_DRAW_ORDER.index(rest))
-    return {"model.embed_tokens.weight": (0,), "model.norm.weight": (2,), "lm_head.weight": (3,)}[name]
-
-
 def tiny_model(num_codes: int = 16, seed: int = 0, scale: float = 0.5, layers: int = 2) -> Uni1Model:
     """A random float64 Uni1Model over a vocabulary of 20 + num_codes ids."""
     cfg = ModelConfig(vocab_size=CODE_OFFSET + num_codes, hidden_size=16, intermediate_size=32,
@@ -68,10 +53,7 @@ def tiny_model(num_codes: int = 16, seed: int = 0, scale: float = 0.5, layers: i
     model = Uni1Model(cfg).to(torch.float64).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        # drawn in a fixed order of the Hugging Face names (the state dict's views), not in the
-        # network's own layout, so that a seed keeps naming the same model when the layout
-        # changes: the distribution test's model seed was chosen for its model
-        for name, p in sorted(model.state_dict().items(), key=lambda item: hf_draw_order(item[0])):
+        for name, p in model.state_dict().items():     # Hugging Face names and order: views, written in place
             noise = torch.randn(p.shape, generator=g, dtype=torch.float64)
             if "norm" in name:
                 p.copy_(1.0 + 0.1 * noise if name.endswith("weight") else 0.1 * noise)

@@ -51,11 +51,11 @@ def window_layout(tree: list[int] | None, width: int, device) -> tuple[torch.Ten
     return depth.to(device), sees.to(device)
 
 
-def static_window_forward(model, ids, k_cache, v_cache, lengths, depth, sees, cos_table, sin_table):
+def static_window_forward(model, ids, cache, lengths, depth, sees, cos_table, sin_table):
     """(rows, W) window ids -> (rows, W, vocab) float32 logits, writing the window's keys and
     values at slots lengths[r] + t. Every shape depends only on (rows, W, max_len): no host sync."""
     rows, width = ids.shape
-    max_len = k_cache.shape[3]
+    max_len = cache.max_len
     device = ids.device
     x = model.model.embed_tokens(ids)
     slots = lengths[:, None] + torch.arange(width, device=device)[None, :]        # (rows, W) cache slots
@@ -69,7 +69,7 @@ def static_window_forward(model, ids, k_cache, v_cache, lengths, depth, sees, co
     rope = cos_table[positions][:, :, None], sin_table[positions][:, :, None]
     row_index = torch.arange(rows, device=device)[:, None]
     for i, layer in enumerate(model.model.layers):
-        x = layer(x, rope, (k_cache[i], v_cache[i], row_index, slots, max_len, mask, None))
+        x = layer(x, rope, (cache, i, row_index, slots, max_len, mask, None))
     return model.lm_head(model.model.norm(x)).float()
 
 
@@ -113,8 +113,8 @@ class StaticForward:
         cache = self.model.new_cache(*shape_key)
         if self.compiled and self.device.type == "cuda":
             self._kept_cache = None                          # free the previous one first
-            torch._dynamo.mark_static_address(cache.k)
-            torch._dynamo.mark_static_address(cache.v)
+            for tensor in cache._tensors():                  # keys, values (and int8 scales)
+                torch._dynamo.mark_static_address(tensor)
             self._kept_cache = (shape_key, cache)
         return cache
 
@@ -134,7 +134,7 @@ class StaticForward:
     def __call__(self, ids, cache, n_valid, tree=None):
         depth, sees = self.layout(tree, ids.shape[1])
         cos, sin = self.rope_tables(cache.max_len, self.model.dtype)
-        args = (self.model, ids, cache.k, cache.v, cache.lengths, depth, sees, cos, sin)
+        args = (self.model, ids, cache, cache.lengths, depth, sees, cos, sin)
         if self.compiled and self.device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()     # the previous step's logits are dead
         try:

@@ -251,11 +251,9 @@ def take_branch(tokens, a, m, D, cand, P, P_branch, n, S: int, seeds, it, active
 
 
 def move_kv(cache, rows_mask, dst, src) -> None:
-    """Copy every layer's key and value at slot src[r] to slot dst[r], for rows where rows_mask."""
-    src = torch.where(rows_mask, src, dst)                    # a no-op copy elsewhere: no host sync
-    r = torch.arange(len(dst), device=dst.device)
-    cache.k[:, r, :, dst] = cache.k[:, r, :, src]
-    cache.v[:, r, :, dst] = cache.v[:, r, :, src]
+    """Copy every layer's key and value at slot src[r] to slot dst[r], for rows where rows_mask
+    (the cache moves an int8 cache's scales with them; no host sync)."""
+    cache.move_slots(rows_mask, dst, src)
 
 
 # ---------------------------------------------------------------------------------------------
