@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .limits import resolve_device
 from .checkpoint import CheckpointError, list_safetensors_dir, read_tensors, resolve_model_dir
 
 QK_NORM_EPS = 1e-5                      # Chameleon's qk LayerNorm: fixed, not in the config
@@ -875,10 +876,10 @@ class Uni1Model(nn.Module):
         naming the file and the key), and every tensor is read from its file straight onto
         `device` and put in place, so the weights exist once.
         """
-        folder = resolve_model_dir(path_or_repo_id, cache_dir=cache_dir)
+        device = resolve_device(device)          # a missing CUDA named as such, before any read
+        folder = resolve_model_dir(path_or_repo_id, cache_dir=cache_dir, check_config=ModelConfig.from_file)
         config = ModelConfig.from_file(folder / "config.json")
         dtype = parse_dtype(dtype, config)
-        device = torch.device(device)
         entries = list_safetensors_dir(folder)
         _check_config_against_headers(entries, config, folder)
         with torch.device("meta"):
