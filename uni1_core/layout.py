@@ -387,24 +387,30 @@ def _x_overlap(subject: list[Box], obj: list[Box]) -> bool:
     return all(b[0] < hi and lo < b[2] for b in subject)
 
 
+def _before(a: list[Box], b: list[Box], end: int, start: int) -> bool:
+    """Every box of `a` ends (coordinate `end`) before every box of `b` starts (`start`): for
+    all pairs at once, compare the extremes (linear in the instances, not quadratic)."""
+    return not a or not b or max(x[end] for x in a) <= min(x[start] for x in b) + EPS
+
+
 def relation_holds(rel: str, subject: list[Box], obj: list[Box], obj2: list[Box] | None = None) -> bool:
     """The meaning of a relation between all instances of two subjects."""
     if rel == "left of":
-        return all(a[2] <= b[0] + EPS for a in subject for b in obj)
+        return _before(subject, obj, 2, 0)
     if rel == "right of":
         return relation_holds("left of", obj, subject)
     if rel == "above":
-        return all(a[3] <= b[1] + EPS for a in subject for b in obj)
+        return _before(subject, obj, 3, 1)
     if rel == "below":
         return relation_holds("above", obj, subject)
     if rel == "on":
         return relation_holds("above", subject, obj) and _x_overlap(subject, obj)
     if rel == "under":
         return relation_holds("above", obj, subject) and _x_overlap(subject, obj)
-    if rel == "behind":   # further away: higher in the picture, in the same column
-        return all(_cy(a) < _cy(b) for a in subject for b in obj) and _x_overlap(subject, obj)
-    if rel == "in front of":
-        return all(_cy(a) > _cy(b) for a in subject for b in obj) and _x_overlap(subject, obj)
+    if rel in ("behind", "in front of"):   # behind: further away, higher in the picture, same column
+        back, front = (subject, obj) if rel == "behind" else (obj, subject)
+        return ((not back or not front or max(map(_cy, back)) < min(map(_cy, front)))
+                and _x_overlap(subject, obj))
     if rel == "next to":
         side = all(a[2] <= b[0] + EPS or b[2] <= a[0] + EPS for a in subject for b in obj)
         lo = max(min(b[1] for b in subject), min(b[1] for b in obj))

@@ -30,6 +30,12 @@ from .plan_parse import (BASIC_COLORS, COLOR_ALIASES, MAX_COUNT, OTHER_COLOR_WOR
                          parse_prompt, plural)
 
 PLAN_VERSION = 1
+# Limits that keep planning fast and the layout readable whatever the input (a picture with more
+# objects than this is not one the layout, or a model's attention, can keep apart anyway).
+MAX_PROMPT_CHARS = 4000
+MAX_SUBJECTS = 32
+MAX_RELATIONS = 64
+MAX_INSTANCES = 128    # boxes in a layout: the sum of the counts
 STYLE_FIELDS = ("medium", "lighting", "camera", "mood")
 SUMMARY_MAX = 200   # characters; the node UI shows one line
 # Attributes starting with these words follow the noun: "a dog with a red collar".
@@ -92,6 +98,7 @@ class Plan:
     composition: str = ""
     negatives: list[str] = field(default_factory=list)
     unparsed: list[str] = field(default_factory=list)
+    prompt: str = ""               # the user's words this plan was made from ("" for a structured plan)
     version: int = PLAN_VERSION
 
     def __post_init__(self):
@@ -105,6 +112,11 @@ class Plan:
         _check(self.version <= PLAN_VERSION,
                lambda: f"version {self.version} is newer than this planner understands ({PLAN_VERSION}); update ComfyUI-Uni1")
         _check(isinstance(self.subjects, list), "subjects must be a list")
+        _check(len(self.subjects) <= MAX_SUBJECTS,
+               lambda: f"the plan has {len(self.subjects)} subjects; at most {MAX_SUBJECTS} can be laid out: "
+                       "merge repeated objects into one subject with a count")
+        _check(isinstance(self.relations, list) and len(self.relations) <= MAX_RELATIONS,
+               lambda: f"relations must be a list of at most {MAX_RELATIONS}; remove some")
         for i, s in enumerate(self.subjects):
             where = f"subjects[{i}]"
             _check(isinstance(s, Subject), lambda: f"{where} must be an object with noun, count, color, attributes")
@@ -117,7 +129,10 @@ class Plan:
             _check(isinstance(s.attributes, list) and all(isinstance(a, str) and a.strip() for a in s.attributes),
                    lambda: f"{where}.attributes must be a list of non-empty strings")
         n = len(self.subjects)
-        _check(isinstance(self.relations, list), "relations must be a list")
+        instances = sum(s.count for s in self.subjects)
+        _check(instances <= MAX_INSTANCES,
+               lambda: f"the plan has {instances} object instances (the sum of the counts); at most "
+                       f"{MAX_INSTANCES} can be laid out: lower the counts")
         for i, r in enumerate(self.relations):
             where = f"relations[{i}]"
             _check(isinstance(r, Relation), lambda: f"{where} must be an object with subject, object, relation")
@@ -143,7 +158,7 @@ class Plan:
             missing = sorted(want - seen)
             _check(not missing, lambda: f"layout has no box for subjects[{missing[0][0]}] instance {missing[0][1]} "
                                 if missing else "")
-        for name in ("scene", "composition"):
+        for name in ("scene", "composition", "prompt"):
             _check(isinstance(getattr(self, name), str), lambda: f"{name} must be a string")
         _check(isinstance(self.style, Style), "style must be an object with medium, lighting, camera, mood")
         for name in STYLE_FIELDS:
@@ -210,6 +225,7 @@ class Plan:
             return d
         return {
             "version": self.version,
+            "prompt": self.prompt,
             "subjects": [{"noun": s.noun, "count": s.count, "color": s.color, "attributes": list(s.attributes)}
                          for s in self.subjects],
             "relations": [rel(r) for r in self.relations],
@@ -251,7 +267,7 @@ class Plan:
             except json.JSONDecodeError as exc:
                 raise PlanError(f"the plan is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
         _check(isinstance(data, dict), "the plan must be a JSON object with subjects, relations, layout, ...")
-        known = {"version", "subjects", "relations", "layout", "scene", "style", "composition", "negatives", "unparsed"}
+        known = {"version", "prompt", "subjects", "relations", "layout", "scene", "style", "composition", "negatives", "unparsed"}
         unknown = sorted(set(data) - known)
         _check(not unknown, lambda: f"unknown field {unknown[0]!r} in the plan (fields: {', '.join(sorted(known))})"
                if unknown else "")
@@ -269,7 +285,8 @@ class Plan:
         plan = cls(subjects=subjects, relations=relations, layout=[], scene=_string(data.get("scene", ""), "scene"),
                    style=style_obj, composition=_string(data.get("composition", ""), "composition"),
                    negatives=_strings(data.get("negatives", []), "negatives"),
-                   unparsed=_strings(data.get("unparsed", []), "unparsed"), version=version)
+                   unparsed=_strings(data.get("unparsed", []), "unparsed"),
+                   prompt=_string(data.get("prompt", ""), "prompt"), version=version)
         want = {(i, k) for i, s in enumerate(subjects) for k in range(s.count)}
         have = [(b.subject, b.instance) for b in layout]
         if layout and len(set(have)) == len(have) == len(want) and set(have) == want:
@@ -476,21 +493,18 @@ def make_plan(prompt: str) -> Plan:
     """
     if not isinstance(prompt, str):
         raise PlanError(f"the prompt must be a string, got {type(prompt).__name__}")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise PlanError(f"the prompt has {len(prompt):,} characters; the planner reads at most {MAX_PROMPT_CHARS:,}. "
+                        "Shorten it, or set conditioning to 'prompt' to give it to the model unplanned")
     data, rel_texts = parse_prompt(prompt)
     subjects = [Subject(s["noun"], s["count"], s["color"], s["attributes"]) for s in data["subjects"]]
-    relations = [Relation(r["subject"], r["object"], r["relation"], r.get("object2")) for r in data["relations"]]
+    relations, rel_texts = _distinct_relations(data["relations"], rel_texts)
+    _check_prompt_size(subjects, relations)
     plan = Plan(subjects=subjects, relations=relations, scene=data["scene"], style=Style(**data["style"]),
-                composition=data["composition"], negatives=data["negatives"], unparsed=data["unparsed"])
+                composition=data["composition"], negatives=data["negatives"], unparsed=data["unparsed"],
+                prompt=" ".join(prompt.split()))
     dropped: list[str] = []
-    while True:
-        plan = replace(plan, layout=_layout_boxes(plan))
-        bad = plan.violations()
-        if not bad:
-            break
-        i = bad[-1]
-        dropped.append(rel_texts[i])
-        del rel_texts[i]
-        plan = replace(plan, relations=plan.relations[:i] + plan.relations[i + 1:])
+    plan = _drop_contradictions(plan, rel_texts, dropped)
     # an absolute position the relations rule out ("a cat left of a dog, the cat on the right")
     # goes the same way
     for i in plan.position_violations():
@@ -502,6 +516,58 @@ def make_plan(prompt: str) -> Plan:
     if dropped:
         plan = replace(plan, layout=_layout_boxes(plan), unparsed=plan.unparsed + dropped[::-1])
     return plan
+
+
+def _distinct_relations(found: list[dict], texts: list[str]) -> tuple[list[Relation], list[str]]:
+    """The parser's relations as Relation objects, each stated once ("a cat left of a dog, the
+    cat left of the dog" says one thing twice; a repeat adds nothing to lay out)."""
+    relations, kept, seen = [], [], set()
+    for r, text in zip(found, texts):
+        key = (r["subject"], r["object"], r["relation"], r.get("object2"))
+        if key not in seen:
+            seen.add(key)
+            relations.append(Relation(*key))
+            kept.append(text)
+    return relations, kept
+
+
+def _check_prompt_size(subjects: list[Subject], relations: list[Relation]) -> None:
+    """A prompt that names more objects than a layout can hold gets a message, not a slow plan."""
+    if len(subjects) > MAX_SUBJECTS:
+        raise PlanError(f"the prompt names {len(subjects)} separate objects; the planner lays out at most "
+                        f"{MAX_SUBJECTS}. Merge repeats into counts ('five cats'), describe fewer objects, or "
+                        "set conditioning to 'prompt' to give the prompt to the model unplanned")
+    if len(relations) > MAX_RELATIONS:
+        raise PlanError(f"the prompt states {len(relations)} spatial relations; the planner keeps at most "
+                        f"{MAX_RELATIONS}. State fewer, or set conditioning to 'prompt' to give the prompt to "
+                        "the model unplanned")
+    instances = sum(s.count for s in subjects)
+    if instances > MAX_INSTANCES:
+        raise PlanError(f"the prompt asks for {instances} objects in all; the planner lays out at most "
+                        f"{MAX_INSTANCES}. Lower the counts")
+
+
+# After this many layouts that each drop the last contradicting relation, all the relations that
+# still fail are dropped at once: a prompt that contradicts itself a little keeps as much as it
+# can, and one that contradicts itself everywhere still costs only a few layouts.
+ONE_BY_ONE_DROPS = 3
+
+
+def _drop_contradictions(plan: Plan, rel_texts: list[str], dropped: list[str]) -> Plan:
+    """`plan` laid out, without the relations that cannot hold together with the earlier ones
+    (their source text is appended to `dropped`, last first)."""
+    rel_texts, passes = list(rel_texts), 0
+    while True:
+        plan = replace(plan, layout=_layout_boxes(plan))
+        bad = plan.violations()
+        if not bad:
+            return plan
+        drop = bad[-1:] if passes < ONE_BY_ONE_DROPS else bad
+        passes += 1
+        for i in reversed(drop):
+            dropped.append(rel_texts.pop(i))
+        gone = set(drop)
+        plan = replace(plan, relations=[r for i, r in enumerate(plan.relations) if i not in gone])
 
 
 def parse_llm_output(text: str) -> Plan:
