@@ -25,9 +25,9 @@ import json
 from dataclasses import dataclass, field, fields, replace
 
 from .layout import compute_layout, position_holds, relation_holds, snap_to_cells
+from .llm_answer import STYLE_FIELDS, LLMAnswerError, read_answer
 from .plan_parse import (BASIC_COLORS, COLOR_ALIASES, MAX_COUNT, OTHER_COLOR_WORDS, POSITIONS, PRE_COLOR_WORDS,
-                         LLMAnswerError, RELATION_TEXT, RELATIONS, article, extract_llm_payload, number_word,
-                         parse_prompt, plural)
+                         RELATION_TEXT, RELATIONS, article, number_word, parse_prompt, plural)
 
 PLAN_VERSION = 1
 # Limits that keep planning fast and the layout readable whatever the input (a picture with more
@@ -36,7 +36,6 @@ MAX_PROMPT_CHARS = 4000
 MAX_SUBJECTS = 32
 MAX_RELATIONS = 64
 MAX_INSTANCES = 128    # boxes in a layout: the sum of the counts
-STYLE_FIELDS = ("medium", "lighting", "camera", "mood")
 SUMMARY_MAX = 200   # characters; the node UI shows one line
 # Attributes starting with these words follow the noun: "a dog with a red collar".
 POST_NOUN_LEADERS = {"with", "wearing", "holding", "carrying", "of", "made", "in", "at", "on",
@@ -266,6 +265,9 @@ class Plan:
                 data = json.loads(data)
             except json.JSONDecodeError as exc:
                 raise PlanError(f"the plan is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+            except RecursionError:
+                raise PlanError("the plan JSON is nested too deep to be a plan (a plan is at most four levels "
+                                "deep); check what produced it") from None
         _check(isinstance(data, dict), "the plan must be a JSON object with subjects, relations, layout, ...")
         known = {"version", "prompt", "subjects", "relations", "layout", "scene", "style", "composition", "negatives", "unparsed"}
         unknown = sorted(set(data) - known)
@@ -287,6 +289,10 @@ class Plan:
                    negatives=_strings(data.get("negatives", []), "negatives"),
                    unparsed=_strings(data.get("unparsed", []), "unparsed"),
                    prompt=_string(data.get("prompt", ""), "prompt"), version=version)
+        # every box is checked, even one for an instance that no longer exists (a count was
+        # edited), so that a typo is caught
+        for i, b in enumerate(layout):
+            _check_box(b, i, subjects, check_instance=False)
         want = {(i, k) for i, s in enumerate(subjects) for k in range(s.count)}
         have = [(b.subject, b.instance) for b in layout]
         if layout and len(set(have)) == len(have) == len(want) and set(have) == want:
@@ -294,9 +300,6 @@ class Plan:
             if not given.violations():
                 return given
             # the boxes no longer fit the relations (a relation was edited): lay out again below
-        # a box for an instance that no longer exists is still checked, so that a typo is caught
-        for i, b in enumerate(layout):
-            _check_box(b, i, subjects, check_instance=False)
         return plan.with_layout()
 
     @classmethod
@@ -307,11 +310,11 @@ class Plan:
         edited one; anything else is planned like a prompt.
         """
         try:
-            payload = extract_llm_payload(text)
+            payload = read_answer(text)
         except LLMAnswerError as exc:
             raise PlanError(str(exc)) from None
         if isinstance(payload, dict):
-            data = _lenient(payload)
+            data = payload
             try:
                 return cls.from_json(data)
             except PlanError as exc:
@@ -493,6 +496,7 @@ def make_plan(prompt: str) -> Plan:
     """
     if not isinstance(prompt, str):
         raise PlanError(f"the prompt must be a string, got {type(prompt).__name__}")
+    prompt = " ".join(prompt.split())
     if len(prompt) > MAX_PROMPT_CHARS:
         raise PlanError(f"the prompt has {len(prompt):,} characters; the planner reads at most {MAX_PROMPT_CHARS:,}. "
                         "Shorten it, or set conditioning to 'prompt' to give it to the model unplanned")
@@ -502,7 +506,7 @@ def make_plan(prompt: str) -> Plan:
     _check_prompt_size(subjects, relations)
     plan = Plan(subjects=subjects, relations=relations, scene=data["scene"], style=Style(**data["style"]),
                 composition=data["composition"], negatives=data["negatives"], unparsed=data["unparsed"],
-                prompt=" ".join(prompt.split()))
+                prompt=prompt)
     dropped: list[str] = []
     plan = _drop_contradictions(plan, rel_texts, dropped)
     # an absolute position the relations rule out ("a cat left of a dog, the cat on the right")
@@ -579,90 +583,6 @@ def parse_llm_output(text: str) -> Plan:
 # helpers
 # ---------------------------------------------------------------------------------------------
 
-def _lenient(data: dict) -> dict:
-    """Another model's plan JSON, put into this schema where its meaning is clear.
-
-    Plural or capitalised nouns, counts as strings or words, colour names outside the basic
-    set, relation phrasings ("to the left of", "left_of"), subjects named instead of indexed, a
-    style given as one string: all are normalised. Fields this schema does not have (often the
-    model's reasoning) are left out, so they never reach the conditioning text.
-    """
-    from .plan_parse import RELATION_PHRASES, _match, parse_count, singular, tokenize
-
-    out: dict = {k: data[k] for k in ("version", "scene", "composition", "layout") if k in data}
-    subjects = []
-    for s in data.get("subjects") or []:
-        if isinstance(s, str):
-            s = {"noun": s}
-        if not isinstance(s, dict):
-            subjects.append(s)      # from_json names the problem
-            continue
-        s = {k: s[k] for k in ("noun", "count", "color", "attributes") if k in s}
-        attributes = s.get("attributes", [])
-        attributes = [attributes] if isinstance(attributes, str) else list(attributes or [])
-        color = s.get("color")
-        if isinstance(color, str):
-            color = COLOR_ALIASES.get(color.strip().lower(), color.strip().lower()) or None
-            if color is not None and color not in BASIC_COLORS:
-                attributes.insert(0, color)
-                color = None
-        noun = s.get("noun")
-        if isinstance(noun, str):
-            words = noun.strip().lower().split()
-            while words and words[0] in ("a", "an", "the"):
-                words = words[1:]
-            while len(words) > 1 and COLOR_ALIASES.get(words[0], words[0]) in BASIC_COLORS and color is None:
-                color = COLOR_ALIASES.get(words[0], words[0])
-                words = words[1:]
-            if words:
-                words[-1] = singular(words[-1])
-            noun = " ".join(words)
-        count = s.get("count", 1)
-        if isinstance(count, str):
-            toks = tokenize(count)
-            parsed = parse_count(toks, 0) if toks else None
-            count = parsed[0] if parsed and parsed[1] == len(toks) else count
-        elif isinstance(count, float) and count.is_integer():
-            count = int(count)
-        subjects.append({"noun": noun, "count": count, "color": color, "attributes": attributes})
-    out["subjects"] = subjects
-    nouns = [s.get("noun") if isinstance(s, dict) else None for s in subjects]
-    relations = []
-    for r in data.get("relations") or []:
-        if isinstance(r, dict):
-            r = {k: r[k] for k in ("subject", "object", "relation", "object2") if k in r}
-            for key in ("subject", "object", "object2"):
-                v = r.get(key)
-                if isinstance(v, str) and v.strip().isdigit():
-                    r[key] = int(v)
-                elif isinstance(v, str) and singular(v.strip().lower().split()[-1] if v.strip() else "") in [
-                        (n or "").split()[-1] if n else None for n in nouns]:
-                    head = singular(v.strip().lower().split()[-1])
-                    r[key] = [(n or "").split()[-1] if n else None for n in nouns].index(head)
-            rel = r.get("relation")
-            if isinstance(rel, str):
-                toks = tokenize(rel.replace("_", " "))
-                m = _match(toks, 0, RELATION_PHRASES) if toks else None
-                if m and m[0] == len(toks):
-                    r["relation"] = m[1]
-                elif rel.replace("_", " ").strip().lower() in RELATIONS:
-                    r["relation"] = rel.replace("_", " ").strip().lower()
-        relations.append(r)
-    out["relations"] = relations
-    style = data.get("style")
-    if isinstance(style, str):
-        style = {"medium": style}
-    if isinstance(style, dict):
-        out["style"] = {k: v for k, v in style.items() if k in STYLE_FIELDS}
-    for key in ("negatives", "unparsed"):
-        v = data.get(key)
-        if isinstance(v, str):
-            v = [x.strip() for x in v.split(",") if x.strip()]
-        if v is not None:
-            out[key] = v
-    return out
-
-
 def _layout_boxes(plan: Plan) -> list[Box]:
     counts = [s.count for s in plan.subjects]
     rels = [(r.subject, r.object, r.relation, r.object2) for r in plan.relations]
@@ -698,8 +618,20 @@ def _list(data: dict, key: str) -> list:
     v = data.get(key, [])
     if v is None:
         v = []
-    _check(isinstance(v, list), lambda: f"{key} must be a list")
+    _check(isinstance(v, list), lambda: f"{key} must be a list [...] of {LIST_ITEMS[key]}, got {_json_kind(v)}")
     return v
+
+
+LIST_ITEMS = {"subjects": 'subjects, e.g. [{"noun": "cat", "count": 2}]',
+              "relations": 'relations, e.g. [{"subject": 0, "object": 1, "relation": "left of"}]',
+              "layout": "boxes (or [] to lay out afresh)"}
+
+
+def _json_kind(v) -> str:
+    """What a JSON value is, in the words of a JSON reader: "an object", "a number"."""
+    kinds = ((dict, "an object"), (str, "a string"), (bool, "true/false"), ((int, float), "a number"),
+             (list, "a list"), (type(None), "null"))
+    return next((name for t, name in kinds if isinstance(v, t)), type(v).__name__)
 
 
 def _string(v, where: str) -> str:
@@ -732,7 +664,8 @@ def _subject(obj, i: int) -> Subject:
     if isinstance(color, str):
         color = COLOR_ALIASES.get(color.strip().lower(), color.strip().lower()) or None
     attrs = d.get("attributes", [])
-    _check(isinstance(attrs, list), lambda: f"subjects[{i}].attributes must be a list of strings")
+    _check(isinstance(attrs, list), lambda: f"subjects[{i}].attributes must be a list of strings, e.g. "
+                                            f'["small", "wooden"]; got {_json_kind(attrs)}')
     return Subject(noun=d["noun"], count=d.get("count", 1), color=color, attributes=list(attrs))
 
 
