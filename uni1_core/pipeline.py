@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import resolve_model_dir
+from .conditioning import check_conditioning, default_conditioning, model_text
 from .model import Uni1Model
 from .plan import Plan, make_plan
 from .policy import PRESETS, SamplingPolicy
@@ -25,6 +26,7 @@ from .sequence import (I2I_SIZES, PIXELS_PER_CODE, ImageGrid, ImageVocab, check_
 from .tokenizer import TextTokenizer
 
 DEFAULT_MOVQ_REPO = "ai-forever/MoVQGAN"
+MAX_REGIONS = 16    # regional guidance adds one batch row per planned box: bounded before allocating
 MOVQ_FILES = ("movq.safetensors", "movqgan_270M.safetensors", "movqgan_270M.ckpt")
 
 
@@ -57,6 +59,9 @@ class Uni1Pipeline:
         # "symbols": {"red circle": "A", ...}}. The plan's layout is then snapped to that grid
         # and written into the prompt as a map (Plan.grounding_text).
         self.grounding = uni1.get("grounding")
+        # What the model reads (conditioning.py): "plan" for a model trained on the plan's own
+        # captions (grounded: the demo model), "prompt+plan" for one trained on natural captions.
+        self.default_conditioning = default_conditioning(uni1)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = "demo", dtype="auto", device=None, cache_dir=None):
@@ -83,35 +88,38 @@ class Uni1Pipeline:
     def plan(self, prompt: str) -> Plan:
         return make_plan(prompt)
 
-    def conditioning(self, plan: Plan, grounded: bool = True) -> tuple[Plan, str]:
-        """The plan as this model reads it and the text it is conditioned on: for a model that
-        declares grounding, the layout snapped to its grid and the map after the sentence."""
-        g = self.grounding
-        if not (g and grounded):
-            return plan, plan.conditioning_text()
-        plan = plan.on_grid(g["grid"], g.get("min_cells", 1), g.get("max_cells"))
-        return plan, plan.conditioning_text(grounding=g["grid"], symbols=g.get("symbols"))
+    def conditioning(self, plan: str | Plan, grounded: bool = True, *,
+                     conditioning: str | None = None) -> tuple[Plan | None, str]:
+        """The plan as this model reads it (None for conditioning "prompt") and the text it is
+        conditioned on (see conditioning.py; default: the model's). A model that declares
+        grounding gets the layout snapped to its grid and the map after the text, unless
+        `grounded=False`."""
+        choice = check_conditioning(conditioning or self.default_conditioning)
+        return model_text(plan, choice, self.grounding if grounded else None)
 
     def sample(self, prompt: str | Plan, width: int | None = None, height: int | None = None, *,
                mode: str = "sjd_coupled", policy: SamplingPolicy | None = None, seeds=(0,),
                window: int | None = None, coupling: str = "maximal", branches: int | None = None,
-               regional: bool = False,
+               regional: bool = False, conditioning: str | None = None,
                use_plan: bool = True, grounded: bool = True, condition: torch.Tensor | None = None,
                task: str = "depth", on_progress=None, on_preview=None, should_cancel=None) -> Generation:
-        """Plan (unless `use_plan=False`), build the prompt, sample one code grid per seed.
+        """Plan, build the prompt, sample one code grid per seed.
 
-        A model that declares grounding gets the plan's layout in its prompt as a map, unless
-        `grounded=False` (the plan's sentence only: for comparisons). `condition` (rows_c, cols)
+        `conditioning` ("prompt+plan", "prompt" or "plan"; default: the model's) is what the model
+        reads; `use_plan=False` is "prompt". A model that declares grounding gets the plan's
+        layout in its prompt as a map, unless `grounded=False` (for comparisons). `condition` (rows_c, cols)
         codes: an Omni image-conditioned request whose upper rows are the given image (forced)
         and whose lower rows the model writes."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         width, height = width or self.default_size[0], height or self.default_size[1]
         check_size(width, height, self.sizes if condition is None else self.i2i_sizes)
-        plan = prompt if isinstance(prompt, Plan) else (make_plan(prompt) if use_plan else None)
-        plan, text = self.conditioning(plan, grounded) if plan is not None else (None, prompt)
-        if regional and plan is None:
-            raise ValueError("regional guidance needs a plan: turn planning on or pass a Plan")
+        choice = check_conditioning(conditioning or self.default_conditioning) if use_plan else "prompt"
+        if regional and choice == "prompt" and not isinstance(prompt, Plan):
+            if not use_plan:
+                raise ValueError("regional guidance needs a plan: turn planning on or pass a Plan")
+            prompt = make_plan(prompt)      # the boxes come from the plan; the model reads the prompt
+        plan, text = self.conditioning(prompt, grounded, conditioning=choice)
         if condition is None:
             grid = ImageGrid(width, height)
             prompt_ids = t2i_prompt_ids(self.tokenizer, text, width, height)
@@ -120,8 +128,13 @@ class Uni1Pipeline:
             prompt_ids = i2i_prompt_ids(self.tokenizer, text, width, height, task)
         regions = None
         if regional:
+            boxes = plan.regions()
+            if len(boxes) > MAX_REGIONS:
+                raise ValueError(f"regional guidance takes at most {MAX_REGIONS} boxes (one batch row each); this "
+                                 f"plan has {len(boxes)}. Lower the counts, or turn regional off")
             regions = [(t2i_prompt_ids(self.tokenizer, region_text, width, height), box)
-                       for region_text, box in plan.regions()]
+                       for region_text, box in boxes]
+        self.check_length(prompt_ids, [ids for ids, _ in regions or []], grid)
         seeds = [int(s) for s in seeds]
         result = sample_codes(
             self.model, self.vocab, grid, [prompt_ids] * len(seeds), mode=mode,
@@ -129,6 +142,21 @@ class Uni1Pipeline:
             branches=branches, regions=[regions] * len(seeds) if regions else None,
             on_progress=on_progress, on_preview=on_preview, should_cancel=should_cancel)
         return Generation(result.codes, result.stats, plan, text, width, height)
+
+    def check_length(self, prompt_ids: list[int], region_ids: list[list[int]], grid: ImageGrid) -> None:
+        """Refuse, before any allocation, a prompt (or a region's) longer than the model can read.
+
+        When the image's stream fits the positions the model was trained on, the prompt must fit
+        in what is left; a model whose config lists fewer positions than the stream (positions
+        past it are extrapolated, or stretched by dynamic RoPE) still reads at most that many
+        prompt tokens."""
+        limit = self.model.config.max_position_embeddings
+        room = limit - grid.stream_len if grid.stream_len < limit else limit
+        longest = max([len(prompt_ids)] + [len(ids) for ids in region_ids])
+        if longest > room:
+            raise ValueError(f"the prompt is {longest} tokens, but this model reads at most {room} beside a "
+                             f"{grid.width}x{grid.height} image ({limit} positions in all, {grid.stream_len} for the "
+                             "image). Shorten the prompt")
 
     def with_policy(self, **changes) -> SamplingPolicy:
         """The default policy with some fields changed (what the sampler node's widgets do)."""
