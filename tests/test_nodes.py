@@ -508,10 +508,16 @@ def ui_to_api(ui, object_info):
             inputs[name] = values[i]
             i += 1 + extra
         assert i == len(values), f"node {node['id']} ({node['type']}): {len(values)} widget values, expected {i}"
+        ui_only = {n["id"] for n in ui["nodes"] if n["type"] in UI_ONLY}
         for slot in node.get("inputs", []):
             if slot.get("link") is not None:
                 link = links[slot["link"]]
                 assert link[3] == node["id"], f"link {link[0]} does not end at node {node['id']}"
+                if link[1] in ui_only:      # a primitive feeding a widget: its value is the widget's
+                    source = next(n for n in ui["nodes"] if n["id"] == link[1])
+                    assert slot.get("widget", {}).get("name") == slot["name"] in inputs
+                    assert source["widgets_values"][0] == inputs[slot["name"]]
+                    continue
                 inputs[slot["name"]] = [str(link[1]), link[2]]
         api[str(node["id"])] = {"inputs": inputs, "class_type": node["type"],
                                 "_meta": {"title": node.get("title") or info["display_name"]}}
@@ -528,9 +534,9 @@ def ui_workflows():
     return sorted(p for p in WORKFLOWS.glob("*.json") if not p.name.endswith(".api.json"))
 
 
-def test_there_are_the_three_example_workflows():
+def test_there_are_the_four_example_workflows():
     names = [p.stem for p in ui_workflows()]
-    assert names == ["uni1_demo_text_to_image", "uni1_lumina_mgpt2_text_to_image",
+    assert names == ["uni1_demo_llm_reasoning", "uni1_demo_text_to_image", "uni1_lumina_mgpt2_text_to_image",
                      "uni1_omni_image_conditioned"]
 
 
