@@ -43,7 +43,6 @@ ADVERSARIAL = {
     "relation chain, few subjects": "the cat is left of the dog, the dog is left of the cat, " * 40,
     "many subjects": ", ".join(["a cat"] * 400),
     "many numbered subjects": "fifty cats and " * 150 + "a dog",
-    "many colours": " ".join(["red blue green"] * 200) + " cat",
     "stacked relations": "a red circle above " * 100 + "a blue square",
     "contradictions": "a cat to the left of a dog. the dog to the left of the cat. the cat is above the dog. " * 30,
     "many pairs": " ".join(f"a {c} {n} left of a {c} box," for c in ("red", "blue", "green", "pink")
@@ -56,12 +55,29 @@ ADVERSARIAL = {
 }
 
 
+# Runs of modifiers: plan_parse.noun_phrase scans ahead from every word of the run, which is
+# quadratic (100-170 ms at 2,000 characters on this machine). The grammar is another module's;
+# these turn into failures (strict xfail) once it is bounded, so the marker goes then.
+GRAMMAR_QUADRATIC = {
+    "many colours": " ".join(["red blue green"] * 200) + " cat",
+    "one adjective": "blue " * 400,
+    "two adjectives": "hot dry " * 250,
+    "a participle": "wearing " * 300,
+    "compound run": "baby cat " * 250,
+}
+
+
 @pytest.mark.parametrize("name", sorted(ADVERSARIAL))
 def test_any_prompt_of_2000_characters_plans_in_50_ms(name):
     prompt = ADVERSARIAL[name][:2000]
-    if name == "many colours":
-        pytest.xfail("a long run of adjectives is quadratic in plan_parse.noun_phrase (the grammar's owner fixes it)")
     seconds = best_seconds(make_plan, prompt)
+    assert seconds < PLAN_MS / 1000, f"{name}: {seconds * 1000:.1f} ms"
+
+
+@pytest.mark.xfail(strict=True, reason="plan_parse.noun_phrase is quadratic in a run of modifiers")
+@pytest.mark.parametrize("name", sorted(GRAMMAR_QUADRATIC))
+def test_runs_of_modifiers_plan_in_50_ms(name):
+    seconds = best_seconds(make_plan, GRAMMAR_QUADRATIC[name][:2000])
     assert seconds < PLAN_MS / 1000, f"{name}: {seconds * 1000:.1f} ms"
 
 
