@@ -147,3 +147,20 @@ def test_the_demo_model_reads_the_canonical_sentence_and_map_by_default():
         before = plan.conditioning_text(grounding=g["grid"], symbols=g.get("symbols"))
         assert pipe.conditioning(make_plan(p["prompt"]))[1] == before
         assert pipe.conditioning(p["prompt"])[1] == before
+
+
+def test_cli_plan_and_generate_take_the_setting(tmp_path, capsys):
+    from uni1_core.cli import main
+    assert main(["plan", "--prompt", "a lamp over two tables", "--conditioning", "prompt+plan"]) == 0
+    assert capsys.readouterr().out == "a lamp over two tables. Exactly two tables. The lamp is above the tables.\n"
+    assert main(["plan", "--prompt", "a lamp over two tables", "--conditioning", "plan"]) == 0
+    assert capsys.readouterr().out == "A lamp is above two tables.\n"
+    out = tmp_path / "x.png"
+    assert main(["generate", "--prompt", "a  red circle", "--conditioning", "prompt", "--out", str(out),
+                 "--quiet", "--mode", "ar"]) == 0
+    printed = capsys.readouterr().out
+    assert "conditioning: a red circle\n" in printed and "plan:" not in printed and out.is_file()
+    assert main(["generate", "--prompt", "a red circle", "--out", str(out), "--quiet", "--mode", "ar"]) == 0
+    assert "conditioning: A red circle. Layout:" in capsys.readouterr().out      # the demo model's default
+    with pytest.raises(SystemExit):
+        main(["plan", "--prompt", "a cat", "--conditioning", "raw"])
