@@ -627,6 +627,8 @@ def make_plan_json(prompt):
     ("a cat", '{"subjects": 3}', "plan_json input is not a valid Uni1 plan"),
     ("   ", "", "prompt is empty"),
     (", ".join(["a cat"] * 40), "", "at most 32"),
+    ("a cat", '{"subjects": ' + "[" * 100000 + "]" * 100000 + "}", "nested too deep"),
+    ("a cat", '{"subjects": [{"noun": "cat", "attributes": 5}]}', "attributes must be a list of strings"),
 ])
 def test_plan_node_explains_bad_input(comfy, prompt, plan_json, words):
     node = comfy.pack.NODE_CLASS_MAPPINGS["Uni1ReasoningPlan"]()
