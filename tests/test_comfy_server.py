@@ -285,6 +285,8 @@ def test_demo_workflow_makes_an_image(server, comfy_log_on_failure):
     assert "forwards" in stats and "image tokens" in stats
     plan_ui = outputs[node_id(prompt, "Uni1ReasoningPlan")]
     assert plan_ui["uni1_plan_summary"][0] and json.loads(plan_ui["uni1_plan_json"][0])
+    # the model is connected to the plan node: it shows what the demo model reads (sentence and map)
+    assert plan_ui["uni1_conditioning"][0].startswith("Two red circles are to the left of a blue square. Layout:")
 
 
 @pytest.mark.skipif(not (ROOT / "uni1_core" / "demo_model" / "config.json").is_file(),
