@@ -140,6 +140,11 @@ def test_thousands_of_reasoning_tags_are_read_in_one_pass():
     assert strip_reasoning("a <think>x</think> b </think> c <think> d") == "c"
 
 
+def test_an_answer_with_only_reasoning_is_refused():
+    for text in ("<think>I could draw a cat</think>", "<think>" * 28000, "   ", "```\n```"):
+        assert "holds no prompt and no plan" in plan_error(Plan.from_text, text)
+
+
 def test_an_answer_past_the_limit_is_refused():
     message = plan_error(Plan.from_text, "<think>" * 32000)
     assert f"at most {MAX_ANSWER_CHARS:,}" in message and "output length" in message

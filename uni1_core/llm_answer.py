@@ -129,7 +129,11 @@ def read_answer(text: str) -> dict | str:
         return normalise_plan_dict(repaired)
     if fences:
         body = fences[0][1]
-    return _bare_prompt(body)
+    prompt = _bare_prompt(body)
+    if not prompt:
+        raise LLMAnswerError("the model's answer holds no prompt and no plan (only reasoning, or nothing); let "
+                             "it finish its answer (raise its output length) or check what it was asked")
+    return prompt
 
 
 def _repaired_plan(body: str, fences: list[tuple[str, str]]) -> dict | None:
