@@ -19,6 +19,7 @@ from tests.test_plan_properties import VOCAB
 from uni1_core.conditioning import (CONDITIONINGS, augmented_prompt, check_conditioning, default_conditioning,
                                     model_text, plan_statements)
 from uni1_core.plan import Plan, PlanError, Subject, make_plan
+from uni1_core.plan_parse import NUMBER_WORDS
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_WORDS = {"exactly", "the", "is", "are", "to", "of", "left", "right", "above", "below"}
@@ -63,6 +64,9 @@ def check_augmented(prompt: str) -> str:
         invented = words(sentence) - words(prompt) - TEMPLATE_WORDS
         assert not invented, (prompt, sentence, invented)                  # nothing invented
         numbers = re.findall(r"\d+", sentence)
+        if sentence.startswith("Exactly"):                                  # one count, then its noun
+            said = [w for w in re.findall(r"[^\W_]+", sentence.lower()) if w.isdigit() or w in NUMBER_WORDS]
+            assert len(said) == 1, (prompt, sentence)
         assert all(n in re.findall(r"\d+", prompt) for n in numbers), (prompt, sentence)
     return text
 
@@ -99,7 +103,8 @@ def test_prompt_plus_plan_examples(prompt, text):
 def test_the_three_choices():
     prompt = "two red circles  to the left of a blue square"
     plan, text = model_text(prompt, "prompt")
-    assert plan is None and text == "two red circles to the left of a blue square"
+    assert plan is None and text == prompt                                 # exactly as typed
+    assert model_text(make_plan(prompt), "prompt")[1] == "two red circles to the left of a blue square"
     plan, text = model_text(prompt, "plan")
     assert text == plan.conditioning_text() == "Two red circles are to the left of a blue square."
     plan, text = model_text(prompt, "prompt+plan")
@@ -159,8 +164,35 @@ def test_cli_plan_and_generate_take_the_setting(tmp_path, capsys):
     assert main(["generate", "--prompt", "a  red circle", "--conditioning", "prompt", "--out", str(out),
                  "--quiet", "--mode", "ar"]) == 0
     printed = capsys.readouterr().out
-    assert "conditioning: a red circle\n" in printed and "plan:" not in printed and out.is_file()
+    assert "conditioning: a  red circle\n" in printed and "plan:" not in printed and out.is_file()
     assert main(["generate", "--prompt", "a red circle", "--out", str(out), "--quiet", "--mode", "ar"]) == 0
     assert "conditioning: A red circle. Layout:" in capsys.readouterr().out      # the demo model's default
     with pytest.raises(SystemExit):
         main(["plan", "--prompt", "a cat", "--conditioning", "raw"])
+
+
+def _fidelity():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("prompt_fidelity", ROOT / "bench" / "prompt_fidelity.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_prompt_plus_plan_on_real_prompts():
+    """Every prompt of the real corpora in bench/data (T2I-CompBench, GenEval, PartiPrompts):
+    the properties above, and bench/prompt_fidelity.py's checks on the text the model reads
+    (no content word lost, no count invented, no fragment)."""
+    fidelity = _fidelity()
+    prompts = [p for corpus in sorted(fidelity.load_corpora().values()) for p in corpus]
+    assert len(prompts) > 4000
+    bad = []
+    for prompt in prompts:
+        try:
+            text = check_augmented(prompt)
+        except PlanError:
+            continue
+        found = fidelity.text_checks(prompt, text)
+        if any(found.values()):
+            bad.append((prompt, found))
+    assert not bad, f"{len(bad)} of {len(prompts)}: {bad[:3]}"

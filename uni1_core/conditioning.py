@@ -11,7 +11,7 @@ One setting, `conditioning`, names the choice everywhere (API, CLI, nodes):
   only adds to their own language.
 - "plan": the plan's canonical sentence (`Plan.conditioning_text`), the caption language of a
   model trained on it (the demo model, whose default it is).
-- "prompt": the prompt as typed, unplanned.
+- "prompt": the prompt exactly as typed, unplanned (a plan's prompt, whitespace normalised).
 
 A model that declares grounding (config.json "uni1.grounding") also reads the layout map after
 the text, for "prompt+plan" and "plan".
@@ -20,7 +20,7 @@ the text, for "prompt+plan" and "plan".
 from __future__ import annotations
 
 from .plan import Plan, PlanError, make_plan
-from .plan_parse import NUMBER_WORDS, RELATION_TEXT, TENS_WORDS, parse_count, plural, singular, tokenize
+from .plan_parse import FUNCTION_WORDS, NUMBER_WORDS, RELATION_TEXT, TENS_WORDS, parse_count, plural, singular, tokenize
 
 CONDITIONINGS = ("prompt+plan", "prompt", "plan")
 STATED_RELATIONS = ("left of", "right of", "above", "below")
@@ -49,8 +49,8 @@ def model_text(source: str | Plan, choice: str, grounding: dict | None = None) -
     """
     check_conditioning(choice)
     if choice == "prompt":
-        text = source.prompt if isinstance(source, Plan) else " ".join(str(source).split())
-        if not text:
+        text = source.prompt if isinstance(source, Plan) else str(source)       # as typed
+        if not text.strip():
             raise PlanError("conditioning 'prompt' needs the user's prompt, and this plan has none (it was "
                             "written as JSON): use 'plan' or 'prompt+plan'")
         return (source if isinstance(source, Plan) else None), text
@@ -86,7 +86,7 @@ def count_statements(plan: Plan) -> list[str]:
     toks = tokenize(plan.prompt)
     out = []
     for s in plan.subjects:
-        if s.count < 2:
+        if s.count is None or s.count < 2:      # one, or a plural without a number
             continue
         span = _count_span(plan.prompt, toks, s.count, s.noun.split()[-1])
         if span:
@@ -102,8 +102,8 @@ def _count_span(prompt: str, toks, count: int, head: str) -> str | None:
         if not found or found[0] != count or not _exact(toks[i:i + found[1]]):
             continue
         for j in range(i + found[1], min(len(toks), i + found[1] + MAX_WORDS_BEFORE_NOUN + 1)):
-            if not toks[j].word:
-                break
+            if not toks[j].word or (toks[j].low in FUNCTION_WORDS and singular(toks[j].low) != head):
+                break        # "two tables and two boys": the count of "tables" is not the boys'
             if toks[j].low != head and singular(toks[j].low) == head:      # the plural of the noun
                 return prompt[tok.start:toks[j].end]
     return None
@@ -131,7 +131,7 @@ def relation_statements(plan: Plan) -> list[str]:
         a, b = names[r.subject], names[r.object]
         if not a or not b or names.count(a) > 1 or names.count(b) > 1:
             continue
-        verb = "are" if plan.subjects[r.subject].count > 1 else "is"
+        verb = "is" if plan.subjects[r.subject].count == 1 else "are"
         sentence = f"The {a} {verb} {RELATION_TEXT[r.relation]} the {b}."
         if sentence not in out:
             out.append(sentence)
@@ -156,7 +156,7 @@ def _stated(toks, plan: Plan, r) -> bool:
 
 def _name(s, prompt_words: set[str]) -> str | None:
     """ "red circles": the colour (when the prompt says it) and the noun, as the prompt words it."""
-    noun = plural(s.noun) if s.count > 1 else s.noun
+    noun = s.noun if s.count == 1 else plural(s.noun)
     if not all(w in prompt_words for w in noun.split()):
         return None
     return f"{s.color} {noun}" if s.color and s.color in prompt_words else noun

@@ -52,9 +52,14 @@ class PlanError(ValueError):
 @dataclass
 class Subject:
     noun: str                      # singular: "circle", "traffic light"
-    count: int = 1
+    count: int | None = 1          # None: a plural whose number the prompt does not give ("cats")
     color: str | None = None       # one of BASIC_COLORS or None
     attributes: list[str] = field(default_factory=list)   # "small", "wooden", "with a red collar", "on the left"
+
+    @property
+    def instances(self) -> int:
+        """Boxes in the layout: one per counted instance; one region for a plural without a number."""
+        return 1 if self.count is None else self.count
 
 
 @dataclass
@@ -120,15 +125,17 @@ class Plan:
             where = f"subjects[{i}]"
             _check(isinstance(s, Subject), lambda: f"{where} must be an object with noun, count, color, attributes")
             _check(isinstance(s.noun, str) and s.noun.strip() != "", lambda: f"{where}.noun must be a non-empty string")
-            _check(isinstance(s.count, int) and not isinstance(s.count, bool) and 1 <= s.count <= MAX_COUNT,
-                   lambda: f"{where}.count must be a positive integer (1 to {MAX_COUNT}), got {s.count!r}")
+            _check(s.count is None or (isinstance(s.count, int) and not isinstance(s.count, bool)
+                                       and 1 <= s.count <= MAX_COUNT),
+                   lambda: f"{where}.count must be a positive integer (1 to {MAX_COUNT}) or null (a plural "
+                           f"without a number), got {s.count!r}")
             _check(s.color is None or s.color in BASIC_COLORS,
                    lambda: f"{where}.color must be null or one of {', '.join(BASIC_COLORS)}; got {s.color!r} "
                    "(put other colour words in attributes)")
             _check(isinstance(s.attributes, list) and all(isinstance(a, str) and a.strip() for a in s.attributes),
                    lambda: f"{where}.attributes must be a list of non-empty strings")
         n = len(self.subjects)
-        instances = sum(s.count for s in self.subjects)
+        instances = sum(s.instances for s in self.subjects)
         _check(instances <= MAX_INSTANCES,
                lambda: f"the plan has {instances} object instances (the sum of the counts); at most "
                        f"{MAX_INSTANCES} can be laid out: lower the counts")
@@ -153,7 +160,7 @@ class Plan:
         if self.layout:
             seen = {(b.subject, b.instance) for b in self.layout}
             _check(len(seen) == len(self.layout), "layout has two boxes for the same subject instance")
-            want = {(i, k) for i, s in enumerate(self.subjects) for k in range(s.count)}
+            want = {(i, k) for i, s in enumerate(self.subjects) for k in range(s.instances)}
             missing = sorted(want - seen)
             _check(not missing, lambda: f"layout has no box for subjects[{missing[0][0]}] instance {missing[0][1]} "
                                 if missing else "")
@@ -293,7 +300,7 @@ class Plan:
         # edited), so that a typo is caught
         for i, b in enumerate(layout):
             _check_box(b, i, subjects, check_instance=False)
-        want = {(i, k) for i, s in enumerate(subjects) for k in range(s.count)}
+        want = {(i, k) for i, s in enumerate(subjects) for k in range(s.instances)}
         have = [(b.subject, b.instance) for b in layout]
         if layout and len(set(have)) == len(have) == len(want) and set(have) == want:
             given = replace(plan, layout=layout)
@@ -347,9 +354,9 @@ class Plan:
             lead = "the"
         elif count == 1:
             lead = article(words[0])
-        else:
-            lead = number_word(count)
-        return " ".join([lead] + words + post)
+        else:     # no number word when the prompt gave none: "red circles"
+            lead = number_word(count) if count else ""
+        return " ".join(filter(None, [lead] + words + post))
 
     def describe_relation(self, i: int) -> str:
         r = self.relations[i]
@@ -432,7 +439,7 @@ class Plan:
 
         for r in self.relations:
             s = ref(r.subject)
-            verb = "are" if self.subjects[r.subject].count > 1 else "is"
+            verb = "is" if self.subjects[r.subject].count == 1 else "are"
             if s.split()[-1].endswith(("ing", "ed")):     # "a cat sitting on a table" needs no verb
                 verb = ""
             o = ref(r.object)
@@ -462,7 +469,7 @@ class Plan:
 
     def summary(self) -> str:
         """One short line for the node UI."""
-        parts = [", ".join(f"{s.count} {' '.join(filter(None, [s.color, s.noun]))}" for s in self.subjects)
+        parts = [", ".join(f"{s.count or 'some'} {' '.join(filter(None, [s.color, s.noun]))}" for s in self.subjects)
                  or "no subjects"]
         if self.relations:
             parts.append("; ".join(
@@ -484,7 +491,9 @@ class Plan:
     def regions(self) -> list[tuple[str, tuple[float, float, float, float]]]:
         """(text, (x0, y0, x1, y1)) for every subject instance, for regional guidance."""
         plan = self._laid_out()
-        return [(plan.subject_phrase(b.subject, one=True, with_position=False), b.xyxy)
+        # one box per instance; a plural without a number has one box for the group ("robots")
+        return [(plan.subject_phrase(b.subject, one=plan.subjects[b.subject].count is not None,
+                                     with_position=False), b.xyxy)
                 for b in sorted(plan.layout, key=lambda b: (b.subject, b.instance))]
 
 
@@ -545,7 +554,7 @@ def _check_prompt_size(subjects: list[Subject], relations: list[Relation]) -> No
         raise PlanError(f"the prompt states {len(relations)} spatial relations; the planner keeps at most "
                         f"{MAX_RELATIONS}. State fewer, or set conditioning to 'prompt' to give the prompt to "
                         "the model unplanned")
-    instances = sum(s.count for s in subjects)
+    instances = sum(s.instances for s in subjects)
     if instances > MAX_INSTANCES:
         raise PlanError(f"the prompt asks for {instances} objects in all; the planner lays out at most "
                         f"{MAX_INSTANCES}. Lower the counts")
@@ -584,7 +593,7 @@ def parse_llm_output(text: str) -> Plan:
 # ---------------------------------------------------------------------------------------------
 
 def _layout_boxes(plan: Plan) -> list[Box]:
-    counts = [s.count for s in plan.subjects]
+    counts = [s.instances for s in plan.subjects]
     rels = [(r.subject, r.object, r.relation, r.object2) for r in plan.relations]
     boxes = compute_layout(counts, rels, plan.positions(), [s.attributes for s in plan.subjects])
     return [Box(i, k, *b) for i, bs in enumerate(boxes) for k, b in enumerate(bs)]
@@ -595,7 +604,7 @@ def _check_box(b, i: int, subjects: list[Subject], check_instance: bool = True) 
     _check(isinstance(b, Box), lambda: f"{where} must be an object with subject, instance, x0, y0, x1, y1")
     _check(isinstance(b.subject, int) and not isinstance(b.subject, bool) and 0 <= b.subject < n,
            lambda: f"{where}.subject must be the index of a subject (0 to {n - 1}); got {b.subject!r}")
-    cnt = subjects[b.subject].count
+    cnt = subjects[b.subject].instances
     _check(isinstance(b.instance, int) and not isinstance(b.instance, bool)
            and 0 <= b.instance < (cnt if check_instance else MAX_COUNT),
            lambda: f"{where}.instance must be 0 to {cnt - 1} (subjects[{b.subject}].count is {cnt}); got {b.instance!r}")
