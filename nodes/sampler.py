@@ -98,6 +98,11 @@ class Uni1SJDSampler:
                                                     "guides its own box. Needs a plan (not raw text)."}),
                 "batch_size": ("INT", {"default": 1, "min": 1, "max": 16,
                                        "tooltip": "Images per run (seeds seed .. seed + batch_size - 1)."}),
+                "compile": ("BOOLEAN", {"default": True,
+                                        "tooltip": "On an NVIDIA GPU, compile the decode step with torch.compile "
+                                                   "(CUDA graphs): the first run of a size compiles for a while, "
+                                                   "later runs are faster. Off, or on a CPU, where it is slower: "
+                                                   "the plain model. Same images either way."}),
             },
             "optional": {
                 "plan": (UNI1_PLAN, {"tooltip": "From Uni1 Reasoning Plan (with its conditioning choice). Wins over "
@@ -116,7 +121,8 @@ class Uni1SJDSampler:
         }
 
     def sample(self, model, width, height, seed, mode, cfg, temperature, top_k, top_p, window, regional,
-               batch_size, plan=None, prompt="", vq=None, condition=None, task="depth", conditioning=AUTO):
+               batch_size, compile=True, plan=None, prompt="", vq=None, condition=None, task="depth",
+               conditioning=AUTO):
         from ..uni1_core.limits import batch_seeds
         from ..uni1_core.sampler import Cancelled
         if plan is None and not (prompt and prompt.strip()):
@@ -146,7 +152,7 @@ class Uni1SJDSampler:
                     seeds=seeds, window=int(window) or None, regional=bool(regional),
                     condition=cond, task=task, on_progress=progress.on_progress,
                     on_preview=progress.on_preview if movq is not None else None,
-                    should_cancel=runtime.interrupted)
+                    should_cancel=runtime.interrupted, compile=None if compile else False)
         except Cancelled:
             runtime.raise_interrupt()
         finally:

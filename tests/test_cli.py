@@ -48,6 +48,21 @@ def test_generate_branches_flag(folder, tmp_path):
     assert data["branches"] == 0 and data["branch_hits"] == 0
 
 
+@pytest.mark.parametrize("flag,expected", [("--compile", True), ("--no-compile", False), (None, None)])
+def test_generate_compile_flag_reaches_the_sampler(folder, tmp_path, monkeypatch, flag, expected):
+    import uni1_core.pipeline as pipeline
+    seen, sample_codes = [], pipeline.sample_codes
+
+    def recording(*args, compile=None, **kwargs):
+        seen.append(compile)
+        return sample_codes(*args, compile=False, **kwargs)       # no real compilation here
+    monkeypatch.setattr(pipeline, "sample_codes", recording)
+    argv = ["generate", "--prompt", "a red circle", "--out", str(tmp_path / "img.png"), "--mode", "ar",
+            "--model", str(folder), "--quiet"]
+    assert main(argv + ([flag] if flag else [])) == 0
+    assert seen == [expected]
+
+
 def test_generate_batch_and_no_plan(folder, tmp_path, capsys):
     out = tmp_path / "b.png"
     assert main(["generate", "--prompt", "a cat", "--out", str(out), "--batch", "2", "--no-plan",

@@ -150,6 +150,7 @@ def test_sampler_and_plan_widgets(comfy):
     sampler = comfy.pack.NODE_CLASS_MAPPINGS["Uni1SJDSampler"].INPUT_TYPES()
     assert sampler["required"]["seed"][1]["control_after_generate"] is True
     assert sampler["required"]["mode"][0] == ["sjd_coupled", "sjd", "ar"]
+    assert sampler["required"]["compile"][0] == "BOOLEAN" and sampler["required"]["compile"][1]["default"] is True
     plan = comfy.pack.NODE_CLASS_MAPPINGS["Uni1ReasoningPlan"].INPUT_TYPES()
     # JSON must reach the server untouched: dynamic prompts would strip // and resolve {a|b}
     assert plan["optional"]["plan_json"][1]["dynamicPrompts"] is False

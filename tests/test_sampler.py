@@ -45,6 +45,21 @@ class TinyGrid:
     code_positions = ImageGrid.code_positions            # a function of rows and cols only
 
 
+LAYER_DRAW_ORDER = ["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+                    "self_attn.o_proj.weight", "self_attn.q_norm.weight", "self_attn.q_norm.bias",
+                    "self_attn.k_norm.weight", "self_attn.k_norm.bias", "mlp.gate_proj.weight",
+                    "mlp.up_proj.weight", "mlp.down_proj.weight", "input_layernorm.weight",
+                    "post_attention_layernorm.weight"]
+
+
+def hf_draw_order(name: str) -> tuple:
+    """Embedding, then layer by layer (LAYER_DRAW_ORDER), then the final norm and the head."""
+    if name.startswith("model.layers."):
+        index, rest = name.removeprefix("model.layers.").split(".", 1)
+        return (1, int(index), LAYER_DRAW_ORDER.index(rest))
+    return {"model.embed_tokens.weight": (0,), "model.norm.weight": (2,), "lm_head.weight": (3,)}[name]
+
+
 def tiny_model(num_codes: int = 16, seed: int = 0, scale: float = 0.5, layers: int = 2) -> Uni1Model:
     """A random float64 Uni1Model over a vocabulary of 20 + num_codes ids."""
     cfg = ModelConfig(vocab_size=CODE_OFFSET + num_codes, hidden_size=16, intermediate_size=32,
@@ -53,7 +68,10 @@ def tiny_model(num_codes: int = 16, seed: int = 0, scale: float = 0.5, layers: i
     model = Uni1Model(cfg).to(torch.float64).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        # drawn in a fixed order of the Hugging Face names (the state dict's views), not in the
+        # network's own layout, so that a seed keeps naming the same model when the layout
+        # changes: the distribution test's model seed was chosen for its model
+        for name, p in sorted(model.state_dict().items(), key=lambda item: hf_draw_order(item[0])):
             noise = torch.randn(p.shape, generator=g, dtype=torch.float64)
             if "norm" in name:
                 p.copy_(1.0 + 0.1 * noise if name.endswith("weight") else 0.1 * noise)
@@ -373,3 +391,16 @@ def test_bad_inputs_are_clear_errors(model, vocab, grid):
         sample_codes(model, vocab, grid, PROMPTS[:2], regions=[None])
     with pytest.raises(ValueError, match="coupling 'x' is unknown"):
         sample_codes(model, vocab, grid, PROMPTS, mode="sjd_coupled", coupling="x")
+
+
+def test_direct_callers_get_the_request_limits(model, vocab, grid):
+    """sample_codes itself (not only the pipeline) maps every widget seed to its int64 twin,
+    clamps an oversized window and refuses a prompt longer than the model's positions."""
+    from uni1_core.sequence import PromptTooLong
+    run = lambda **kw: sample_codes(model, vocab, grid, [[7, 8]], mode="sjd", policy=SamplingPolicy(cfg_scale=1.0), **kw)
+    top = run(seeds=[2**64 - 1])
+    assert torch.equal(top.codes, run(seeds=[-1]).codes)
+    assert torch.equal(run(seeds=[0], window=10**6).codes, run(seeds=[0], window=grid.stream_len).codes)
+    too_long = [7] * model.config.max_position_embeddings
+    with pytest.raises(PromptTooLong, match="prompt"):
+        sample_codes(model, vocab, grid, [too_long], mode="ar", policy=SamplingPolicy(cfg_scale=1.0))

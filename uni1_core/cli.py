@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--movq", default=None, help="MoVQGAN weights (default: beside the model)")
     gen.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     gen.add_argument("--device", default=None, help="cpu, cuda, mps (default: cuda if available)")
+    gen.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                     help="compile the decode step with torch.compile (default: on for CUDA, off on CPU)")
     gen.add_argument("--stats-json", default=None, help="write sampling statistics here")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -188,7 +190,7 @@ def _generate(args) -> int:
     movq = pipe.load_movq(args.movq)          # before sampling: a bad file costs no sampling
     result = pipe.sample(prompt, width, height, mode=args.mode, policy=policy, seeds=seeds,
                          window=args.window, coupling=args.coupling, branches=args.branches,
-                         regional=args.regional, conditioning=conditioning,
+                         regional=args.regional, conditioning=conditioning, compile=args.compile,
                          use_plan=not args.no_plan,
                          on_progress=None if args.quiet else ProgressBar(f"{args.mode} {width}x{height}"))
     print(f"conditioning: {result.conditioning}")

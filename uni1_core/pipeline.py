@@ -101,14 +101,16 @@ class Uni1Pipeline:
                window: int | None = None, coupling: str = "maximal", branches: int | None = None,
                regional: bool = False, conditioning: str | None = None,
                use_plan: bool = True, grounded: bool = True, condition: torch.Tensor | None = None,
-               task: str = "depth", on_progress=None, on_preview=None, should_cancel=None) -> Generation:
+               task: str = "depth", on_progress=None, on_preview=None, should_cancel=None,
+               compile: bool | None = None) -> Generation:
         """Plan, build the prompt, sample one code grid per seed.
 
         `conditioning` ("prompt+plan", "prompt" or "plan"; default: the model's) is what the model
         reads; `use_plan=False` is "prompt". A model that declares grounding gets the plan's
         layout in its prompt as a map, unless `grounded=False` (for comparisons). `condition` (rows_c, cols)
         codes: an Omni image-conditioned request whose upper rows are the given image (forced)
-        and whose lower rows the model writes."""
+        and whose lower rows the model writes. `compile`: the compiled decode step (None: on for
+        CUDA only; see `sample_codes`)."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         width, height = width or self.default_size[0], height or self.default_size[1]
@@ -152,7 +154,7 @@ class Uni1Pipeline:
             self.model, self.vocab, grid, [prompt_ids] * len(seeds), mode=mode,
             policy=policy or self.default_policy, seeds=seeds, window=window, coupling=coupling,
             branches=branches, regions=[regions] * len(seeds) if regions else None,
-            on_progress=on_progress, on_preview=on_preview, should_cancel=should_cancel)
+            on_progress=on_progress, on_preview=on_preview, should_cancel=should_cancel, compile=compile)
         return Generation(result.codes, result.stats, plan, text, width, height)
 
     def with_policy(self, **changes) -> SamplingPolicy:
