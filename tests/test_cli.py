@@ -108,8 +108,12 @@ def test_pipeline_is_deterministic_per_seed_and_batch_independent(pipe):
     a = pipe.sample("a blue square", seeds=[5], mode="sjd")
     b = pipe.sample("a blue square", seeds=[7, 5], mode="sjd")
     assert torch.equal(a.codes[0], b.codes[1])
-    assert a.plan is not None and a.conditioning == a.plan.conditioning_text()
-    assert "Layout:" not in a.conditioning     # this folder declares no grounding
+    # this folder declares no grounding: by default the model reads the prompt (plus the plan's
+    # statements, none here), and "plan" gives the canonical sentence
+    assert pipe.default_conditioning == "prompt+plan"
+    assert a.plan is not None and a.conditioning == "a blue square"
+    c = pipe.sample("a blue square", seeds=[5], mode="sjd", conditioning="plan")
+    assert c.conditioning == a.plan.conditioning_text() == "A blue square."
 
 
 def test_a_grounded_model_gets_the_snapped_layout_in_its_prompt(tmp_path, capsys):

@@ -209,7 +209,7 @@ def test_json_round_trip_identity():
     assert Plan.from_json(text) == plan
     assert Plan.from_json(text).to_json() == text
     data = json.loads(text)
-    assert list(data) == ["version", "subjects", "relations", "layout", "scene", "style", "composition",
+    assert list(data) == ["version", "prompt", "subjects", "relations", "layout", "scene", "style", "composition",
                           "negatives", "unparsed"]
     assert data["subjects"][0] == {"noun": "circle", "count": 2, "color": "red", "attributes": []}
     assert data["relations"] == [{"subject": 0, "object": 1, "relation": "left of"}]
@@ -362,7 +362,7 @@ def test_llm_plan_json_in_its_own_words_is_normalised():
 
 def test_summary_stays_short():
     prompt = ", ".join(f"a red {noun}" for noun in ["cat", "dog", "bird", "fish", "cow", "horse", "sheep", "bear",
-                                                    "zebra", "giraffe", "lion", "tiger", "wolf", "fox", "deer"] * 3)
+                                                    "zebra", "giraffe", "lion", "tiger", "wolf", "fox", "deer"] * 2)
     summary = make_plan(prompt).summary()
     assert len(summary) == 200 and summary.endswith("…")
 

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from .conditioning import CONDITIONINGS
 from .limits import (MAX_BATCH, RequestError, batch_seeds, check_batch, check_branches, check_window,
                      is_out_of_memory, resolve_device)
 
@@ -140,7 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=None)
     gen.add_argument("--top-p", type=float, default=None)
     gen.add_argument("--size", type=_size, default=None, help="WxH, e.g. 768x768 (default: the model's)")
-    gen.add_argument("--no-plan", action="store_true", help="condition on the raw prompt")
+    gen.add_argument("--conditioning", choices=CONDITIONINGS, default=None,
+                     help="what the model reads: prompt+plan (the prompt, then what the plan is sure of), plan "
+                          "(the plan's sentence), prompt (unplanned). Default: the model's (demo: plan, "
+                          "Lumina-mGPT 2.0: prompt+plan)")
+    gen.add_argument("--no-plan", action="store_true", help="same as --conditioning prompt")
     gen.add_argument("--regional", action="store_true", help="plan-guided regional guidance")
     gen.add_argument("--model", default="demo", help="model folder, Hugging Face repo id, or 'demo'")
     gen.add_argument("--movq", default=None, help="MoVQGAN weights (default: beside the model)")
@@ -153,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="print the reasoning plan of a prompt as JSON")
     plan.add_argument("--prompt", required=True)
+    plan.add_argument("--conditioning", choices=CONDITIONINGS, default=None,
+                      help="print the text a model without grounding reads for this choice instead of the JSON")
 
     conv = sub.add_parser("convert-movq", help="MoVQGAN .ckpt -> .safetensors (read without unpickling code)")
     conv.add_argument("src")
@@ -172,7 +179,8 @@ def _generate(args) -> int:
     policy = _policy(args, PRESETS[args.preset] if args.preset else pipe.default_policy)
     width, height = args.size or pipe.default_size
 
-    if not args.no_plan:
+    conditioning = "prompt" if args.no_plan else (args.conditioning or pipe.default_conditioning)
+    if conditioning != "prompt" or args.regional:
         plan = pipe.plan(args.prompt)
         print(f"plan: {plan.summary()}")
         prompt = plan
@@ -182,11 +190,10 @@ def _generate(args) -> int:
     movq = pipe.load_movq(args.movq)          # before sampling: a bad file costs no sampling
     result = pipe.sample(prompt, width, height, mode=args.mode, policy=policy, seeds=seeds,
                          window=args.window, coupling=args.coupling, branches=args.branches,
-                         regional=args.regional, compile=args.compile,
+                         regional=args.regional, conditioning=conditioning, compile=args.compile,
                          use_plan=not args.no_plan,
                          on_progress=None if args.quiet else ProgressBar(f"{args.mode} {width}x{height}"))
-    if result.plan is not None:
-        print(f"conditioning: {result.conditioning}")
+    print(f"conditioning: {result.conditioning}")
     with torch.no_grad():
         pixels = movq.decode(result.codes.to(pipe.device))
     out = Path(args.out)
@@ -211,8 +218,12 @@ def main(argv=None) -> int:
         if args.command == "generate":
             return _generate(args)
         if args.command == "plan":
+            from .conditioning import model_text
             from .plan import make_plan
-            print(make_plan(args.prompt).to_json())
+            if args.conditioning:
+                print(model_text(args.prompt, args.conditioning)[1])
+            else:
+                print(make_plan(args.prompt).to_json())
             return 0
         if args.command == "convert-movq":
             from .movq import convert_ckpt_to_safetensors

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 MAX_BATCH = 64          # images per call: each adds a conditional (and a CFG) row to every forward
 MAX_BRANCHES = 64       # alternatives per window; each adds a KV-cache slot per row
+MAX_REGIONS = 16        # regional guidance: each planned box adds a row to every forward
 SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1     # the int64 range joined with the widget's uint64
 
 
@@ -53,6 +54,12 @@ def check_batch(batch: int) -> None:
         raise RequestError(f"batch {batch} is out of range: ask for 1 to {MAX_BATCH} images per call "
                            "(every image adds rows to every forward and to the KV cache; run "
                            "several calls for more)")
+
+
+def check_regions(boxes: int) -> None:
+    if boxes > MAX_REGIONS:
+        raise RequestError(f"regional guidance takes at most {MAX_REGIONS} boxes (each adds a row to every "
+                           f"forward); this plan has {boxes}. Lower the counts, or turn regional off")
 
 
 def clamp_window(window: int | None, stream_len: int) -> int | None:

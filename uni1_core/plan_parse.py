@@ -18,13 +18,12 @@ comma segment or a clause would be a stray piece ("under", "one of them"), the w
 again as not understood: it goes to `unparsed` as written and states no subject or relation.
 The output is a plain dictionary in the plan's JSON form (see `uni1_core/plan.py`), plus the source
 text of each relation so that the planner can hand a relation that the layout cannot satisfy back
-to `unparsed`. The word tables and English helpers live in `lexicon.py`. This module also holds
-`extract_llm_payload`, which digs a plan JSON or a rewritten prompt out of another model's answer.
+to `unparsed`. The word tables and English helpers live in `lexicon.py`; another model's answer is read by
+`llm_answer.py`.
 """
 
 from __future__ import annotations
 
-import json
 import re
 
 from .lexicon import (  # noqa: F401  (plan.py and tests import some of these from here)
@@ -1120,110 +1119,3 @@ def parse_prompt(text: str) -> tuple[dict, list[str]]:
         "unparsed": p.unparsed() + p.lost,
     }
     return plan, list(p.relation_texts)
-
-
-# ---------------------------------------------------------------------------------------------
-# Text written by another language model
-# ---------------------------------------------------------------------------------------------
-
-_REASONING_TAGS = ("think", "thinking", "thought", "reasoning", "analysis", "reflection", "scratchpad")
-_FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_-]*)[ \t]*\n?(.*?)```", re.S)
-_PREFACE_RE = re.compile(
-    r"^\s*(?:\*\*|__)?\s*(?:sure|okay|ok|certainly|of course|here(?:'s| is| are)?|"
-    r"(?:the\s+)?(?:enhanced|improved|rewritten|revised|refined|expanded|final|new|detailed|optimi[sz]ed)?\s*"
-    r"(?:image\s+)?(?:prompt|caption|description|answer|output|result|plan))\b[^\n]*?:\s*(?:\*\*|__)?\s*$",
-    re.I)
-_LABEL_RE = re.compile(
-    r"^\s*(?:\*\*|__)?\s*(?:(?:enhanced|improved|rewritten|revised|refined|expanded|final|new|detailed|"
-    r"optimi[sz]ed)\s+)?(?:image\s+)?(?:prompt|caption|description|answer|output)\s*(?:\*\*|__)?\s*:\s*(?:\*\*|__)?\s*",
-    re.I)
-
-
-def strip_reasoning(text: str) -> str:
-    """Remove <think>...</think> (and similar) blocks; an unclosed block ends at its closing tag."""
-    for tag in _REASONING_TAGS:
-        text = re.sub(rf"<{tag}\b[^>]*>.*?</{tag}\s*>", " ", text, flags=re.S | re.I)
-        close = re.search(rf"</{tag}\s*>", text, re.I)
-        if close:   # the opening tag was in the chat template: everything before it is reasoning
-            text = text[close.end():]
-        opened = re.search(rf"<{tag}\b[^>]*>", text, re.I)
-        if opened:  # never closed: the model stopped while thinking; keep what came before
-            text = text[:opened.start()]
-    return text.strip()
-
-
-def _json_objects(text: str):
-    """Every top-level {...} in `text` that parses as a JSON object, in order."""
-    decoder = json.JSONDecoder()
-    i = text.find("{")
-    while i != -1:
-        try:
-            obj, end = decoder.raw_decode(text, i)
-        except ValueError:
-            i = text.find("{", i + 1)
-            continue
-        if isinstance(obj, dict):
-            yield obj
-        i = text.find("{", end)
-
-
-class LLMAnswerError(ValueError):
-    """Another model's answer holds a JSON block that cannot be read."""
-
-
-def _repair_json(text: str) -> dict | None:
-    """The usual slips of a language model writing JSON: trailing commas and // comments."""
-    fixed = re.sub(r"//[^\n\"]*$", "", text, flags=re.M)
-    fixed = re.sub(r",\s*([}\]])", r"\1", fixed)
-    for obj in _json_objects(fixed):
-        return obj
-    return None
-
-
-def extract_llm_payload(text: str) -> dict | str:
-    """The plan dictionary, or the rewritten prompt, inside another model's answer.
-
-    Reasoning blocks (<think>...</think>) are removed first; then a ```json fenced block or the
-    first JSON object with "subjects" wins; a JSON object with a "prompt"-like string field gives
-    that string; otherwise the answer itself is the prompt, without prefaces ("Here is the
-    enhanced prompt:"), labels ("Prompt:"), markdown emphasis or surrounding quotes.
-    """
-    body = strip_reasoning(text)
-    candidates = [m.group(2) for m in _FENCE_RE.finditer(body)] + [body]
-    for chunk in candidates:
-        for obj in _json_objects(chunk):
-            if "subjects" in obj:
-                return obj
-            for key in ("prompt", "rewritten_prompt", "enhanced_prompt", "caption", "description",
-                        "text"):
-                if isinstance(obj.get(key), str) and obj[key].strip():
-                    return obj[key].strip()
-    fences = [m for m in _FENCE_RE.finditer(body)]
-    looks_like_json = [m.group(2) for m in fences if m.group(1).lower() == "json" or m.group(2).lstrip().startswith("{")]
-    if not fences and body.lstrip().startswith("{"):
-        looks_like_json = [body]
-    for chunk in looks_like_json:
-        obj = _repair_json(chunk)
-        if obj is not None and "subjects" in obj:
-            return obj
-        if obj is None:
-            try:
-                json.loads(chunk)
-            except json.JSONDecodeError as exc:
-                raise LLMAnswerError(f"the model's answer has a JSON block that is not valid JSON ({exc.msg} at "
-                                     f"line {exc.lineno} column {exc.colno}); ask it for plain JSON or fix the block") from None
-    if fences:
-        body = fences[0].group(2)
-    lines = [ln for ln in body.splitlines()]
-    # drop a preface line ("Sure! Here is an enhanced prompt:") and what came before it
-    for k, ln in enumerate(lines):
-        if _PREFACE_RE.match(ln) and any(x.strip() for x in lines[k + 1:]):
-            lines = lines[k + 1:]
-            break
-    out = "\n".join(lines).strip()
-    out = _LABEL_RE.sub("", out, count=1).strip()
-    out = re.sub(r"(\*\*|__)", "", out).strip()
-    if len(out) >= 2 and out[0] == out[-1] and out[0] in "\"'“”":
-        out = out[1:-1].strip()
-    out = out.strip("“”").strip()
-    return out
