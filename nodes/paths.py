@@ -122,11 +122,11 @@ def check_name(name: str) -> str:
     return "/".join(parts)
 
 
-def resolve_local(name: str) -> Path | None:
-    """The file or folder `name` names inside a `uni1` folder, or None if there is none.
-    Raises if the name is unsafe or resolves (e.g. through a link) outside its folder."""
+def resolve_local(name: str, roots: list[Path] | None = None) -> Path | None:
+    """The file or folder `name` names inside a `uni1` folder (or one of `roots`), or None if
+    there is none. Raises if the name is unsafe or resolves (e.g. through a link) outside its folder."""
     name = check_name(name)
-    for root in model_roots():
+    for root in (model_roots() if roots is None else roots):
         candidate = root.joinpath(*name.split("/"))
         if not candidate.exists():
             continue
