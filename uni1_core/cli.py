@@ -68,11 +68,51 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="print the reasoning plan of a prompt as JSON")
     plan.add_argument("--prompt", required=True)
+    plan.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    plan.add_argument("--device", default=None, help="cpu, cuda, mps (default: cuda if available)")
+    plan.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_reasoner_flags(gen, generate=True)
+    add_reasoner_flags(plan)
 
     conv = sub.add_parser("convert-movq", help="MoVQGAN .ckpt -> .safetensors (read without unpickling code)")
     conv.add_argument("src")
     conv.add_argument("dst")
     return parser
+
+
+# -- the reasoner (issue 18): an instruct LLM plans the prompt ------------------------------------
+
+def add_reasoner_flags(parser, generate: bool = False) -> None:
+    parser.add_argument("--reasoner", default=None,
+                        help="plan with this Qwen2.5-Instruct / Qwen3 folder (or repo id) instead of the rules")
+    parser.add_argument("--no-think", action="store_true", help="reasoner: answer without thinking (Qwen3)")
+    parser.add_argument("--reasoner-tokens", type=int, default=1024,
+                        help="reasoner: token budget of the thinking, and of the answer")
+    parser.add_argument("--reasoner-temperature", type=float, default=0.6, help="reasoner: 0 is greedy")
+    parser.add_argument("--reasoner-seed", type=int, default=0)
+    if generate:
+        parser.add_argument("--reasoner-reads", choices=("plan", "detailed"), default="plan",
+                            help="the image model reads the reasoner's plan, or its detailed prompt")
+
+
+def reason(args, device, dtype):
+    """The reasoner's ReasonedPlan for args.prompt; thinking, detailed prompt and notes on stderr."""
+    from .reasoner import Reasoner
+    from .textgen import TextSettings
+    reasoner = Reasoner.from_pretrained(args.reasoner, dtype=dtype, device=device)
+    settings = TextSettings(max_new_tokens=args.reasoner_tokens,
+                            max_thinking_tokens=0 if args.no_think else args.reasoner_tokens,
+                            temperature=args.reasoner_temperature, seed=args.reasoner_seed)
+    result = reasoner.plan(args.prompt, settings, on_progress=None if args.quiet else ProgressBar("reasoner"))
+    if result.thinking:
+        print(f"thinking:\n{result.thinking}\n", file=sys.stderr)
+    print(f"detailed prompt: {result.detailed_prompt}\n{result.report()}", file=sys.stderr)
+    return result
+
+
+def reasoned_stats(result) -> dict:
+    return {"source": result.source, "messages": result.messages, "disagreements": result.disagreements,
+            "answer_tokens": [len(a.ids) for a in result.attempts], "detailed_prompt": result.detailed_prompt}
 
 
 def _generate(args) -> int:
@@ -86,6 +126,7 @@ def _generate(args) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+    reasoned = reason(args, device, dtype) if args.reasoner else None     # before the image model loads
     pipe = Uni1Pipeline.from_pretrained(args.model, dtype=dtype, device=device)
     policy = PRESETS[args.preset] if args.preset else pipe.default_policy
     changes = {k: v for k, v in (("cfg_scale", args.cfg), ("temperature", args.temperature),
@@ -93,8 +134,10 @@ def _generate(args) -> int:
     policy = dataclasses.replace(policy, **changes)
     width, height = args.size or pipe.default_size
 
-    if not args.no_plan:
-        plan = pipe.plan(args.prompt)
+    if reasoned is not None and args.reasoner_reads == "detailed":
+        prompt, args.no_plan = reasoned.detailed_prompt, True
+    elif not args.no_plan:
+        plan = reasoned.plan if reasoned is not None else pipe.plan(args.prompt)
         print(f"plan: {plan.summary()}")
         prompt = plan
     else:
@@ -115,7 +158,7 @@ def _generate(args) -> int:
     paths = [out] if len(seeds) == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(len(seeds))]
     for path, image in zip(paths, pixels):
         tensor_to_pil(image).save(path)
-    stats = result.stats
+    stats = dict(result.stats, **({"reasoner": reasoned_stats(reasoned)} if reasoned is not None else {}))
     print(f"{stats['image_tokens']} image tokens, {stats['forwards']} forwards "
           f"({stats['forwards_per_token']:.3f} per token), {stats['seconds']:.2f} s")
     if args.stats_json:
@@ -132,7 +175,13 @@ def main(argv=None) -> int:
             return _generate(args)
         if args.command == "plan":
             from .plan import make_plan
-            print(make_plan(args.prompt).to_json())
+            if args.reasoner:
+                import torch
+                device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+                dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+                print(reason(args, device, dtype).plan.to_json())
+            else:
+                print(make_plan(args.prompt).to_json())
             return 0
         if args.command == "convert-movq":
             from .movq import convert_ckpt_to_safetensors
