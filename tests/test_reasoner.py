@@ -231,3 +231,10 @@ def test_sampling_is_seeded_and_respects_top_k():
     assert draws == again
     nucleus = TextSettings(temperature=1.0, top_k=0, top_p=0.5)
     assert {pick_token(logits, nucleus, torch.Generator().manual_seed(k)) for k in range(100)} == {1}
+
+
+def test_the_system_prompts_own_example_is_a_readable_answer_that_keeps_the_facts():
+    example = SYSTEM_PROMPT.split("Example, for the prompt")[1].split(":", 1)[1]
+    plan, description, source = read_answer(example)
+    assert source == "model" and description.startswith("Two small glossy red circles")
+    assert compare_facts(make_plan(PROMPT), plan) == []
