@@ -117,7 +117,7 @@ def test_facts_the_model_breaks_are_listed():
 
 
 def test_quantize_is_refused_clearly_before_loading(tmp_path):
-    with pytest.raises(NotImplementedError, match="no weight quantisation yet"):
+    with pytest.raises(NotImplementedError, match="no weight quantisation"):
         Reasoner.from_pretrained(tmp_path / "nothing", quantize="int4")
 
 

@@ -111,15 +111,22 @@ class Reasoner:
         from .model import Uni1Model
         from .tokenizer import TextTokenizer
 
-        if quantize not in (None, "", "none"):
-            raise NotImplementedError(
-                f"quantize={quantize!r}: uni1_core has no weight quantisation yet, for the reasoner or the "
-                "image model. Fix: load without quantize (bf16 on a GPU: Qwen3-1.7B takes about 3.4 GB).")
+        quantized = quantize not in (None, "", "none")
+        if quantized:
+            try:     # the image model's quantisation (quantized_load.py), where this version has it
+                from .quantized_load import load_quantized
+            except ImportError:
+                raise NotImplementedError(
+                    f"quantize={quantize!r}: this version of uni1_core has no weight quantisation. Fix: load "
+                    "without quantize (bf16 on a GPU: Qwen3-1.7B takes about 3.4 GB).") from None
         folder = resolve_model_dir(folder_or_repo_id, cache_dir=cache_dir)
         tokenizer = TextTokenizer.from_dir(folder)
         model_type = json.loads((folder / "config.json").read_text()).get("model_type")
         chat_format = ChatFormat.for_model(model_type, tokenizer.added_by_content, _chat_template(folder))
-        model = Uni1Model.from_pretrained(folder, dtype=dtype, device=device)
+        if quantized:    # every row of the head is read by text sampling: quantise it whole
+            model = load_quantized(folder, quantize, dtype=dtype, device=device, lm_head="full", embedding="keep")
+        else:
+            model = Uni1Model.from_pretrained(folder, dtype=dtype, device=device)
         return cls(TextGenerator(model, tokenizer, chat_format), name=Path(folder).name)
 
     def plan(self, prompt: str, settings: TextSettings | None = None, on_progress=None,
