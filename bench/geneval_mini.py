@@ -57,9 +57,9 @@ def run_setting(pipe, movq, prompts, seeds, setting, policy, save_dir=None):
     for i, item in enumerate(prompts):
         gen = pipe.sample(item["prompt"], seeds=seeds, policy=policy, **kw)
         stats = gen.stats
-        forwards += stats["forwards"]
-        tokens += stats["image_tokens"]
-        seconds += stats["seconds"]
+        forwards += stats.forwards
+        tokens += stats.image_tokens
+        seconds += stats.seconds
         images += len(seeds)
         pics = tensor_to_pil(movq.decode(gen.codes, max_batch=len(seeds)).clamp(-1, 1))
         for seed, pic in zip(seeds, pics):

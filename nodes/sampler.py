@@ -5,6 +5,7 @@ import json
 
 import torch
 
+from ..uni1_core.sequence import I2I_PANELS, PIXELS_PER_CODE, PIXELS_PER_GRID_UNIT
 from . import runtime
 from .handles import CATEGORY, UNI1_MODEL, UNI1_PLAN, UNI1_TOKENS, UNI1_VQ, Tokens
 from .vq import codes_to_pil
@@ -55,11 +56,11 @@ class Uni1SJDSampler:
         return {
             "required": {
                 "model": (UNI1_MODEL, {"tooltip": "From Uni1 Model Loader."}),
-                "width": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 32,
+                "width": ("INT", {"default": 0, "min": 0, "max": 2048, "step": PIXELS_PER_GRID_UNIT,
                                   "tooltip": "Image width in pixels, one of the model's sizes (a wrong one fails "
                                              "with the nearest listed). 0: the model's default size (Lumina-mGPT "
                                              "2.0: 768x768, which has 72 siblings of the same area; demo: 64x64)."}),
-                "height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 32,
+                "height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": PIXELS_PER_GRID_UNIT,
                                    "tooltip": "Image height in pixels (see width; 0 for either means the model's "
                                               "default size). Ignored with a condition: the output is then twice "
                                               "the condition's height."}),
@@ -103,12 +104,16 @@ class Uni1SJDSampler:
 
     def sample(self, model, width, height, seed, mode, cfg, temperature, top_k, top_p, window, regional,
                batch_size, plan=None, prompt="", vq=None, condition=None, task="depth"):
+        from ..uni1_core.limits import batch_seeds
         from ..uni1_core.sampler import Cancelled
         if plan is None and not (prompt and prompt.strip()):
             raise ValueError("nothing to draw: connect a Uni1 Reasoning Plan to 'plan' or type a prompt")
+        # Any seed the widget allows (0 .. 2^64-1, -1 from an API workflow wraps) and a bounded
+        # batch, checked before the model is touched.
+        seeds = batch_seeds(int(seed), int(batch_size))
         cond = pick_condition(condition)
         if cond is not None:
-            width, height = cond.shape[1] * 8, cond.shape[0] * 16
+            width, height = cond.shape[1] * PIXELS_PER_CODE, cond.shape[0] * PIXELS_PER_CODE * I2I_PANELS
 
         pipe = model.ready()
         if cond is None and not (width and height):
@@ -116,8 +121,7 @@ class Uni1SJDSampler:
         policy = pipe.with_policy(cfg_scale=float(cfg), temperature=float(temperature),
                                   top_k=int(top_k) or None, top_p=float(top_p) if top_p < 1 else None)
         movq = vq.ready() if vq is not None else None
-        seeds = [(int(seed) + i) % (MAX_SEED + 1) for i in range(int(batch_size))]
-        rows, cols = height // 8, width // 8
+        rows, cols = height // PIXELS_PER_CODE, width // PIXELS_PER_CODE
         total = len(seeds) * (rows * (cols + 1) + 1)     # stream tokens over the batch, as on_progress counts
         progress = runtime.Progress(total, preview_fn=_previewer(movq, rows) if movq else None,
                                     preview_every=PREVIEW_EVERY_S)
@@ -133,7 +137,7 @@ class Uni1SJDSampler:
             runtime.raise_interrupt()
         finally:
             runtime.free_cache()
-        stats = dict(result.stats, previews=progress.previews)
+        stats = dict(result.stats.to_dict(), previews=progress.previews)
         text = format_stats(stats, result.width, result.height, len(seeds))
         tokens = Tokens(result.codes, condition_rows=0 if cond is None else cond.shape[0])
         return {"ui": {"uni1_stats": [text]}, "result": (tokens, text)}

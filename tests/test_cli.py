@@ -138,7 +138,7 @@ def test_pipeline_refuses_unknown_mode_and_regional_without_plan(pipe):
 
 def test_pipeline_regional_and_condition(pipe):
     r = pipe.sample("a red circle to the left of a blue square", seeds=[0], regional=True)
-    assert r.stats["regions"] >= 2
+    assert r.stats.regions >= 2
     cond = torch.randint(0, 32, (4, 8))
     out = pipe.sample("a dog", 64, 64, seeds=[0], condition=cond, task="depth")
     assert torch.equal(out.codes[0, :4], cond)
@@ -149,7 +149,7 @@ def test_release_sizes_and_omni_panel_sizes(tmp_path):
     the Omni reference's 512x1024 panel for image-conditioned requests."""
     from uni1_core.sampler import Cancelled
     from uni1_core.sequence import SizeError
-    pipe = Uni1Pipeline.from_pretrained(str(build(tmp_path / "release_like", sizes=None)))
+    pipe = Uni1Pipeline.from_pretrained(str(build(tmp_path / "release_like", sizes=None, max_positions=16384)))
     assert len(pipe.sizes) == 73 and pipe.default_size == (768, 768) and pipe.i2i_sizes == [(512, 1024)]
     stop = dict(should_cancel=lambda: True, use_plan=False)
     with pytest.raises(SizeError, match="512x1024"):

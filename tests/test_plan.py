@@ -21,7 +21,7 @@ def test_table_is_big_enough():
 
 def check_layout(plan: Plan) -> None:
     """One box per instance, inside the canvas, every relation and position satisfied."""
-    want = sorted((i, k) for i, s in enumerate(plan.subjects) for k in range(s.count))
+    want = sorted((i, k) for i, s in enumerate(plan.subjects) for k in range(s.instances))
     assert sorted((b.subject, b.instance) for b in plan.layout) == want
     for b in plan.layout:
         assert 0.0 <= b.x0 < b.x1 <= 1.0 and 0.0 <= b.y0 < b.y1 <= 1.0
@@ -446,7 +446,7 @@ def test_snapping_keeps_the_planned_relations(prompt):
     """On the demo model's grid every left/right/above/below relation of a plan of up to four
     objects still holds after snapping, and no two squares touch."""
     plan = make_plan(prompt)
-    if prompt in CROWDED_ON_8_CELLS or not plan.subjects or sum(s.count for s in plan.subjects) > 4 or any(
+    if prompt in CROWDED_ON_8_CELLS or not plan.subjects or sum(s.instances for s in plan.subjects) > 4 or any(
             r.relation not in ("left of", "right of", "above", "below") for r in plan.relations):
         return
     snapped = plan.on_grid(8, 2, 4)

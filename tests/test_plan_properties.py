@@ -36,7 +36,7 @@ def check_plan(plan: Plan) -> None:
     plan.validate()
     assert Plan.from_json(plan.to_json()) == plan
     assert Plan.from_json(plan.to_json()).to_json() == plan.to_json()
-    want = sorted((i, k) for i, s in enumerate(plan.subjects) for k in range(s.count))
+    want = sorted((i, k) for i, s in enumerate(plan.subjects) for k in range(s.instances))
     assert sorted((b.subject, b.instance) for b in plan.layout) == want
     for b in plan.layout:
         assert 0.0 <= b.x0 < b.x1 <= 1.0 and 0.0 <= b.y0 < b.y1 <= 1.0

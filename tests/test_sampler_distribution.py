@@ -139,9 +139,9 @@ def test_mode_has_the_exact_ar_law(setup, name):
     z, tv, chi2, df = law_z(cells, laws["regional" if kw.get("regional") else "plain"])
     assert z < Z_MAX, f"{name}: chi2 {chi2:.0f} on {df} df (z {z:.1f}), TV {tv:.4f}"
     if name != "ar":
-        assert stats["forwards_per_token"] < 1.0
-    if stats["branches"]:                           # the branches were used, not just scored
-        assert stats["branch_hits"] > N // 10, stats["branch_hits"]
+        assert stats.forwards_per_token < 1.0
+    if stats.branches:                           # the branches were used, not just scored
+        assert stats.branch_hits > N // 10, stats.branch_hits
 
 
 def test_regional_law_is_a_different_law(setup):
@@ -201,7 +201,7 @@ def bonus_after_the_draft(original):
 
 
 NEGATIVE = {
-    "lumina2_residual": (dict(mode="sjd", window=4), "residual_law", lambda orig: lumina2_residual),
+    "lumina2_residual": (dict(mode="sjd", window=4), "residual_distribution", lambda orig: lumina2_residual),
     "old_q_labels": (dict(mode="sjd_coupled", coupling="maximal", window=4, branches=0), "verify_window",
                      old_q_for_kept_drafts),
     "batch_min": (dict(mode="sjd", window=4), "verify_window", batch_min_commit),

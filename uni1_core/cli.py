@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
+
+from .limits import (MAX_BATCH, RequestError, batch_seeds, check_batch, check_branches, clamp_window,
+                     is_out_of_memory, resolve_device)
 
 
 class ProgressBar:
@@ -34,7 +38,79 @@ def _size(text: str):
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"size must look like 768x768, got {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise argparse.ArgumentTypeError(f"size {text!r} has a side of 0 or less; give WxH in pixels, "
+                                         "e.g. 768x768 (leave --size out for the model's default)")
     return w, h
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+def _check_args(args) -> None:
+    """Refuse a bad command line before anything is loaded or sampled: every check is instant,
+    so a typo never costs a model load, and a bad output path never costs a finished image."""
+    if args.command in ("generate", "plan") and not args.prompt.strip():
+        raise RequestError("the prompt is empty: say what to draw, e.g. --prompt \"a red circle\"")
+    if args.command != "generate":
+        return
+    from .policy import PRESETS
+    check_batch(args.batch)
+    batch_seeds(args.seed, args.batch)                  # the seed's range
+    if args.window is not None:
+        clamp_window(args.window, args.window)          # >= 1; clamped to the image later
+    check_branches(args.branches)
+    if args.preset is not None and args.preset not in PRESETS:
+        raise RequestError(f"unknown preset {args.preset!r}: choose one of {', '.join(PRESETS)}")
+    _policy(args, PRESETS[args.preset or "uni1"])     # cfg, temperature, top-k, top-p in range
+    args.device = resolve_device(args.device)
+    _check_output(args.out, "--out", image=True)
+    if args.stats_json:
+        _check_output(args.stats_json, "--stats-json")
+    if args.movq is not None:
+        _check_movq(args.movq)
+
+
+def _policy(args, base):
+    """The sampling policy: the preset (or the model's default) with the flags' changes."""
+    changes = {k: v for k, v in (("cfg_scale", args.cfg), ("temperature", args.temperature),
+                                 ("top_k", args.top_k), ("top_p", args.top_p)) if v is not None}
+    return base.replace(**changes)
+
+
+def _check_output(name: str, flag: str, image: bool = False) -> None:
+    """A file we will be able to write: not a folder, in a folder we can create and write to,
+    and (for images) with an extension PIL can save."""
+    path = Path(name)
+    if path.is_dir() or name.endswith(("/", os.sep)):
+        raise RequestError(f"{flag} {name} is a folder; give a file name, e.g. {path / 'image.png'}")
+    if image:
+        from PIL import Image
+        Image.init()
+        formats = Image.registered_extensions()
+        if formats.get(path.suffix.lower()) not in Image.SAVE:
+            raise RequestError(f"{flag} {name}: cannot save a {path.suffix or 'extension-less'} image; "
+                               "end the name in .png (or .jpg, .webp)")
+    folder = path.parent if str(path.parent) else Path(".")
+    existing = next(p for p in [folder, *folder.parents, Path(".")] if p.exists() or p == Path("."))
+    if not existing.is_dir():
+        raise RequestError(f"{flag} {name}: {existing} is a file, so no folder can be made there")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RequestError(f"{flag} {name}: the folder {existing} is not writable")
+
+
+def _check_movq(name: str) -> None:
+    """A MoVQ weights file that exists (a Hugging Face repo id is resolved when loaded, which
+    also happens before sampling)."""
+    path = Path(name)
+    if path.exists():
+        if not path.is_file():
+            raise RequestError(f"--movq {name} is a folder; give the weights file "
+                               "(movq.safetensors or movqgan_270M.ckpt)")
+        return
+    repo_id = name.count("/") == 1 and not name.startswith((".", "/", "~")) and not path.suffix
+    if not repo_id:
+        raise RequestError(f"--movq file {name} does not exist (give a weights file, or a Hugging Face "
+                           "repo id such as ai-forever/MoVQGAN)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,8 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="prompt -> plan -> image tokens -> PNG")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--out", required=True, help="PNG path (batch > 1 appends _0, _1, ...)")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--batch", type=int, default=1, help="images per call, seeds seed, seed+1, ...")
+    gen.add_argument("--seed", type=int, default=0, help="-2^63 .. 2^64-1; -1 and 2^64-1 are the same seed")
+    gen.add_argument("--batch", type=int, default=1,
+                     help=f"images per call (1 to {MAX_BATCH}), seeds seed, seed+1, ... (mod 2^64)")
     gen.add_argument("--mode", choices=("ar", "sjd", "sjd_coupled"), default="sjd_coupled")
     gen.add_argument("--window", type=int, default=None, help="draft window (default per mode)")
     gen.add_argument("--coupling", choices=("maximal", "gumbel"), default="maximal")
@@ -116,22 +193,16 @@ def reasoned_stats(result) -> dict:
 
 
 def _generate(args) -> int:
-    import dataclasses
-
     import torch
 
     from .movq import tensor_to_pil
     from .pipeline import Uni1Pipeline
     from .policy import PRESETS
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
-    reasoned = reason(args, device, dtype) if args.reasoner else None     # before the image model loads
-    pipe = Uni1Pipeline.from_pretrained(args.model, dtype=dtype, device=device)
-    policy = PRESETS[args.preset] if args.preset else pipe.default_policy
-    changes = {k: v for k, v in (("cfg_scale", args.cfg), ("temperature", args.temperature),
-                                 ("top_k", args.top_k), ("top_p", args.top_p)) if v is not None}
-    policy = dataclasses.replace(policy, **changes)
+    reasoned = reason(args, args.device, dtype) if args.reasoner else None    # before the image model loads
+    pipe = Uni1Pipeline.from_pretrained(args.model, dtype=dtype, device=args.device)
+    policy = _policy(args, PRESETS[args.preset] if args.preset else pipe.default_policy)
     width, height = args.size or pipe.default_size
 
     if reasoned is not None and args.reasoner_reads == "detailed":
@@ -142,7 +213,8 @@ def _generate(args) -> int:
         prompt = plan
     else:
         prompt = args.prompt
-    seeds = [args.seed + i for i in range(args.batch)]
+    seeds = batch_seeds(args.seed, args.batch)
+    movq = pipe.load_movq(args.movq)          # before sampling: a bad file costs no sampling
     result = pipe.sample(prompt, width, height, mode=args.mode, policy=policy, seeds=seeds,
                          window=args.window, coupling=args.coupling, branches=args.branches,
                          regional=args.regional,
@@ -150,7 +222,6 @@ def _generate(args) -> int:
                          on_progress=None if args.quiet else ProgressBar(f"{args.mode} {width}x{height}"))
     if result.plan is not None:
         print(f"conditioning: {result.conditioning}")
-    movq = pipe.load_movq(args.movq)
     with torch.no_grad():
         pixels = movq.decode(result.codes.to(pipe.device))
     out = Path(args.out)
@@ -158,11 +229,12 @@ def _generate(args) -> int:
     paths = [out] if len(seeds) == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(len(seeds))]
     for path, image in zip(paths, pixels):
         tensor_to_pil(image).save(path)
-    stats = dict(result.stats, **({"reasoner": reasoned_stats(reasoned)} if reasoned is not None else {}))
-    print(f"{stats['image_tokens']} image tokens, {stats['forwards']} forwards "
-          f"({stats['forwards_per_token']:.3f} per token), {stats['seconds']:.2f} s")
+    stats = result.stats
+    print(f"{stats.image_tokens} image tokens, {stats.forwards} forwards "
+          f"({stats.forwards_per_token:.3f} per token), {stats.seconds:.2f} s")
     if args.stats_json:
-        Path(args.stats_json).write_text(json.dumps(stats, indent=2))
+        data = dict(stats.to_dict(), **({"reasoner": reasoned_stats(reasoned)} if reasoned is not None else {}))
+        Path(args.stats_json).write_text(json.dumps(data, indent=2))
     for path in paths:
         print(f"wrote {path}")
     return 0
@@ -171,15 +243,15 @@ def _generate(args) -> int:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_args(args)
         if args.command == "generate":
             return _generate(args)
         if args.command == "plan":
             from .plan import make_plan
             if args.reasoner:
                 import torch
-                device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
                 dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
-                print(reason(args, device, dtype).plan.to_json())
+                print(reason(args, resolve_device(args.device), dtype).plan.to_json())
             else:
                 print(make_plan(args.prompt).to_json())
             return 0
@@ -193,5 +265,11 @@ def main(argv=None) -> int:
         return 130
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        print(f"error: out of memory ({str(exc).splitlines()[0][:200]}). Fix: a smaller --batch, size or "
+              "--window, no --regional, or --dtype bfloat16", file=sys.stderr)
         return 2
     return 1

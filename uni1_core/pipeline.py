@@ -15,23 +15,21 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import resolve_model_dir
+from .checkpoint import CheckpointError, resolve_model_dir
+from .limits import check_batch, check_branches, clamp_window, resolve_device, seed_to_int64
 from .model import Uni1Model
 from .plan import Plan, make_plan
 from .policy import PRESETS, SamplingPolicy
-from .sampler import MODES, sample_codes
-from .sequence import (I2I_SIZES, PIXELS_PER_CODE, ImageGrid, ImageVocab, check_size, i2i_prompt_ids,
-                       supported_sizes, t2i_prompt_ids)
+from .sampler import MODES, SampleStats, sample_codes
+from .sequence import (I2I_SIZES, PIXELS_PER_CODE, PIXELS_PER_GRID_UNIT, ImageGrid, ImageVocab, check_positions,
+                       check_size, i2i_prompt_ids, position_limit, supported_sizes, t2i_prompt_ids)
 from .tokenizer import TextTokenizer
-
-DEFAULT_MOVQ_REPO = "ai-forever/MoVQGAN"
-MOVQ_FILES = ("movq.safetensors", "movqgan_270M.safetensors", "movqgan_270M.ckpt")
 
 
 @dataclass
 class Generation:
     codes: torch.Tensor          # (B, rows, cols) long
-    stats: dict
+    stats: SampleStats
     plan: Plan | None
     conditioning: str            # the text the model was conditioned on
     width: int
@@ -41,7 +39,7 @@ class Generation:
 class Uni1Pipeline:
     def __init__(self, model: Uni1Model, tokenizer: TextTokenizer, model_dir: Path):
         self.model, self.tokenizer, self.model_dir = model, tokenizer, Path(model_dir)
-        uni1 = model.config.raw.get("uni1", {})
+        uni1 = check_uni1_section(model.config.raw.get("uni1", {}), Path(model_dir) / "config.json")
         self.vocab = ImageVocab.from_tokenizer(tokenizer, model.config.vocab_size, uni1)
         self.sizes = [tuple(s) for s in uni1.get("sizes", supported_sizes())]
         # Image-conditioned (two-panel) sizes: the folder's own list, else the Omni reference's
@@ -60,8 +58,9 @@ class Uni1Pipeline:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = "demo", dtype="auto", device=None, cache_dir=None):
+        device = resolve_device(device or "cpu")       # a missing CUDA named as such, before any read
         model_dir = resolve_model_dir(name_or_path, cache_dir=cache_dir)
-        model = Uni1Model.from_pretrained(model_dir, dtype=dtype, device=device or "cpu")
+        model = Uni1Model.from_pretrained(model_dir, dtype=dtype, device=device)
         return cls(model, TextTokenizer.from_dir(model_dir), model_dir)
 
     @property
@@ -71,11 +70,8 @@ class Uni1Pipeline:
     def load_movq(self, path_or_repo_id=None, dtype=None, device=None, cache_dir=None):
         """The image tokenizer that belongs to this model: an explicit path or repo id, else the
         MoVQ weights inside the model folder (the demo ships them), else ai-forever/MoVQGAN."""
-        from .movq import MoVQ
-        if path_or_repo_id is None:
-            local = [self.model_dir / f for f in MOVQ_FILES if (self.model_dir / f).is_file()]
-            path_or_repo_id = str(local[0]) if local else DEFAULT_MOVQ_REPO
-        movq = MoVQ.from_pretrained(path_or_repo_id, dtype=dtype or torch.float32,
+        from .movq import MoVQ, default_source
+        movq = MoVQ.from_pretrained(path_or_repo_id or default_source(self.model_dir), dtype=dtype or torch.float32,
                                     device=device or self.device, cache_dir=cache_dir)
         movq.check_compatible(self.vocab.num_codes, downsample_factor=PIXELS_PER_CODE)
         return movq
@@ -112,17 +108,32 @@ class Uni1Pipeline:
         plan, text = self.conditioning(plan, grounded) if plan is not None else (None, prompt)
         if regional and plan is None:
             raise ValueError("regional guidance needs a plan: turn planning on or pass a Plan")
+        # Everything a request can make unbounded is checked here, before the sampler allocates
+        # its rows and cache (see limits.py and docs/limits.md).
+        seeds = [seed_to_int64(s) for s in seeds]
+        check_batch(len(seeds))
+        check_branches(branches, self.vocab.num_codes)
         if condition is None:
             grid = ImageGrid(width, height)
-            prompt_ids = t2i_prompt_ids(self.tokenizer, text, width, height)
         else:
             grid = ImageGrid(width, height, prefix_codes=condition.to("cpu", torch.long))
-            prompt_ids = i2i_prompt_ids(self.tokenizer, text, width, height, task)
+        window = clamp_window(window, grid.stream_len)
+        limit = position_limit(self.model.config)
+        room = max(limit - 3 - grid.stream_len, 0)        # prompt tokens that fit beside the image
+
+        def prompt_row(prompt_text, what, encode=t2i_prompt_ids, *extra):
+            ids = encode(self.tokenizer, prompt_text, width, height, *extra, max_tokens=room)
+            check_positions(len(ids), grid, limit, what, at_least=len(ids) > room)
+            return ids
+
+        if condition is None:
+            prompt_ids = prompt_row(text, "the prompt")
+        else:
+            prompt_ids = prompt_row(text, "the prompt", i2i_prompt_ids, task)
         regions = None
         if regional:
-            regions = [(t2i_prompt_ids(self.tokenizer, region_text, width, height), box)
-                       for region_text, box in plan.regions()]
-        seeds = [int(s) for s in seeds]
+            regions = [(prompt_row(region_text, f"region {k} ({region_text[:40]!r})"), box)
+                       for k, (region_text, box) in enumerate(plan.regions())]
         result = sample_codes(
             self.model, self.vocab, grid, [prompt_ids] * len(seeds), mode=mode,
             policy=policy or self.default_policy, seeds=seeds, window=window, coupling=coupling,
@@ -133,3 +144,57 @@ class Uni1Pipeline:
     def with_policy(self, **changes) -> SamplingPolicy:
         """The default policy with some fields changed (what the sampler node's widgets do)."""
         return dataclasses.replace(self.default_policy, **changes)
+
+
+def check_uni1_section(uni1, source: Path) -> dict:
+    """The `uni1` section of a model's config.json (sizes, default preset and policy, image
+    vocabulary), refused with a message naming the entry rather than failing later in the
+    sampler. Returns it unchanged."""
+    def bad(what):
+        return CheckpointError(f"{source}: the 'uni1' section's {what}. Fix the entry or delete it "
+                               "(every entry has a default).")
+
+    def is_int(v, low=0):
+        return type(v) is int and v >= low
+
+    def check_sizes(key):
+        sizes = uni1.get(key)
+        if sizes is None:
+            return
+        if not (isinstance(sizes, list) and sizes and all(
+                isinstance(wh, list) and len(wh) == 2 and all(is_int(v, 1) and v % PIXELS_PER_GRID_UNIT == 0
+                                                              for v in wh) for wh in sizes)):
+            raise bad(f"{key!r} must be a non-empty list of [width, height] pairs, each a positive "
+                      f"multiple of {PIXELS_PER_GRID_UNIT} pixels; got {str(sizes)[:80]}")
+
+    if not isinstance(uni1, dict):
+        raise bad(f"value must be a JSON object, got {type(uni1).__name__}")
+    check_sizes("sizes")
+    check_sizes("i2i_sizes")
+    if "default_size" in uni1:
+        size = uni1["default_size"]
+        sizes = [tuple(s) for s in uni1.get("sizes", supported_sizes())]
+        if not (isinstance(size, list) and len(size) == 2 and tuple(size) in sizes):
+            raise bad(f"'default_size' {str(size)[:40]} must be one of its sizes, e.g. "
+                      f"{list(sizes[0])}")
+    preset = uni1.get("default_preset", "uni1")
+    if not (isinstance(preset, str) and preset in PRESETS):
+        raise bad(f"'default_preset' {str(preset)[:40]!r} is not a preset; choose one of {', '.join(PRESETS)}")
+    policy = uni1.get("default_policy", {})
+    fields = {f.name for f in dataclasses.fields(SamplingPolicy)}
+    if not isinstance(policy, dict):
+        raise bad(f"'default_policy' must be an object of sampling settings, got {type(policy).__name__}")
+    unknown = sorted(set(policy) - fields)
+    if unknown:
+        raise bad(f"'default_policy' has unknown settings {unknown}; known: {', '.join(sorted(fields))}")
+    try:
+        dataclasses.replace(PRESETS[preset], **policy)
+    except (TypeError, ValueError) as err:
+        raise bad(f"'default_policy' is invalid: {err}") from None
+    for key, low in (("image_token_offset", 0), ("num_image_codes", 1)):
+        if key in uni1 and not is_int(uni1[key], low):
+            raise bad(f"{key!r} must be a whole number >= {low}, got {str(uni1[key])[:40]}")
+    grounding = uni1.get("grounding")
+    if grounding is not None and not (isinstance(grounding, dict) and is_int(grounding.get("grid"), 1)):
+        raise bad("'grounding' must be an object with a positive whole 'grid' (cells per side)")
+    return uni1

@@ -47,9 +47,14 @@ class PlanError(ValueError):
 @dataclass
 class Subject:
     noun: str                      # singular: "circle", "traffic light"
-    count: int = 1
+    count: int | None = 1          # None: a plural whose number the prompt does not give ("cats")
     color: str | None = None       # one of BASIC_COLORS or None
     attributes: list[str] = field(default_factory=list)   # "small", "wooden", "with a red collar", "on the left"
+
+    @property
+    def instances(self) -> int:
+        """Boxes in the layout: one per counted instance; one region for a plural without a number."""
+        return 1 if self.count is None else self.count
 
 
 @dataclass
@@ -109,8 +114,10 @@ class Plan:
             where = f"subjects[{i}]"
             _check(isinstance(s, Subject), lambda: f"{where} must be an object with noun, count, color, attributes")
             _check(isinstance(s.noun, str) and s.noun.strip() != "", lambda: f"{where}.noun must be a non-empty string")
-            _check(isinstance(s.count, int) and not isinstance(s.count, bool) and 1 <= s.count <= MAX_COUNT,
-                   lambda: f"{where}.count must be a positive integer (1 to {MAX_COUNT}), got {s.count!r}")
+            _check(s.count is None or (isinstance(s.count, int) and not isinstance(s.count, bool)
+                                       and 1 <= s.count <= MAX_COUNT),
+                   lambda: f"{where}.count must be a positive integer (1 to {MAX_COUNT}) or null (a plural "
+                           f"without a number), got {s.count!r}")
             _check(s.color is None or s.color in BASIC_COLORS,
                    lambda: f"{where}.color must be null or one of {', '.join(BASIC_COLORS)}; got {s.color!r} "
                    "(put other colour words in attributes)")
@@ -139,7 +146,7 @@ class Plan:
         if self.layout:
             seen = {(b.subject, b.instance) for b in self.layout}
             _check(len(seen) == len(self.layout), "layout has two boxes for the same subject instance")
-            want = {(i, k) for i, s in enumerate(self.subjects) for k in range(s.count)}
+            want = {(i, k) for i, s in enumerate(self.subjects) for k in range(s.instances)}
             missing = sorted(want - seen)
             _check(not missing, lambda: f"layout has no box for subjects[{missing[0][0]}] instance {missing[0][1]} "
                                 if missing else "")
@@ -270,7 +277,7 @@ class Plan:
                    style=style_obj, composition=_string(data.get("composition", ""), "composition"),
                    negatives=_strings(data.get("negatives", []), "negatives"),
                    unparsed=_strings(data.get("unparsed", []), "unparsed"), version=version)
-        want = {(i, k) for i, s in enumerate(subjects) for k in range(s.count)}
+        want = {(i, k) for i, s in enumerate(subjects) for k in range(s.instances)}
         have = [(b.subject, b.instance) for b in layout]
         if layout and len(set(have)) == len(have) == len(want) and set(have) == want:
             given = replace(plan, layout=layout)
@@ -327,9 +334,9 @@ class Plan:
             lead = "the"
         elif count == 1:
             lead = article(words[0])
-        else:
-            lead = number_word(count)
-        return " ".join([lead] + words + post)
+        else:     # no number word when the prompt gave none: "red circles"
+            lead = number_word(count) if count else ""
+        return " ".join(filter(None, [lead] + words + post))
 
     def describe_relation(self, i: int) -> str:
         r = self.relations[i]
@@ -412,7 +419,7 @@ class Plan:
 
         for r in self.relations:
             s = ref(r.subject)
-            verb = "are" if self.subjects[r.subject].count > 1 else "is"
+            verb = "is" if self.subjects[r.subject].count == 1 else "are"
             if s.split()[-1].endswith(("ing", "ed")):     # "a cat sitting on a table" needs no verb
                 verb = ""
             o = ref(r.object)
@@ -442,7 +449,7 @@ class Plan:
 
     def summary(self) -> str:
         """One short line for the node UI."""
-        parts = [", ".join(f"{s.count} {' '.join(filter(None, [s.color, s.noun]))}" for s in self.subjects)
+        parts = [", ".join(f"{s.count or 'some'} {' '.join(filter(None, [s.color, s.noun]))}" for s in self.subjects)
                  or "no subjects"]
         if self.relations:
             parts.append("; ".join(
@@ -598,7 +605,7 @@ def _lenient(data: dict) -> dict:
 
 
 def _layout_boxes(plan: Plan) -> list[Box]:
-    counts = [s.count for s in plan.subjects]
+    counts = [s.instances for s in plan.subjects]
     rels = [(r.subject, r.object, r.relation, r.object2) for r in plan.relations]
     boxes = compute_layout(counts, rels, plan.positions(), [s.attributes for s in plan.subjects])
     return [Box(i, k, *b) for i, bs in enumerate(boxes) for k, b in enumerate(bs)]
@@ -609,7 +616,7 @@ def _check_box(b, i: int, subjects: list[Subject], check_instance: bool = True) 
     _check(isinstance(b, Box), lambda: f"{where} must be an object with subject, instance, x0, y0, x1, y1")
     _check(isinstance(b.subject, int) and not isinstance(b.subject, bool) and 0 <= b.subject < n,
            lambda: f"{where}.subject must be the index of a subject (0 to {n - 1}); got {b.subject!r}")
-    cnt = subjects[b.subject].count
+    cnt = subjects[b.subject].instances
     _check(isinstance(b.instance, int) and not isinstance(b.instance, bool)
            and 0 <= b.instance < (cnt if check_instance else MAX_COUNT),
            lambda: f"{where}.instance must be 0 to {cnt - 1} (subjects[{b.subject}].count is {cnt}); got {b.instance!r}")
