@@ -88,7 +88,7 @@ def test_fallback_is_shown_on_the_node(comfy, monkeypatch):
 
 def test_rules_planner_needs_no_model(comfy):
     result = comfy.rz.run_planner("rules", PROMPT)
-    assert result.source == "rules" and result.plan.subjects[0].count == 2
+    assert result.source == "rules" and not result.fell_back and result.plan.subjects[0].count == 2
     assert comfy.calls["load_models_gpu"] == []
     with pytest.raises(ValueError, match="prompt is empty"):
         comfy.rz.run_planner("rules", " ")

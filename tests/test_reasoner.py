@@ -48,15 +48,17 @@ def test_json_inside_think_and_fence_gives_the_plan():
     assert gen.seen[0][1] == {"role": "user", "content": PROMPT}
 
 
-def test_prose_answer_is_planned_by_the_rules_with_a_note():
-    result = Reasoner(CannedGenerator(PROSE)).plan(PROMPT)
-    assert result.source == "model text (rules)"
-    assert any("no plan JSON" in m for m in result.messages)
-    assert result.plan == make_plan(PROSE)
-    assert result.detailed_prompt == PROSE
+def test_prose_answer_gets_the_retry_then_the_plan():
+    gen = CannedGenerator(PROSE, THINK_AND_FENCE)
+    result = Reasoner(gen).plan(PROMPT)
+    assert result.source == "model" and len(result.attempts) == 2
+    assert result.messages == ["the first answer could not be read (the answer has no plan JSON (a ```json "
+                               "block with \"subjects\")); asked again"]
+    assert gen.seen[1][2] == {"role": "assistant", "content": PROSE}
 
 
-@pytest.mark.parametrize("bad,error", [(GARBAGE, "no plan JSON"), (BROKEN_JSON, "not valid JSON"),
+@pytest.mark.parametrize("bad,error", [(GARBAGE, "no plan JSON"), (PROSE, "no plan JSON"),
+                                       (BROKEN_JSON, "not valid JSON"),
                                        ("", "empty"),
                                        ('```json\n{"subjects": [{"noun": "cat", "count": 0}]}\n```', "count")])
 def test_unreadable_answer_gets_one_retry_quoting_the_error(bad, error):
@@ -92,8 +94,8 @@ def test_cut_off_answer_says_so():
 
 def test_description_field_and_missing_description():
     with_field = GOOD_JSON[:-1] + ', "description": "A tidy flat picture."}'
-    plan, description, source = read_answer(with_field)
-    assert description == "A tidy flat picture." and source == "model" and len(plan.subjects) == 2
+    plan, description = read_answer(with_field)
+    assert description == "A tidy flat picture." and len(plan.subjects) == 2
     result = Reasoner(CannedGenerator(GOOD_JSON)).plan(PROMPT)
     assert result.detailed_prompt == result.plan.conditioning_text()
     assert any("no description" in m for m in result.messages)
@@ -235,6 +237,6 @@ def test_sampling_is_seeded_and_respects_top_k():
 
 def test_the_system_prompts_own_example_is_a_readable_answer_that_keeps_the_facts():
     example = SYSTEM_PROMPT.split("Example, for the prompt")[1].split(":", 1)[1]
-    plan, description, source = read_answer(example)
-    assert source == "model" and description.startswith("Two small glossy red circles")
+    plan, description = read_answer(example)
+    assert description.startswith("Two small glossy red circles")
     assert compare_facts(make_plan(PROMPT), plan) == []

@@ -8,10 +8,9 @@ from textgen.py. Our system prompt (SYSTEM_PROMPT) asks for two things: a detail
 of the picture in plain English (the "pre-thinking" caption of Lumina-mGPT 2.0's paper) and the
 plan as JSON in the schema of plan.py (version 1). The answer is read by `Plan.from_text`:
 
-1. a readable plan JSON is the plan; a prose answer without JSON is planned by the rules
-   (its text is a detailed prompt), with a note saying so;
-2. an unreadable answer (broken JSON, a plan that fails validation, nothing plannable, an empty
-   answer) gets ONE retry, whose user turn quotes the error;
+1. a readable plan JSON is the plan, and the prose around it the detailed prompt;
+2. an unreadable answer (no plan JSON, broken or cut-off JSON, a plan that fails validation,
+   an empty answer) gets ONE retry, whose user turn quotes the error;
 3. after that the rule planner (`make_plan`) plans the prompt, and the result says so in
    `messages`: the fallback is never silent.
 
@@ -62,6 +61,7 @@ Description: Two small glossy red circles sit side by side on the left half of a
 ```json
 {json.dumps(_EXAMPLE_PLAN)}
 ```"""
+FALLBACK = "rules (fallback)"
 RETRY_PROMPT = ("Your answer could not be read: {error}. Answer again in the two parts asked for: the "
                 "Description paragraph, then the plan as one ```json block that follows the rules.")
 
@@ -76,7 +76,7 @@ class ReasonedPlan:
     plan: Plan
     thinking: str
     detailed_prompt: str
-    source: str                    # "model", "model text (rules)" or "rules (fallback)"
+    source: str                    # "model", "rules (fallback)" or (the node's choice) "rules"
     messages: list[str] = field(default_factory=list)        # retries, fallback, cut thinking: shown to the user
     disagreements: list[str] = field(default_factory=list)   # the prompt's certain facts the model's plan breaks
     attempts: list[Completion] = field(default_factory=list)
@@ -86,7 +86,7 @@ class ReasonedPlan:
 
     @property
     def fell_back(self) -> bool:
-        return self.source.startswith("rules")
+        return self.source == FALLBACK
 
     def report(self) -> str:
         """A few lines for a console or a node: where the plan came from and what to look at."""
@@ -144,7 +144,7 @@ class Reasoner:
                 notes.append(f"the thinking reached its budget ({settings.max_thinking_tokens} tokens) and was "
                              "closed for the model")
             try:
-                plan, description, source = read_answer(done.answer)
+                plan, description = read_answer(done.answer)
             except PlanError as exc:
                 error = str(exc)
                 if not done.finished:
@@ -154,41 +154,37 @@ class Reasoner:
                     messages += [{"role": "assistant", "content": done.answer},
                                  {"role": "user", "content": RETRY_PROMPT.format(error=error)}]
                 continue
-            if source != "model":
-                notes.append("the model wrote no plan JSON; its text was planned by the rules")
             if not description:
                 notes.append("the model wrote no description; the detailed prompt is the plan's own text")
                 description = plan.conditioning_text()
-            return ReasonedPlan(plan, _thinking(attempts), description, source, notes,
+            return ReasonedPlan(plan, _thinking(attempts), description, "model", notes,
                                 compare_facts(make_plan(prompt), plan), attempts)
         plan = make_plan(prompt)
         message = (f"the reasoning model's answer could not be read twice (last error: {error}); "
                    "the rule planner made this plan instead")
         log.warning("uni1: %s", message)
-        return ReasonedPlan(plan, _thinking(attempts), plan.conditioning_text(), "rules (fallback)",
+        return ReasonedPlan(plan, _thinking(attempts), plan.conditioning_text(), FALLBACK,
                             notes + [message], [], attempts)
 
 
-def read_answer(answer: str) -> tuple[Plan, str, str]:
-    """(plan, description, source) from the answer text (thinking already removed);
-    PlanError naming what is wrong when it cannot be used."""
+def read_answer(answer: str) -> tuple[Plan, str]:
+    """(plan, description) from the answer text (thinking already removed); PlanError naming
+    what is wrong when it cannot be used. The plan must be JSON: a prose answer is not a plan
+    (the rules would find nouns in anything, even a random model's word salad)."""
     if not answer.strip():
         raise PlanError("the answer is empty")
     try:
         payload = extract_llm_payload(answer)
     except ValueError as exc:
         raise PlanError(str(exc)) from None
-    if not isinstance(payload, dict) and ('"subjects"' in answer or "```json" in answer.lower()):
-        raise PlanError("the answer starts a plan JSON but it is incomplete or not valid JSON (no closed "
-                        "object with \"subjects\")")
+    if not isinstance(payload, dict):
+        if '"subjects"' in answer or "```json" in answer.lower():
+            raise PlanError("the answer starts a plan JSON but it is incomplete or not valid JSON (no closed "
+                            "object with \"subjects\")")
+        raise PlanError("the answer has no plan JSON (a ```json block with \"subjects\")")
     plan = Plan.from_text(answer)
-    if isinstance(payload, dict):
-        described = payload.get("description")
-        description = described.strip() if isinstance(described, str) else _description(answer)
-        return plan, description, "model"
-    if not plan.subjects and not plan.scene:
-        raise PlanError("the answer holds no plan JSON, and no object or scene could be read from its text")
-    return plan, _description(answer) or payload, "model text (rules)"
+    described = payload.get("description")
+    return plan, described.strip() if isinstance(described, str) else _description(answer)
 
 
 def _description(answer: str) -> str:
