@@ -524,6 +524,8 @@ def test_config_rejects_zero_and_negative_sizes():
     for bad in ({"norm_groups": 0}, {"ch": -4}, {"ch_mult": ()}, {"num_res_blocks": 0}, {"n_embed": True}):
         with pytest.raises(ValueError, match="positive integers"):
             MoVQConfig(**bad)
+    with pytest.raises(ValueError, match="norm_eps"):
+        MoVQConfig(norm_eps=-1.0)
 
 
 def test_default_source_prefers_the_folders_own_file(tmp_path):

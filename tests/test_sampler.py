@@ -315,18 +315,18 @@ def region_model(vocab):
         emb[:, 7] = 1.0                                     # a constant channel for every token
         for tok, ch in [(7, 0), (8, 1), (9, 2)]:
             emb[tok, ch] = 4.0
-        layer = m.model.layers[0]
-        layer.input_layernorm.weight.fill_(1.0)
-        layer.post_attention_layernorm.weight.fill_(1.0)
+        layer = {k.removeprefix("model.layers.0."): v for k, v in m.state_dict().items()}   # views: written in place
+        layer["input_layernorm.weight"].fill_(1.0)
+        layer["post_attention_layernorm.weight"].fill_(1.0)
         # attention: values copy channels 0..2; every query attends mostly to the branch token
-        layer.self_attn.v_proj.weight[:3, :3] = torch.eye(3)
-        layer.self_attn.o_proj.weight[:3, :3] = torch.eye(3) * 8
+        layer["self_attn.v_proj.weight"][:3, :3] = torch.eye(3)
+        layer["self_attn.o_proj.weight"][:3, :3] = torch.eye(3) * 8
         # keys large where a branch channel is set; dimension 3 is the slowest RoPE frequency,
         # so the match barely depends on the distance
-        layer.self_attn.k_proj.weight[3, :3] = 4.0
-        layer.self_attn.q_proj.weight[3, 7] = 4.0
-        layer.self_attn.q_norm.weight.fill_(1.0)
-        layer.self_attn.k_norm.weight.fill_(1.0)
+        layer["self_attn.k_proj.weight"][3, :3] = 4.0
+        layer["self_attn.q_proj.weight"][3, 7] = 4.0
+        layer["self_attn.q_norm.weight"].fill_(1.0)
+        layer["self_attn.k_norm.weight"].fill_(1.0)
         m.model.norm.weight.fill_(1.0)
         head = m.lm_head.weight
         for ch, codes in [(0, range(0, 4)), (1, range(4, 8)), (2, range(8, 12))]:

@@ -86,6 +86,8 @@ class MoVQConfig:
             raise ValueError(f"MoVQConfig: {bad or 'ch_mult'} must be positive integers")
         if not all(isinstance(r, int) for r in self.attn_resolutions):
             raise ValueError(f"MoVQConfig: attn_resolutions {self.attn_resolutions} must be integers")
+        if isinstance(self.norm_eps, bool) or not isinstance(self.norm_eps, (int, float)) or not self.norm_eps > 0:
+            raise ValueError(f"MoVQConfig: norm_eps {self.norm_eps!r} must be a positive number")
         for c in [self.ch * m for m in self.ch_mult] + [self.ch]:
             if c % self.norm_groups:
                 raise ValueError(f"MoVQConfig: {c} channels are not divisible by norm_groups={self.norm_groups}")
