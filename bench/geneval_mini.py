@@ -5,7 +5,7 @@
 
 Each prompt of bench/prompts_geneval_mini.json (free-form phrasings in the GenEval categories:
 single object, two objects, counting, colours, position, colour attribution) is generated once
-per seed and judged by the deterministic evaluator in uni1_core/geneval.py. Settings:
+per seed and judged by the deterministic evaluator in bench/geneval.py. Settings:
 
     raw            the prompt as typed (no plan), sjd_coupled
     plan           the planner's canonical text, sjd_coupled; for a model that declares grounding
@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from uni1_core.geneval import evaluate, score  # noqa: E402
+from bench.geneval import evaluate, score  # noqa: E402
 from uni1_core.movq import tensor_to_pil  # noqa: E402
 from uni1_core.pipeline import Uni1Pipeline  # noqa: E402
 

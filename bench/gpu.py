@@ -107,15 +107,9 @@ def build_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, quan
 
 
 def compiled_forward(model: Uni1Model):
-    """The pack's compiled decode step when it exists, else torch.compile of the forward."""
-    try:
-        from uni1_core import compile as pack_compile       # noqa: F401  (the compiled-decode module)
-        if hasattr(pack_compile, "compile_forward"):
-            return pack_compile.compile_forward(model)
-    except ImportError:
-        pass
-    mode = "reduce-overhead" if model.device.type == "cuda" else None
-    return torch.compile(model, mode=mode, dynamic=False)
+    """The pack's compiled decode step (uni1_core/decode.py): static shapes, CUDA graphs on CUDA."""
+    from uni1_core.decode import static_forward
+    return static_forward(model)
 
 
 def sync(device: torch.device) -> None:
@@ -241,10 +235,12 @@ def run(args) -> dict:
         model = build_model(cfg, device, dtype, quant)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        cache = model.new_cache(ROWS, max(contexts) + 128)
         paths = [("eager", model)]
-        if not args.no_compile:
-            paths.append(("compiled", compiled_forward(model)))
+        compiled = None if args.no_compile else compiled_forward(model)
+        if compiled is not None:                 # None: a model the static step cannot serve
+            paths.append(("compiled", compiled))
+        # the compiled step's cache: CUDA graphs write into it in place, at addresses that stay
+        cache = (paths[-1][1] if len(paths) > 1 else model).new_cache(ROWS, max(contexts) + 128)
         steps = {}
         for path, forward in paths:
             for window in WINDOWS:

@@ -15,9 +15,10 @@ Two views of each prompt are measured:
 and for each view, per corpus, the share of prompts with
 
     lost      a content word of the prompt that the view does not hold. Content words are the
-              prompt's word tokens minus `GRAMMAR_WORDS` (articles, pronouns, prepositions,
-              conjunctions, auxiliaries, number and quantity words, and the position words whose
-              meaning the plan keeps as a relation or position). A word is held when one of its
+              prompt's word tokens minus `lexicon.GRAMMAR_WORDS` (articles, pronouns,
+              prepositions, conjunctions, auxiliaries, number and quantity words, the position
+              and relation words whose meaning the plan keeps as a relation or position, and
+              words for the picture itself: "image", "showing"). A word is held when one of its
               forms (as typed, singular, grey/gray, or the same crude stem: "sits" and
               "sitting") is a whole word of the view (for the plan: of any of its strings or
               relation names).
@@ -25,14 +26,17 @@ and for each view, per corpus, the share of prompts with
               a number the prompt states (digits, number words, "pair", "couple", "both",
               "twin", "trio", "dozen"; vague words such as "some" or "many" state none).
               Sentence: a number of 2 or more written in it that the prompt does not state.
-    fragment  a stray piece of text: a chunk (text between . , ; : ! ? before a space, or line breaks) that has
-              no content word or ends in a word that needs a complement (an article, a
-              preposition, a conjunction, a copula), and that is not itself a chunk of the
-              prompt. Plan: the chunks of `unparsed`; sentence: the chunks of the sentence.
+    fragment  a stray piece of text (`lexicon.is_fragment`): a chunk (text between . , ; : ! ?
+              before a space, or line breaks) that ends in a word needing a complement (an
+              article, a preposition, a conjunction, a copula), or has no content word and does
+              not end in a place, "view" or a reflexive ("in the corner", "by itself" stand);
+              unless it is a chunk of the prompt, or inside a chunk of the prompt that is
+              itself such a piece. Plan: the chunks of `unparsed`; sentence: the chunks of the
+              sentence.
 
 plus crashes (an exception from `make_plan` or `conditioning_text`), the share of prompts with
-anything in `unparsed`, the planner's milliseconds per prompt on this CPU, and for GenEval the
-share of plans that match the metadata exactly: one subject per `include` entry with its class,
+anything in `unparsed`, the planner's milliseconds per prompt (`make_plan` alone) on this CPU,
+and for GenEval the share of plans that match the metadata exactly: one subject per `include` entry with its class,
 count and colour (none when the metadata gives none), the stated position as a relation, and
 no other subject.
 """
@@ -146,9 +150,11 @@ def chunks(text: str) -> list[str]:
 def fragments(prompt: str, text: str) -> list[str]:
     """Chunks of `text` that are stray pieces (see the module docstring) and not the prompt's own."""
     own = set(chunks(prompt))
+    # words of a piece the user typed as a fragment ("a and") may stay one
+    typed = [f" {c} " for c in own if is_fragment(c.split())]
     bad = []
     for c in chunks(text):
-        if c not in own and is_fragment(c.split()):
+        if c not in own and is_fragment(c.split()) and not any(f" {c} " in t for t in typed):
             bad.append(c)
     return bad
 
@@ -163,21 +169,29 @@ def plan_words(plan) -> set[str]:
     return {w for p in parts for w in words(p)}
 
 
+def text_checks(prompt: str, text: str) -> dict:
+    """The checks on a text a model reads instead of `prompt` (any way of writing the plan)."""
+    return {"lost": lost_words(prompt, set(words(text))),
+            "invented": invented_numbers(prompt, sorted(stated_numbers(text))),
+            "fragment": fragments(prompt, text)}
+
+
 def check(prompt: str) -> dict:
     """Every check on one prompt: {"plan": {...}, "sentence": {...}, "unparsed": bool, "plan_obj"}."""
+    start = time.perf_counter()
     plan = make_plan(prompt)
+    seconds = time.perf_counter() - start
     sentence = plan.conditioning_text()
     counts = [s.count for s in plan.subjects]
     return {
         "plan_obj": plan,
+        "seconds": seconds,
         "sentence_text": sentence,
         "unparsed": bool(plan.unparsed),
         "plan": {"lost": lost_words(prompt, plan_words(plan)),
                  "invented": invented_numbers(prompt, counts),
                  "fragment": [f for u in plan.unparsed for f in fragments(prompt, u)]},
-        "sentence": {"lost": lost_words(prompt, set(words(sentence))),
-                     "invented": invented_numbers(prompt, sorted(stated_numbers(sentence))),
-                     "fragment": fragments(prompt, sentence)},
+        "sentence": text_checks(prompt, sentence),
     }
 
 
@@ -235,13 +249,14 @@ def measure(prompts: list[str], metadata: list[dict] | None = None) -> tuple[dic
     n = len(prompts)
     tally = {f"{view} {c}": [] for view in ("plan", "sentence") for c in ("lost", "invented", "fragment")}
     tally.update({"crash": [], "unparsed": [], "geneval miss": []})
-    start = time.perf_counter()
+    seconds = 0.0
     for k, prompt in enumerate(prompts):
         try:
             got = check(prompt)
         except Exception as exc:   # a crash is a result to count, not a reason to stop
             tally["crash"].append((prompt, repr(exc)))
             continue
+        seconds += got["seconds"]
         for view in ("plan", "sentence"):
             for c in ("lost", "invented", "fragment"):
                 if got[view][c]:
@@ -250,7 +265,7 @@ def measure(prompts: list[str], metadata: list[dict] | None = None) -> tuple[dic
             tally["unparsed"].append((prompt, got["plan_obj"].unparsed))
         if metadata is not None and not matches_geneval(got["plan_obj"], metadata[k]):
             tally["geneval miss"].append((prompt, got["plan_obj"].summary()))
-    ms = 1000 * (time.perf_counter() - start) / max(n, 1)
+    ms = 1000 * seconds / max(n, 1)
     row = {key: len(v) / max(n, 1) for key, v in tally.items()}
     row["prompts"], row["ms"] = n, ms
     return row, tally
@@ -271,7 +286,7 @@ def main() -> None:
     head = f"{'corpus':<14}{'prompts':>8}" + "".join(f"{c:>11}" for c in
                                                    ["lost", "invented", "fragment"] * 2) + \
         f"{'crash':>7}{'unparsed':>10}{'ms/prompt':>11}{'GenEval':>9}"
-    print(f"{'':<22}{'--------------- plan ---------------':>33}{'------------- sentence -------------':>33}")
+    print(f"{'':<24}{' plan ':-^31}  {' sentence ':-^31}")
     print(head)
     for name, prompts in load_corpora().items():
         row, tally = measure(prompts, geneval if name == "GenEval" else None)

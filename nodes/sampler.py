@@ -8,6 +8,7 @@ import torch
 from ..uni1_core.sequence import I2I_PANELS, PIXELS_PER_CODE, PIXELS_PER_GRID_UNIT
 from . import runtime
 from .handles import CATEGORY, UNI1_MODEL, UNI1_PLAN, UNI1_TOKENS, UNI1_VQ, Tokens
+from .plan import AUTO, CONDITIONING_TOOLTIP, conditioning_choices
 from .vq import codes_to_pil
 
 MODES = ["sjd_coupled", "sjd", "ar"]
@@ -38,6 +39,14 @@ def pick_condition(condition: Tokens | None):
         raise ValueError(f"the condition holds {condition.codes.shape[0]} images; the sampler conditions on "
                          f"one. Pick one image before Uni1 VQ Encode (batch_size there is the number of seeds).")
     return condition.codes[0]
+
+
+def pick_source(plan, prompt: str, conditioning: str):
+    """(the plan or the prompt, the conditioning choice or None for the model's default): the
+    sampler's own choice wins; "auto" follows the plan node's."""
+    chosen = getattr(plan, "conditioning", AUTO) if conditioning == AUTO else conditioning
+    source = getattr(plan, "plan", plan) if plan is not None else prompt
+    return source, None if chosen == AUTO else chosen
 
 
 class Uni1SJDSampler:
@@ -89,9 +98,15 @@ class Uni1SJDSampler:
                                                     "guides its own box. Needs a plan (not raw text)."}),
                 "batch_size": ("INT", {"default": 1, "min": 1, "max": 16,
                                        "tooltip": "Images per run (seeds seed .. seed + batch_size - 1)."}),
+                "compile": ("BOOLEAN", {"default": True,
+                                        "tooltip": "On an NVIDIA GPU, compile the decode step with torch.compile "
+                                                   "(CUDA graphs): the first run of a size compiles for a while, "
+                                                   "later runs are faster. Off, or on a CPU, where it is slower: "
+                                                   "the plain model. Same images either way."}),
             },
             "optional": {
-                "plan": (UNI1_PLAN, {"tooltip": "From Uni1 Reasoning Plan. Wins over the prompt below."}),
+                "plan": (UNI1_PLAN, {"tooltip": "From Uni1 Reasoning Plan (with its conditioning choice). Wins over "
+                                                "the prompt below."}),
                 "prompt": ("STRING", {"multiline": True, "dynamicPrompts": True, "default": "",
                                       "tooltip": "Used when no plan is connected; it is planned automatically."}),
                 "vq": (UNI1_VQ, {"tooltip": "Optional: the VQ used for the live preview of finished rows."}),
@@ -99,11 +114,15 @@ class Uni1SJDSampler:
                                                        "output is a two-panel image whose upper half is it."}),
                 "task": (TASKS, {"default": "depth",
                                  "tooltip": "Omni image-conditioned task (used only with a condition)."}),
+                "conditioning": (conditioning_choices(), {
+                    "default": AUTO, "tooltip": CONDITIONING_TOOLTIP + " Here, auto follows the plan node's "
+                                                "choice when a plan is connected."}),
             },
         }
 
     def sample(self, model, width, height, seed, mode, cfg, temperature, top_k, top_p, window, regional,
-               batch_size, plan=None, prompt="", vq=None, condition=None, task="depth"):
+               batch_size, compile=True, plan=None, prompt="", vq=None, condition=None, task="depth",
+               conditioning=AUTO):
         from ..uni1_core.limits import batch_seeds
         from ..uni1_core.sampler import Cancelled
         if plan is None and not (prompt and prompt.strip()):
@@ -115,6 +134,7 @@ class Uni1SJDSampler:
         if cond is not None:
             width, height = cond.shape[1] * PIXELS_PER_CODE, cond.shape[0] * PIXELS_PER_CODE * I2I_PANELS
 
+        source, choice = pick_source(plan, prompt, conditioning)
         pipe = model.ready()
         if cond is None and not (width and height):
             width, height = pipe.default_size
@@ -128,11 +148,11 @@ class Uni1SJDSampler:
         try:
             with torch.inference_mode():
                 result = pipe.sample(
-                    plan if plan is not None else prompt, width, height, mode=mode, policy=policy,
-                    seeds=seeds, window=int(window) or None, regional=bool(regional), use_plan=True,
+                    source, width, height, mode=mode, policy=policy, conditioning=choice,
+                    seeds=seeds, window=int(window) or None, regional=bool(regional),
                     condition=cond, task=task, on_progress=progress.on_progress,
                     on_preview=progress.on_preview if movq is not None else None,
-                    should_cancel=runtime.interrupted)
+                    should_cancel=runtime.interrupted, compile=None if compile else False)
         except Cancelled:
             runtime.raise_interrupt()
         finally:

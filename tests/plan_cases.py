@@ -352,6 +352,77 @@ FREE_FORM = [
      "subjects": [("man", 1, None, ["with a hat"])], "relations": []},
     {"prompt": "a white house with a blue door",
      "subjects": [("house", 1, "white", ["with a blue door"])], "relations": []},
+] + [
+    # -- free-form prompts of issue 15: nothing invented, nothing lost, nothing cut into pieces --
+    {"prompt": "a cozy wooden cabin by a frozen lake under the northern lights, cinematic, 35mm",
+     "subjects": [("cabin", 1, None, ["cozy", "wooden"]), ("light", None, None, ["northern"])],
+     "relations": [(0, "under", 1)], "scene": "by a frozen lake", "camera": "35mm", "mood": "cinematic"},
+    # a subordinate clause states no subject: it stays whole
+    {"prompt": "Three cats sitting on a windowsill, the one in the middle is orange, rainy city outside",
+     "subjects": [("cat", 3, None, ["sitting"]), ("windowsill", 1, None, [])], "relations": [(0, "on", 1)],
+     "unparsed": ["the one in the middle is orange", "rainy city outside"]},
+    {"prompt": "A close-up portrait of an elderly woman with silver hair and freckles, Rembrandt lighting",
+     "subjects": [("woman", 1, None, ["elderly", "with silver hair and freckles"])], "relations": [],
+     "composition": "close-up, portrait", "lighting": "rembrandt lighting"},
+    {"prompt": "A bowl of ramen with two eggs, chopsticks resting on the rim, steam rising, top-down view",
+     "subjects": [("bowl", 1, None, ["of ramen", "with two eggs"])], "relations": [],
+     "composition": "top-down view", "unparsed": ["chopsticks resting on the rim", "steam rising"]},
+    {"prompt": "There are frogs sitting on the seats. One of them is reading a newspaper.",
+     "subjects": [("frog", None, None, ["sitting"]), ("seat", None, None, [])], "relations": [(0, "on", 1)],
+     "unparsed": ["One of them is reading a newspaper"]},
+    # an adverb before a relation: the relation holds; an adverb with content stays as written
+    {"prompt": "a bird high above a house",
+     "subjects": [("bird", 1, None, []), ("house", 1, None, [])], "relations": [(0, "above", 1)],
+     "unparsed": ["high"]},
+    {"prompt": "a cat just left of a dog",
+     "subjects": [("cat", 1, None, []), ("dog", 1, None, [])], "relations": [(0, "left of", 1)]},
+    {"prompt": "a lamp directly behind a sofa",
+     "subjects": [("lamp", 1, None, []), ("sofa", 1, None, [])], "relations": [(0, "behind", 1)],
+     "unparsed": ["directly"]},
+    {"prompt": "just a square", "subjects": [("square", 1, None, [])], "relations": []},
+    # what a subject holds is part of it, not a count of its own
+    {"prompt": "a man holding two umbrellas",
+     "subjects": [("man", 1, None, ["holding two umbrellas"])], "relations": []},
+    {"prompt": "a woman holding 3 red balloons next to a car",
+     "subjects": [("woman", 1, None, ["holding 3 red balloons"]), ("car", 1, None, [])],
+     "relations": [(0, "next to", 1)]},
+    # a piece/slice/cup of X is the piece, of X
+    {"prompt": "a piece of cake on a plate",
+     "subjects": [("piece", 1, None, ["of cake"]), ("plate", 1, None, [])], "relations": [(0, "on", 1)]},
+    {"prompt": "a slice of pizza", "subjects": [("slice", 1, None, ["of pizza"])], "relations": []},
+    {"prompt": "a cup of coffee next to a laptop",
+     "subjects": [("cup", 1, None, ["of coffee"]), ("laptop", 1, None, [])], "relations": [(0, "next to", 1)]},
+    # compound nouns
+    {"prompt": "two birthday cakes on a table",
+     "subjects": [("cake", 2, None, ["birthday"]), ("table", 1, None, [])], "relations": [(0, "on", 1)]},
+    {"prompt": "a yellow school bus", "subjects": [("school bus", 1, "yellow", [])], "relations": []},
+    # "on the left a X, on the right a Y"
+    {"prompt": "on the left a cat, on the right a dog",
+     "subjects": [("cat", 1, None, []), ("dog", 1, None, [])], "relations": [(0, "left of", 1)]},
+    # colour words that are also nouns
+    {"prompt": "an orange potted plant", "subjects": [("potted plant", 1, "orange", [])], "relations": []},
+    {"prompt": "an orange next to a potted plant",
+     "subjects": [("orange", 1, None, []), ("potted plant", 1, None, [])], "relations": [(0, "next to", 1)]},
+    # pronoun subjects
+    {"prompt": "A dignified beaver wearing glasses. He stands next to a tall stack of books.",
+     "subjects": [("beaver", 1, None, ["dignified", "wearing glasses", "standing"]),
+                  ("stack", 1, None, ["tall", "of books"])], "relations": [(0, "next to", 1)]},
+    {"prompt": "A cat on a sofa. It is black.",
+     "subjects": [("cat", 1, "black", []), ("sofa", 1, None, [])], "relations": [(0, "on", 1)]},
+    # counts: a plural without a number has none; "a pair of", "a dozen" keep theirs
+    {"prompt": "some robots on a beach", "subjects": [("robot", None, None, [])], "relations": [],
+     "scene": "on a beach"},
+    {"prompt": "a dozen eggs", "subjects": [("egg", 12, None, [])], "relations": []},
+    {"prompt": "half a dozen eggs", "subjects": [("egg", 6, None, [])], "relations": []},
+    {"prompt": "a couple of dogs playing", "subjects": [("dog", 2, None, ["playing"])], "relations": []},
+    {"prompt": "a group of penguins in a snowstorm",
+     "subjects": [("penguin", None, None, ["in a group", "in a snowstorm"])], "relations": []},
+    {"prompt": "a group of four squares", "subjects": [("square", 4, None, ["in a group"])], "relations": []},
+    # a copula with content is said of its subject
+    {"prompt": "The statue sits on the moon.", "subjects": [("statue", 1, None, ["sitting"])],
+     "relations": [], "scene": "on the moon"},
+    {"prompt": "A Vietnam map showing Ha Long Bay",
+     "subjects": [("map", 1, None, ["vietnam", "showing ha long bay"])], "relations": []},
 ]
 
 

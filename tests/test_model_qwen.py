@@ -78,6 +78,7 @@ def test_every_key_loads_and_logits_match(qwen, name):
         ours.discard("lm_head.weight")
         in_file.discard("lm_head.weight")
     assert in_file == ours
+    assert list(model.state_dict()) == list(ref.state_dict())          # names and order
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, ref.state_dict()[key], atol=0, rtol=0)
     ids = random_ids(3, 11, seed=1)

@@ -150,6 +150,7 @@ def test_sampler_and_plan_widgets(comfy):
     sampler = comfy.pack.NODE_CLASS_MAPPINGS["Uni1SJDSampler"].INPUT_TYPES()
     assert sampler["required"]["seed"][1]["control_after_generate"] is True
     assert sampler["required"]["mode"][0] == ["sjd_coupled", "sjd", "ar"]
+    assert sampler["required"]["compile"][0] == "BOOLEAN" and sampler["required"]["compile"][1]["default"] is True
     plan = comfy.pack.NODE_CLASS_MAPPINGS["Uni1ReasoningPlan"].INPUT_TYPES()
     # JSON must reach the server untouched: dynamic prompts would strip // and resolve {a|b}
     assert plan["optional"]["plan_json"][1]["dynamicPrompts"] is False
@@ -508,10 +509,16 @@ def ui_to_api(ui, object_info):
             inputs[name] = values[i]
             i += 1 + extra
         assert i == len(values), f"node {node['id']} ({node['type']}): {len(values)} widget values, expected {i}"
+        ui_only = {n["id"] for n in ui["nodes"] if n["type"] in UI_ONLY}
         for slot in node.get("inputs", []):
             if slot.get("link") is not None:
                 link = links[slot["link"]]
                 assert link[3] == node["id"], f"link {link[0]} does not end at node {node['id']}"
+                if link[1] in ui_only:      # a primitive feeding a widget: its value is the widget's
+                    source = next(n for n in ui["nodes"] if n["id"] == link[1])
+                    assert slot.get("widget", {}).get("name") == slot["name"] in inputs
+                    assert source["widgets_values"][0] == inputs[slot["name"]]
+                    continue
                 inputs[slot["name"]] = [str(link[1]), link[2]]
         api[str(node["id"])] = {"inputs": inputs, "class_type": node["type"],
                                 "_meta": {"title": node.get("title") or info["display_name"]}}
@@ -528,9 +535,9 @@ def ui_workflows():
     return sorted(p for p in WORKFLOWS.glob("*.json") if not p.name.endswith(".api.json"))
 
 
-def test_there_are_the_three_example_workflows():
+def test_there_are_the_four_example_workflows():
     names = [p.stem for p in ui_workflows()]
-    assert names == ["uni1_demo_text_to_image", "uni1_lumina_mgpt2_text_to_image",
+    assert names == ["uni1_demo_llm_reasoning", "uni1_demo_text_to_image", "uni1_lumina_mgpt2_text_to_image",
                      "uni1_omni_image_conditioned"]
 
 
@@ -567,28 +574,86 @@ def test_ui_workflow_and_api_twin_agree(comfy, path):
 
 def test_plan_node_outputs_plan_text_and_json_and_pins_an_edited_plan(comfy):
     node = comfy.pack.NODE_CLASS_MAPPINGS["Uni1ReasoningPlan"]()
-    out = node.plan("two red circles to the left of a blue square")
-    plan, text, as_json = out["result"]
-    assert text == plan.conditioning_text() and "circle" in text
+    out = node.plan("two red circles to the left of a blue square", "plan")
+    planned, text, as_json = out["result"]
+    plan = planned.plan
+    assert planned.conditioning == "plan" and text == plan.conditioning_text() and "circle" in text
     assert out["ui"]["uni1_plan_summary"] == [plan.summary()]
     assert out["ui"]["uni1_plan_json"] == [as_json] and out["ui"]["uni1_conditioning"] == [text]
     # edit the JSON (blue square -> green square) and pin it: the prompt is then ignored
     edited = json.loads(as_json)
     edited["subjects"][1]["color"] = "green"
-    pinned, pinned_text, _ = node.plan("anything at all", json.dumps(edited))["result"]
+    pinned, pinned_text, _ = node.plan("anything at all", "plan", json.dumps(edited))["result"]
     assert "green square" in pinned_text and "blue" not in pinned_text
-    assert pinned.to_json() == type(plan).from_json(json.dumps(edited)).to_json()
+    assert pinned.plan.to_json() == type(plan).from_json(json.dumps(edited)).to_json()
+
+
+def test_plan_node_shows_the_text_each_conditioning_gives(comfy):
+    node = comfy.pack.NODE_CLASS_MAPPINGS["Uni1ReasoningPlan"]()
+    prompt = "a lamp  over two tables, warm light"
+    texts = {c: node.plan(prompt, c)["result"][1] for c in ("auto", "prompt+plan", "prompt", "plan")}
+    assert texts["prompt"] == "a lamp over two tables, warm light"
+    assert texts["prompt+plan"] == ("a lamp over two tables, warm light. Exactly two tables. "
+                                    "The lamp is above the tables.")
+    assert texts["auto"] == texts["prompt+plan"]          # no model connected: a model without grounding
+    assert texts["plan"] == node.plan(prompt, "plan")["result"][0].plan.conditioning_text()
+    assert node.plan(prompt, "prompt")["ui"]["uni1_conditioning"] == [texts["prompt"]]
+
+
+def test_plan_node_reads_another_models_answer(comfy):
+    node = comfy.pack.NODE_CLASS_MAPPINGS["Uni1ReasoningPlan"]()
+    answer = ('<think>The user wants cats; I will lay them out.</think>\n```json\n{"subjects": '
+              '[{"noun": "cats", "count": "three", "color": "orange"}], "style": "watercolor"}\n```')
+    planned, text, _ = node.plan("some cats", "prompt+plan", "", answer)["result"]
+    assert [(s.noun, s.count, s.color) for s in planned.plan.subjects] == [("cat", 3, "orange")]
+    assert planned.plan.prompt == "some cats" and text == "some cats"    # the user's words, nothing invented
+    assert node.plan("some cats", "plan", "", answer)["result"][1] == "Three orange cats. Watercolor."
+    # a rewritten prompt becomes the prompt (the prompt widget may then be empty)
+    planned, text, _ = node.plan("", "prompt+plan", "", "Sure! Here is an enhanced prompt:\n"
+                                 "**Three red apples on a wooden table, soft light**")["result"]
+    assert planned.plan.prompt == "Three red apples on a wooden table, soft light"
+    assert text.startswith("Three red apples on a wooden table, soft light. ") and "Exactly three red apples." in text
+    # a pinned plan wins over the answer
+    pinned = node.plan("a dog", "plan", make_plan_json("a dog"), answer)["result"][0]
+    assert [s.noun for s in pinned.plan.subjects] == ["dog"]
+
+
+def make_plan_json(prompt):
+    from uni1_core.plan import make_plan
+    return make_plan(prompt).to_json()
 
 
 @pytest.mark.parametrize("prompt, plan_json, words", [
     ("a cat", "{not json", "plan_json input is not a valid Uni1 plan"),
     ("a cat", '{"subjects": 3}', "plan_json input is not a valid Uni1 plan"),
     ("   ", "", "prompt is empty"),
+    (", ".join(["a cat"] * 40), "", "at most 32"),
+    ("a cat", '{"subjects": ' + "[" * 100000 + "]" * 100000 + "}", "nested too deep"),
+    ("a cat", '{"subjects": [{"noun": "cat", "attributes": 5}]}', "attributes must be a list of strings"),
 ])
 def test_plan_node_explains_bad_input(comfy, prompt, plan_json, words):
     node = comfy.pack.NODE_CLASS_MAPPINGS["Uni1ReasoningPlan"]()
     with pytest.raises(ValueError, match=words):
-        node.plan(prompt, plan_json)
+        node.plan(prompt, "auto", plan_json)
+
+
+@pytest.mark.parametrize("reasoning, words", [
+    ('```json\n{"subjects": {"noun": "cat"}}\n```', "subjects must be a list"),
+    ('{"subjects": [{"noun": "cat", "attributes": 5}]}', "attributes must be a list of strings"),
+    ('{"subjects": ' + "[" * 90000 + "]" * 90000 + "}", "nested too deep"),
+    ("```json\n{\"subjects\": [}\n```", "not valid JSON"),
+])
+def test_plan_node_explains_a_bad_reasoning_input(comfy, reasoning, words):
+    node = comfy.pack.NODE_CLASS_MAPPINGS["Uni1ReasoningPlan"]()
+    with pytest.raises(ValueError, match="reasoning input could not be read") as info:
+        node.plan("a cat", "auto", "", reasoning)
+    assert words in str(info.value)
+
+
+def test_plan_node_refuses_prompt_conditioning_for_a_plan_without_a_prompt(comfy):
+    node = comfy.pack.NODE_CLASS_MAPPINGS["Uni1ReasoningPlan"]()
+    with pytest.raises(ValueError, match="needs the user's prompt"):
+        node.plan("", "prompt", "", '{"subjects": [{"noun": "cat"}]}')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -735,7 +800,7 @@ def test_a_repo_of_another_model_type_is_refused_after_its_config(comfy, monkeyp
     big = {"config.json": json.dumps({"model_type": "llama", "hidden_size": 4096}), "model.safetensors": "w"}
     calls = fake_hub(monkeypatch, {"someone/llama": big})
     start = time.perf_counter()
-    with pytest.raises(Exception, match="model_type 'llama'.*only Chameleon-family"):
+    with pytest.raises(Exception, match="model_type 'llama'.*uni1_core runs only chameleon, qwen2, qwen3"):
         comfy.nodes.loaders.resolve_model_source("someone/llama")
     assert time.perf_counter() - start < 1.0
     assert calls == [("someone/llama", ["config.json"])]
@@ -826,3 +891,29 @@ def test_importing_the_pack_is_cheap():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_the_sampler_reads_what_the_plan_node_shows(comfy, tiny, monkeypatch):
+    """One setting: the plan node's choice travels with the plan, the sampler's own wins, and the
+    text the plan node shows (with the model connected) is the text the model is conditioned on."""
+    seen = []
+    original = tiny.model.pipe.sample
+
+    def spy(*args, **kwargs):
+        result = original(*args, **kwargs)
+        seen.append(result.conditioning)
+        return result
+    monkeypatch.setattr(tiny.model.pipe, "sample", spy)
+    node = tiny.M["Uni1ReasoningPlan"]()
+    prompt = "a lamp over two tables"
+    for choice in ("auto", "prompt+plan", "prompt", "plan"):
+        planned, text, _ = node.plan(prompt, choice, model=tiny.model)["result"]
+        run_sampler(tiny, plan=planned)
+        assert seen[-1] == text, choice
+    assert seen[0] == seen[1] == "a lamp over two tables. Exactly two tables. The lamp is above the tables."
+    assert seen[2] == prompt and seen[3] == "A lamp is above two tables."
+    planned = node.plan(prompt, "prompt", model=tiny.model)["result"][0]
+    run_sampler(tiny, plan=planned, conditioning="plan")                  # the sampler's own choice wins
+    assert seen[-1] == "A lamp is above two tables."
+    run_sampler(tiny, prompt=prompt, conditioning="prompt")               # no plan node
+    assert seen[-1] == prompt

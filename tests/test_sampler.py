@@ -53,7 +53,7 @@ def tiny_model(num_codes: int = 16, seed: int = 0, scale: float = 0.5, layers: i
     model = Uni1Model(cfg).to(torch.float64).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for name, p in model.state_dict().items():     # Hugging Face names and order: views, written in place
             noise = torch.randn(p.shape, generator=g, dtype=torch.float64)
             if "norm" in name:
                 p.copy_(1.0 + 0.1 * noise if name.endswith("weight") else 0.1 * noise)
@@ -373,3 +373,16 @@ def test_bad_inputs_are_clear_errors(model, vocab, grid):
         sample_codes(model, vocab, grid, PROMPTS[:2], regions=[None])
     with pytest.raises(ValueError, match="coupling 'x' is unknown"):
         sample_codes(model, vocab, grid, PROMPTS, mode="sjd_coupled", coupling="x")
+
+
+def test_direct_callers_get_the_request_limits(model, vocab, grid):
+    """sample_codes itself (not only the pipeline) maps every widget seed to its int64 twin,
+    clamps an oversized window and refuses a prompt longer than the model's positions."""
+    from uni1_core.sequence import PromptTooLong
+    run = lambda **kw: sample_codes(model, vocab, grid, [[7, 8]], mode="sjd", policy=SamplingPolicy(cfg_scale=1.0), **kw)
+    top = run(seeds=[2**64 - 1])
+    assert torch.equal(top.codes, run(seeds=[-1]).codes)
+    assert torch.equal(run(seeds=[0], window=10**6).codes, run(seeds=[0], window=grid.stream_len).codes)
+    too_long = [7] * model.config.max_position_embeddings
+    with pytest.raises(PromptTooLong, match="prompt"):
+        sample_codes(model, vocab, grid, [too_long], mode="ar", policy=SamplingPolicy(cfg_scale=1.0))

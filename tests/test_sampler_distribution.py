@@ -128,6 +128,8 @@ EXACT = {
     "coupled_maximal_no_branches": dict(mode="sjd_coupled", coupling="maximal", window=4, branches=0),
     "coupled_gumbel_1_branch": dict(mode="sjd_coupled", coupling="gumbel", window=4, branches=1),
     "sjd_2_branches": dict(mode="sjd", window=4, branches=2),
+    # the decode step through torch.compile (uni1_core/decode.py): static shapes, full windows
+    "coupled_maximal_compiled": dict(mode="sjd_coupled", coupling="maximal", window=4, compile=True),
 }
 
 
@@ -142,6 +144,9 @@ def test_mode_has_the_exact_ar_law(setup, name):
         assert stats.forwards_per_token < 1.0
     if stats.branches:                           # the branches were used, not just scored
         assert stats.branch_hits > N // 10, stats.branch_hits
+    if kw.get("compile"):
+        from uni1_core import decode
+        assert decode.static_forward(model).compiled, "torch.compile fell back: nothing was compiled"
 
 
 def test_regional_law_is_a_different_law(setup):

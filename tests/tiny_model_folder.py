@@ -46,7 +46,7 @@ def build(folder: Path, seed: int = 0, sizes=((64, 64), (32, 64)), grounding: di
         raw["uni1"]["grounding"] = grounding
     torch.manual_seed(seed)
     model = Uni1Model(ModelConfig.from_dict(raw))
-    for p in model.parameters():   # larger than default init, so that samples vary
+    for p in model.state_dict().values():   # larger than default init, so that samples vary (HF order: views)
         torch.nn.init.normal_(p, std=0.5) if p.dim() > 1 else None
     model.save_pretrained(folder)
     movq = MoVQ(MoVQConfig(ch=32, ch_mult=(1, 1, 1, 1), num_res_blocks=1, attn_resolutions=(), n_embed=NUM_CODES,

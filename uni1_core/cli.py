@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from .limits import (MAX_BATCH, RequestError, batch_seeds, check_batch, check_branches, clamp_window,
+from .conditioning import CONDITIONINGS
+from .limits import (MAX_BATCH, RequestError, batch_seeds, check_batch, check_branches, check_window,
                      is_out_of_memory, resolve_device)
 
 
@@ -51,14 +52,19 @@ def _check_args(args) -> None:
     so a typo never costs a model load, and a bad output path never costs a finished image."""
     if args.command in ("generate", "plan") and not args.prompt.strip():
         raise RequestError("the prompt is empty: say what to draw, e.g. --prompt \"a red circle\"")
+    if args.command == "convert-movq":
+        if not Path(args.src).is_file():
+            raise RequestError(f"convert-movq: {args.src} is not a file (give the MoVQGAN .ckpt)")
+        _check_output(args.dst, "convert-movq destination")
     if args.command != "generate":
         return
     from .policy import PRESETS
     check_batch(args.batch)
     batch_seeds(args.seed, args.batch)                  # the seed's range
-    if args.window is not None:
-        clamp_window(args.window, args.window)          # >= 1; clamped to the image later
+    check_window(args.window)                          # >= 1; clamped to the image's stream later
     check_branches(args.branches)
+    if args.regional and args.no_plan:
+        raise RequestError("--regional guides each planned object's box, so it needs the plan: drop --no-plan")
     if args.preset is not None and args.preset not in PRESETS:
         raise RequestError(f"unknown preset {args.preset!r}: choose one of {', '.join(PRESETS)}")
     _policy(args, PRESETS[args.preset or "uni1"])     # cfg, temperature, top-k, top-p in range
@@ -107,7 +113,8 @@ def _check_movq(name: str) -> None:
             raise RequestError(f"--movq {name} is a folder; give the weights file "
                                "(movq.safetensors or movqgan_270M.ckpt)")
         return
-    repo_id = name.count("/") == 1 and not name.startswith((".", "/", "~")) and not path.suffix
+    repo_id = (name.count("/") == 1 and not name.startswith((".", "/", "~"))
+               and path.suffix not in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"))
     if not repo_id:
         raise RequestError(f"--movq file {name} does not exist (give a weights file, or a Hugging Face "
                            "repo id such as ai-forever/MoVQGAN)")
@@ -134,21 +141,29 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=None)
     gen.add_argument("--top-p", type=float, default=None)
     gen.add_argument("--size", type=_size, default=None, help="WxH, e.g. 768x768 (default: the model's)")
-    gen.add_argument("--no-plan", action="store_true", help="condition on the raw prompt")
+    gen.add_argument("--conditioning", choices=CONDITIONINGS, default=None,
+                     help="what the model reads: prompt+plan (the prompt, then what the plan is sure of), plan "
+                          "(the plan's sentence), prompt (unplanned). Default: the model's (demo: plan, "
+                          "Lumina-mGPT 2.0: prompt+plan)")
+    gen.add_argument("--no-plan", action="store_true", help="same as --conditioning prompt")
     gen.add_argument("--regional", action="store_true", help="plan-guided regional guidance")
     gen.add_argument("--model", default="demo", help="model folder, Hugging Face repo id, or 'demo'")
     gen.add_argument("--movq", default=None, help="MoVQGAN weights (default: beside the model)")
     gen.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     gen.add_argument("--device", default=None, help="cpu, cuda, mps (default: cuda if available)")
+    gen.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                     help="compile the decode step with torch.compile (default: on for CUDA, off on CPU)")
     gen.add_argument("--stats-json", default=None, help="write sampling statistics here")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
 
     plan = sub.add_parser("plan", help="print the reasoning plan of a prompt as JSON")
     plan.add_argument("--prompt", required=True)
+    plan.add_argument("--conditioning", choices=CONDITIONINGS, default=None,
+                      help="print the text a model without grounding reads for this choice instead of the JSON")
     plan.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     plan.add_argument("--device", default=None, help="cpu, cuda, mps (default: cuda if available)")
     plan.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_reasoner_flags(gen, generate=True)
+    add_reasoner_flags(gen)
     add_reasoner_flags(plan)
 
     conv = sub.add_parser("convert-movq", help="MoVQGAN .ckpt -> .safetensors (read without unpickling code)")
@@ -159,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- the reasoner (issue 18): an instruct LLM plans the prompt ------------------------------------
 
-def add_reasoner_flags(parser, generate: bool = False) -> None:
+def add_reasoner_flags(parser) -> None:
     parser.add_argument("--reasoner", default=None,
                         help="plan with this Qwen2.5-Instruct / Qwen3 folder (or repo id) instead of the rules")
     parser.add_argument("--no-think", action="store_true", help="reasoner: answer without thinking (Qwen3)")
@@ -167,9 +182,6 @@ def add_reasoner_flags(parser, generate: bool = False) -> None:
                         help="reasoner: token budget of the thinking, and of the answer")
     parser.add_argument("--reasoner-temperature", type=float, default=0.6, help="reasoner: 0 is greedy")
     parser.add_argument("--reasoner-seed", type=int, default=0)
-    if generate:
-        parser.add_argument("--reasoner-reads", choices=("plan", "detailed"), default="plan",
-                            help="the image model reads the reasoner's plan, or its detailed prompt")
 
 
 def reason(args, device, dtype):
@@ -205,10 +217,13 @@ def _generate(args) -> int:
     policy = _policy(args, PRESETS[args.preset] if args.preset else pipe.default_policy)
     width, height = args.size or pipe.default_size
 
-    if reasoned is not None and args.reasoner_reads == "detailed":
-        prompt, args.no_plan = reasoned.detailed_prompt, True
-    elif not args.no_plan:
-        plan = reasoned.plan if reasoned is not None else pipe.plan(args.prompt)
+    conditioning = "prompt" if args.no_plan else (args.conditioning or pipe.default_conditioning)
+    if reasoned is not None:      # its plan's prompt is the detailed description: what "prompt" reads
+        plan = reasoned.plan
+        print(f"plan: {plan.summary()}")
+        prompt = plan
+    elif conditioning != "prompt" or args.regional:
+        plan = pipe.plan(args.prompt)
         print(f"plan: {plan.summary()}")
         prompt = plan
     else:
@@ -217,11 +232,10 @@ def _generate(args) -> int:
     movq = pipe.load_movq(args.movq)          # before sampling: a bad file costs no sampling
     result = pipe.sample(prompt, width, height, mode=args.mode, policy=policy, seeds=seeds,
                          window=args.window, coupling=args.coupling, branches=args.branches,
-                         regional=args.regional,
+                         regional=args.regional, conditioning=conditioning, compile=args.compile,
                          use_plan=not args.no_plan,
                          on_progress=None if args.quiet else ProgressBar(f"{args.mode} {width}x{height}"))
-    if result.plan is not None:
-        print(f"conditioning: {result.conditioning}")
+    print(f"conditioning: {result.conditioning}")
     with torch.no_grad():
         pixels = movq.decode(result.codes.to(pipe.device))
     out = Path(args.out)
@@ -247,13 +261,15 @@ def main(argv=None) -> int:
         if args.command == "generate":
             return _generate(args)
         if args.command == "plan":
+            from .conditioning import model_text
             from .plan import make_plan
             if args.reasoner:
                 import torch
                 dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
-                print(reason(args, resolve_device(args.device), dtype).plan.to_json())
+                plan = reason(args, resolve_device(args.device), dtype).plan
             else:
-                print(make_plan(args.prompt).to_json())
+                plan = make_plan(args.prompt)
+            print(model_text(plan, args.conditioning)[1] if args.conditioning else plan.to_json())
             return 0
         if args.command == "convert-movq":
             from .movq import convert_ckpt_to_safetensors
@@ -269,7 +285,8 @@ def main(argv=None) -> int:
     except (MemoryError, RuntimeError) as exc:
         if not is_out_of_memory(exc):
             raise
-        print(f"error: out of memory ({str(exc).splitlines()[0][:200]}). Fix: a smaller --batch, size or "
-              "--window, no --regional, or --dtype bfloat16", file=sys.stderr)
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        print(f"error: out of memory ({detail}). Fix: a smaller --batch, size or --window, no "
+              "--regional, or --dtype bfloat16", file=sys.stderr)
         return 2
     return 1

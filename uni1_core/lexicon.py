@@ -418,6 +418,8 @@ def _relation_phrases() -> list[tuple[tuple[str, ...], str]]:
         (("under",), "under"), (("underneath",), "under"),
         (("in", "front", "of"), "in front of"), (("before",), "in front of"),
         (("behind",), "behind"), (("in", "back", "of"), "behind"), (("at", "the", "back", "of"), "behind"),
+        (("hidden", "by"), "behind"), (("hidden", "behind"), "behind"), (("obscured", "by"), "behind"),
+        (("blocked", "by"), "behind"), (("partially", "hidden", "by"), "behind"),
         (("next", "to"), "next to"), (("beside",), "next to"), (("besides",), "next to"),
         (("near",), "next to"), (("close", "to"), "next to"), (("adjacent", "to"), "next to"),
         (("alongside",), "next to"), (("by", "the", "side", "of"), "next to"),
@@ -522,7 +524,7 @@ def is_noun_like(low: str) -> bool:
 # Closed-class words (the fidelity checks' and the parser's notion of a content word: any other
 # word): they carry grammar, not content; what they mean reaches the plan as a
 # count, a relation or a position, so a view need not repeat them word for word. The last line
-# names the picture itself ("an image of a cat" asks for a cat).
+# names the picture itself and how it shows ("an image showing a cat" asks for a cat).
 GRAMMAR_WORDS = set("""
 a an the this that these those each every another any some such no not nor none
 i me my mine you your yours he him his she her hers it its they them their theirs we us our ours
@@ -532,15 +534,18 @@ and or but plus & yet
 of to in on at by for from with without into onto upon over under above below beneath
 underneath behind beside besides between among amid around about across along alongside
 against through toward towards within inside outside near nearby next atop before after
-during up down off out away past via per like unlike
+during up down off out away past via per like unlike hidden obscured blocked partially
 is are was were be been being am has have had having do does did will would can could
 shall should may might must let lets
 left right top bottom middle center centre front back side sides corner far upper lower
 left-hand right-hand foreground background distance each other
-image picture view depiction rendition
+image picture view depiction rendition showing featuring depicting displaying containing
 """.split()) | set(NUMBER_WORDS) | set(TENS_WORDS) | {
     "pair", "couple", "both", "twin", "twins", "trio", "dozen", "dozens", "half", "single",
     "several", "few", "many", "multiple", "various", "numerous", "lots", "lot", "plenty"}
+
+# Particles of a phrasal verb before a relation: "the sun shone *down* on the water".
+PARTICLES = {"down", "up", "out", "over", "back", "away", "off", "around", "along", "together"}
 
 # Adverbs that qualify a relation or position ("just left of", "high above", "directly behind").
 DEGREE_ADVERBS = {"just", "directly", "right", "exactly", "precisely", "immediately", "slightly",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 MAX_BATCH = 64          # images per call: each adds a conditional (and a CFG) row to every forward
 MAX_BRANCHES = 64       # alternatives per window; each adds a KV-cache slot per row
+MAX_REGIONS = 16        # regional guidance: each planned box adds a row to every forward
 SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1     # the int64 range joined with the widget's uint64
 
 
@@ -25,7 +26,9 @@ class RequestError(ValueError):
 
 def seed_to_int64(seed) -> int:
     """A seed of -2^63 .. 2^64-1 as the int64 the sampler hashes (two's complement)."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if isinstance(seed, bool):
+        raise RequestError(f"seed {seed!r} is not a whole number")
+    if not isinstance(seed, int):
         try:
             if int(seed) != seed:
                 raise ValueError
@@ -53,16 +56,24 @@ def check_batch(batch: int) -> None:
                            "several calls for more)")
 
 
+def check_regions(boxes: int) -> None:
+    if boxes > MAX_REGIONS:
+        raise RequestError(f"regional guidance takes at most {MAX_REGIONS} boxes (each adds a row to every "
+                           f"forward); this plan has {boxes}. Lower the counts, or turn regional off")
+
+
 def clamp_window(window: int | None, stream_len: int) -> int | None:
     """The draft window, at most the image's stream: a longer one only allocates slots that can
     never hold a draft (the sampler never scores past the end of the image), so clamping it
     changes no token. None: the mode's default."""
-    if window is None:
-        return None
-    if window < 1:
+    check_window(window)
+    return None if window is None else min(int(window), stream_len)
+
+
+def check_window(window: int | None) -> None:
+    if window is not None and window < 1:
         raise RequestError(f"window {window} is out of range: a draft window is 1 or more tokens "
                            "(leave it unset for the mode's default)")
-    return min(int(window), stream_len)
 
 
 def check_branches(branches: int | None, num_codes: int | None = None) -> None:

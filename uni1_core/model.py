@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .limits import resolve_device
 from .checkpoint import CheckpointError, list_safetensors_dir, read_tensors, resolve_model_dir
 
 QK_NORM_EPS = 1e-5                      # Chameleon's qk LayerNorm: fixed, not in the config
@@ -321,6 +322,12 @@ class KVCache:
     0 .. lengths[b]-1, and slot number = RoPE position. Rolling back is assigning smaller
     lengths: the attention mask never looks above a query's own slot, so stale slots are
     invisible until they are overwritten.
+
+    dtype torch.int8 stores each key and value vector (one token, one head) as int8 with one
+    fp32 scale, symmetric (scale = max |x| / 127), in k_scale, v_scale (layers, batch, kv_heads,
+    max_len, 1), and dequantises on read: half the memory of bf16 at head_dim 128, plus 3 % for
+    the scales (the layout of torchao's quantised KV cache). Rollback, ragged rows and tree
+    windows work unchanged: a slot's scale is written and moved with its vector.
     """
 
     def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, max_len: int, head_dim: int,
@@ -328,7 +335,56 @@ class KVCache:
         shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.k_scale = self.v_scale = None
+        if dtype == torch.int8:
+            self.k_scale = torch.zeros(shape[:-1] + (1,), dtype=torch.float32, device=device)
+            self.v_scale = torch.zeros(shape[:-1] + (1,), dtype=torch.float32, device=device)
+        elif not dtype.is_floating_point:
+            raise ValueError(f"a KV cache holds a float dtype or torch.int8, not {dtype}.")
         self._lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+
+    @property
+    def quantized(self) -> bool:
+        return self.k_scale is not None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the keys, values and scales."""
+        return sum(t.numel() * t.element_size() for t in self._tensors())
+
+    def _tensors(self) -> list[torch.Tensor]:
+        return [self.k, self.v] + ([self.k_scale, self.v_scale] if self.quantized else [])
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, rows, slots, start: int | None) -> None:
+        """Store new keys and values (B, T, kv_heads, head_dim) of one layer: row b's token t in slot
+        slots[b, t] (rows: arange(B)[:, None]), or, when every row starts at slot `start`, in
+        start .. start+T-1 (a slice copy, several times cheaper than the scatter)."""
+        if not self.quantized:
+            _put(self.k[layer], k, rows, slots, start)
+            _put(self.v[layer], v, rows, slots, start)
+            return
+        for x, store, scales in ((k, self.k, self.k_scale), (v, self.v, self.v_scale)):
+            q, scale = quantize_per_vector(x)
+            _put(store[layer], q, rows, slots, start)
+            _put(scales[layer], scale, rows, slots, start)
+
+    def read(self, layer: int, key_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of slots 0 .. key_len-1 of one layer, (B, kv_heads, key_len, head_dim), in dtype."""
+        k, v = self.k[layer, :, :, :key_len], self.v[layer, :, :, :key_len]
+        if self.quantized:                  # dequantise in fp32, then round once to the compute dtype
+            k = (k.float() * self.k_scale[layer, :, :, :key_len]).to(dtype)
+            v = (v.float() * self.v_scale[layer, :, :, :key_len]).to(dtype)
+        elif k.dtype != dtype:              # a cache of another float dtype (new_cache(dtype=...))
+            k, v = k.to(dtype), v.to(dtype)
+        return k, v
+
+    def move_slots(self, rows_mask: torch.Tensor, dst: torch.Tensor, src: torch.Tensor) -> None:
+        """Copy every layer's key and value (and scale) at slot src[r] to slot dst[r], for the rows
+        where rows_mask (B,) bool; no host sync (other rows copy a slot onto itself)."""
+        src = torch.where(rows_mask, src, dst)
+        r = torch.arange(len(dst), device=dst.device)
+        for t in self._tensors():
+            t[:, r, :, dst] = t[:, r, :, src]
 
     @property
     def batch_size(self) -> int:
@@ -358,6 +414,21 @@ class KVCache:
 
     def reset(self) -> None:
         self._lengths.zero_()
+
+
+def _put(store: torch.Tensor, x: torch.Tensor, rows, slots, start: int | None) -> None:
+    """store (B, kv_heads, max_len, d) <- x (B, T, kv_heads, d) at the slots of KVCache.write."""
+    if start is not None:
+        store[:, :, start : start + x.shape[1]] = x.transpose(1, 2)
+    else:
+        store[rows, :, slots] = x.to(store.dtype)           # store[rows, :, slots]: (B, T, kv_heads, d)
+
+
+def quantize_per_vector(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 over the last dimension: x ~= q * scale, |q| <= 127, scale (..., 1) fp32."""
+    x = x.float()
+    scale = x.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny) / 127
+    return (x / scale).round().clamp_(-127, 127).to(torch.int8), scale
 
 
 # ---------------------------------------------------------------------------------------------
@@ -488,16 +559,9 @@ class Attention(nn.Module):
         if layer_cache is None:
             k, v, mask = k.transpose(1, 2), v.transpose(1, 2), None
         else:
-            k_cache, v_cache, rows, slots, key_len, mask, start = layer_cache
-            if start is not None:       # every row writes slots start .. start+T-1: a plain copy
-                k_cache[:, :, start : start + T] = k.transpose(1, 2)
-                v_cache[:, :, start : start + T] = v.transpose(1, 2)
-            else:
-                k_cache[rows, :, slots] = k.to(k_cache.dtype)   # k_cache[rows, :, slots]: (B, T, KV, D)
-                v_cache[rows, :, slots] = v.to(v_cache.dtype)
-            k, v = k_cache[:, :, :key_len], v_cache[:, :, :key_len]
-            if k.dtype != q.dtype:              # a cache of another dtype (new_cache(dtype=...))
-                k, v = k.to(q.dtype), v.to(q.dtype)
+            cache, layer, rows, slots, key_len, mask, start = layer_cache
+            cache.write(layer, k, v, rows, slots, start)
+            k, v = cache.read(layer, key_len, q.dtype)
         q = q.transpose(1, 2)
         if _SDPA_HAS_GQA:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=layer_cache is None,
@@ -566,36 +630,42 @@ class DecoderLayer(nn.Module):
 # in keeps its own entries under the internal name.
 
 def hf_layout(cfg: ModelConfig) -> dict[str, tuple[tuple[str, ...], tuple[int, ...] | None]]:
-    """internal module -> (Hugging Face modules, rows of each along dim 0; None: a plain rename).
-    A row count of 0 marks a 1-D tensor stored as one row (Qwen3's qk-norm weights)."""
+    """internal module -> (Hugging Face modules, rows of each along dim 0; None: a plain rename),
+    in Hugging Face's order. A row count of 0 marks a 1-D tensor stored as one row (Qwen3's
+    qk-norm weights)."""
     H, KV, D, I = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.intermediate_size
+    qk_norm = {"layernorm": (H, KV), "rmsnorm": (0, 0)}.get(cfg.qk_norm)
     layout = {
         "attention.wqkv": (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), (H * D, KV * D, KV * D)),
         "attention.wo": (("self_attn.o_proj",), None),
+        "attention.qk_norm": (("self_attn.q_norm", "self_attn.k_norm"), qk_norm),
         "feed_forward.w13": (("mlp.gate_proj", "mlp.up_proj"), (I, I)),
         "feed_forward.w2": (("mlp.down_proj",), None),
     }
-    if cfg.qk_norm == "layernorm":
-        layout["attention.qk_norm"] = (("self_attn.q_norm", "self_attn.k_norm"), (H, KV))
-    elif cfg.qk_norm == "rmsnorm":
-        layout["attention.qk_norm"] = (("self_attn.q_norm", "self_attn.k_norm"), (0, 0))
+    if qk_norm is None:
+        del layout["attention.qk_norm"]
     return layout
 
 
 def _to_hf_names(module, state_dict, prefix, local_metadata, layout):
+    # This layer's entries are the last ones; they are put back in Hugging Face's order (the
+    # order of transformers' own state_dict), renamed and split, then the rest (the norms).
+    mine = {k: state_dict.pop(k) for k in [k for k in state_dict if k.startswith(prefix)]}
     for internal, (names, rows) in layout.items():
+        parts = {}
         for param in ("weight", "bias"):
-            key = f"{prefix}{internal}.{param}"
-            t = state_dict.get(key)
+            t = mine.get(f"{prefix}{internal}.{param}")
             if t is None or not t.is_floating_point():
                 continue
-            del state_dict[key]
+            del mine[f"{prefix}{internal}.{param}"]
             if rows is None:
-                state_dict[f"{prefix}{names[0]}.{param}"] = t
-                continue
-            parts = t.split([n or 1 for n in rows])
-            for name, n, part in zip(names, rows, parts):
-                state_dict[f"{prefix}{name}.{param}"] = part if n else part[0]
+                parts[param] = [t]
+            else:
+                parts[param] = [part if n else part[0] for part, n in zip(t.split([n or 1 for n in rows]), rows)]
+        for i, name in enumerate(names):
+            for param, split in parts.items():
+                state_dict[f"{prefix}{name}.{param}"] = split[i]
+    state_dict.update(mine)
 
 
 def _from_hf_names(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs, layout):
@@ -648,11 +718,19 @@ class Uni1Model(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.lm_head.weight.dtype
 
-    def new_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None,
+    def new_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | str | None = None,
                   device: torch.device | str | None = None) -> KVCache:
+        """A cache for batch_size rows of up to max_len tokens. dtype: None (the model's), a float
+        dtype, or torch.int8 / "int8" (int8 vectors with one scale per token and head)."""
         cfg = self.config
+        if dtype is None:
+            dtype = self.dtype
+        elif dtype in ("int8", torch.int8):
+            dtype = torch.int8
+        else:
+            dtype = parse_dtype(dtype)
         return KVCache(cfg.num_hidden_layers, batch_size, cfg.num_key_value_heads, max_len, cfg.head_dim,
-                       dtype=dtype or self.dtype, device=device or self.device)
+                       dtype=dtype, device=device or self.device)
 
     def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape (B, 1, T, head_dim) for integer positions (B, T); angles in fp32."""
@@ -780,8 +858,7 @@ class Uni1Model(nn.Module):
         # rows of one length (plain AR without guidance, a lone image) write their new keys with a
         # slice copy, several times cheaper than the scatter that ragged rows need
         start = shortest if shortest == longest else None
-        layer_caches = [(k, v, rows, slots, key_len, mask, start)
-                        for k, v in zip(cache.k.unbind(0), cache.v.unbind(0))]
+        layer_caches = [(cache, layer, rows, slots, key_len, mask, start) for layer in range(cache.k.shape[0])]
         return n_valid, layer_caches, positions, key_len
 
     # -----------------------------------------------------------------------------------------
@@ -799,10 +876,10 @@ class Uni1Model(nn.Module):
         naming the file and the key), and every tensor is read from its file straight onto
         `device` and put in place, so the weights exist once.
         """
-        folder = resolve_model_dir(path_or_repo_id, cache_dir=cache_dir)
+        device = resolve_device(device)          # a missing CUDA named as such, before any read
+        folder = resolve_model_dir(path_or_repo_id, cache_dir=cache_dir, check_config=ModelConfig.from_file)
         config = ModelConfig.from_file(folder / "config.json")
         dtype = parse_dtype(dtype, config)
-        device = torch.device(device)
         entries = list_safetensors_dir(folder)
         _check_config_against_headers(entries, config, folder)
         with torch.device("meta"):

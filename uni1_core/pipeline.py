@@ -10,13 +10,15 @@ number of requests (and a cancelled request leaves it as it was).
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .checkpoint import CheckpointError, resolve_model_dir
-from .limits import check_batch, check_branches, clamp_window, resolve_device, seed_to_int64
+from .conditioning import check_conditioning, default_conditioning, model_text
+from .limits import check_batch, check_branches, check_regions, clamp_window, resolve_device, seed_to_int64
 from .model import Uni1Model
 from .plan import Plan, make_plan
 from .policy import PRESETS, SamplingPolicy
@@ -55,13 +57,19 @@ class Uni1Pipeline:
         # "symbols": {"red circle": "A", ...}}. The plan's layout is then snapped to that grid
         # and written into the prompt as a map (Plan.grounding_text).
         self.grounding = uni1.get("grounding")
+        # What the model reads (conditioning.py): "plan" for a model trained on the plan's own
+        # captions (grounded: the demo model), "prompt+plan" for one trained on natural captions.
+        self.default_conditioning = default_conditioning(uni1)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = "demo", dtype="auto", device=None, cache_dir=None):
         device = resolve_device(device or "cpu")       # a missing CUDA named as such, before any read
         model_dir = resolve_model_dir(name_or_path, cache_dir=cache_dir)
+        # The cheap files first, so that a bad one is reported before gigabytes of weights load.
+        _precheck_uni1_section(Path(model_dir) / "config.json")
+        tokenizer = TextTokenizer.from_dir(model_dir)
         model = Uni1Model.from_pretrained(model_dir, dtype=dtype, device=device)
-        return cls(model, TextTokenizer.from_dir(model_dir), model_dir)
+        return cls(model, tokenizer, model_dir)
 
     @property
     def device(self) -> torch.device:
@@ -79,35 +87,40 @@ class Uni1Pipeline:
     def plan(self, prompt: str) -> Plan:
         return make_plan(prompt)
 
-    def conditioning(self, plan: Plan, grounded: bool = True) -> tuple[Plan, str]:
-        """The plan as this model reads it and the text it is conditioned on: for a model that
-        declares grounding, the layout snapped to its grid and the map after the sentence."""
-        g = self.grounding
-        if not (g and grounded):
-            return plan, plan.conditioning_text()
-        plan = plan.on_grid(g["grid"], g.get("min_cells", 1), g.get("max_cells"))
-        return plan, plan.conditioning_text(grounding=g["grid"], symbols=g.get("symbols"))
+    def conditioning(self, plan: str | Plan, grounded: bool = True, *,
+                     conditioning: str | None = None) -> tuple[Plan | None, str]:
+        """The plan as this model reads it (None for conditioning "prompt") and the text it is
+        conditioned on (see conditioning.py; default: the model's). A model that declares
+        grounding gets the layout snapped to its grid and the map after the text, unless
+        `grounded=False`."""
+        choice = check_conditioning(conditioning or self.default_conditioning)
+        return model_text(plan, choice, self.grounding if grounded else None)
 
     def sample(self, prompt: str | Plan, width: int | None = None, height: int | None = None, *,
                mode: str = "sjd_coupled", policy: SamplingPolicy | None = None, seeds=(0,),
                window: int | None = None, coupling: str = "maximal", branches: int | None = None,
-               regional: bool = False,
+               regional: bool = False, conditioning: str | None = None,
                use_plan: bool = True, grounded: bool = True, condition: torch.Tensor | None = None,
-               task: str = "depth", on_progress=None, on_preview=None, should_cancel=None) -> Generation:
-        """Plan (unless `use_plan=False`), build the prompt, sample one code grid per seed.
+               task: str = "depth", on_progress=None, on_preview=None, should_cancel=None,
+               compile: bool | None = None) -> Generation:
+        """Plan, build the prompt, sample one code grid per seed.
 
-        A model that declares grounding gets the plan's layout in its prompt as a map, unless
-        `grounded=False` (the plan's sentence only: for comparisons). `condition` (rows_c, cols)
+        `conditioning` ("prompt+plan", "prompt" or "plan"; default: the model's) is what the model
+        reads; `use_plan=False` is "prompt". A model that declares grounding gets the plan's
+        layout in its prompt as a map, unless `grounded=False` (for comparisons). `condition` (rows_c, cols)
         codes: an Omni image-conditioned request whose upper rows are the given image (forced)
-        and whose lower rows the model writes."""
+        and whose lower rows the model writes. `compile`: the compiled decode step (None: on for
+        CUDA only; see `sample_codes`)."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         width, height = width or self.default_size[0], height or self.default_size[1]
         check_size(width, height, self.sizes if condition is None else self.i2i_sizes)
-        plan = prompt if isinstance(prompt, Plan) else (make_plan(prompt) if use_plan else None)
-        plan, text = self.conditioning(plan, grounded) if plan is not None else (None, prompt)
-        if regional and plan is None:
-            raise ValueError("regional guidance needs a plan: turn planning on or pass a Plan")
+        choice = check_conditioning(conditioning or self.default_conditioning) if use_plan else "prompt"
+        if regional and choice == "prompt" and not isinstance(prompt, Plan):
+            if not use_plan:
+                raise ValueError("regional guidance needs a plan: turn planning on or pass a Plan")
+            prompt = make_plan(prompt)      # the boxes come from the plan; the model reads the prompt
+        plan, text = self.conditioning(prompt, grounded, conditioning=choice)
         # Everything a request can make unbounded is checked here, before the sampler allocates
         # its rows and cache (see limits.py and docs/limits.md).
         seeds = [seed_to_int64(s) for s in seeds]
@@ -121,29 +134,43 @@ class Uni1Pipeline:
         limit = position_limit(self.model.config)
         room = max(limit - 3 - grid.stream_len, 0)        # prompt tokens that fit beside the image
 
-        def prompt_row(prompt_text, what, encode=t2i_prompt_ids, *extra):
-            ids = encode(self.tokenizer, prompt_text, width, height, *extra, max_tokens=room)
+        def checked(ids, what):
             check_positions(len(ids), grid, limit, what, at_least=len(ids) > room)
             return ids
 
         if condition is None:
-            prompt_ids = prompt_row(text, "the prompt")
+            prompt_ids = checked(t2i_prompt_ids(self.tokenizer, text, width, height, max_tokens=room), "the prompt")
         else:
-            prompt_ids = prompt_row(text, "the prompt", i2i_prompt_ids, task)
+            prompt_ids = checked(i2i_prompt_ids(self.tokenizer, text, width, height, task, max_tokens=room),
+                                 "the prompt")
         regions = None
         if regional:
-            regions = [(prompt_row(region_text, f"region {k} ({region_text[:40]!r})"), box)
-                       for k, (region_text, box) in enumerate(plan.regions())]
+            boxes = plan.regions()
+            check_regions(len(boxes))
+            regions = [(checked(t2i_prompt_ids(self.tokenizer, region_text, width, height, max_tokens=room),
+                                f"region {k} ({region_text[:40]!r})"), box)
+                       for k, (region_text, box) in enumerate(boxes)]
         result = sample_codes(
             self.model, self.vocab, grid, [prompt_ids] * len(seeds), mode=mode,
             policy=policy or self.default_policy, seeds=seeds, window=window, coupling=coupling,
             branches=branches, regions=[regions] * len(seeds) if regions else None,
-            on_progress=on_progress, on_preview=on_preview, should_cancel=should_cancel)
+            on_progress=on_progress, on_preview=on_preview, should_cancel=should_cancel, compile=compile)
         return Generation(result.codes, result.stats, plan, text, width, height)
 
     def with_policy(self, **changes) -> SamplingPolicy:
         """The default policy with some fields changed (what the sampler node's widgets do)."""
         return dataclasses.replace(self.default_policy, **changes)
+
+
+def _precheck_uni1_section(config_path: Path) -> None:
+    """check_uni1_section on the raw config.json, before the model loads. A file that is not
+    readable JSON is left to the model loader, whose message names that problem."""
+    try:
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return
+    if isinstance(raw, dict):
+        check_uni1_section(raw.get("uni1", {}), config_path)
 
 
 def check_uni1_section(uni1, source: Path) -> dict:

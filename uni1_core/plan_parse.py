@@ -1,36 +1,41 @@
 """Prompt text -> plan dictionary: a small, deterministic grammar of English image prompts.
 
-The parser reads a prompt left to right and recognises, in this order of priority at each word:
-clause ends, style phrases ("oil painting", "cinematic lighting", "35mm"), a leading "a photo of" or
-"an image showing", negation ("no people", "without text"), joiners ("together with"), framing
-("in the picture"), absolute positions ("on the left"), spatial relations ("to the left of",
-"on top of", "beneath"), scene phrases ("on a beach", "at night"), phrases that qualify the
-previous object ("with a red collar", "in a red dress"), and finally noun phrases
-("two small red cubes"), which become subjects with their own count, colour and attributes, so
-that adjectives never bleed from one object to the next.
+The parser splits a prompt into clauses (at . ; ! ? and line breaks) and reads each clause left to
+right. At each word the first rule of `_Parser.CLAUSE_RULES` that reads something wins, in this
+order: style phrases ("oil painting", "cinematic lighting", "35mm") and a leading "a photo of";
+negation ("no people"); order phrases ("from left to right"); joiners ("together with"); "by
+itself"; framing ("in the picture"); a pronoun that starts a clause ("He stands ..."); an adverb
+before a relation ("just left of"); absolute positions ("on the left"); spatial relations ("to
+the left of", "on top of"); scene phrases ("at night"); phrases that qualify the previous subject
+("with a red collar", "holding two cups"); copulas with content ("sits", "showing a bay"); list
+words and copulas; colours waiting for their noun ("a red, a green and a blue ball"); and finally
+noun phrases ("two small red cubes"), which become subjects with their own count, colour and
+attributes, so that adjectives never bleed from one object to the next.
 
-Whatever it does not understand is kept verbatim in `unparsed`; nothing is dropped. The output is
-a plain dictionary in the plan's JSON form (see `uni1_core/plan.py`), plus the source text of each
-relation so that the planner can hand a relation that the layout cannot satisfy back to `unparsed`.
-It also holds the English helpers the plan renders with (plural forms, number words, articles) and
-`extract_llm_payload`, which digs a plan JSON or a rewritten prompt out of another model's answer.
+Nothing is invented and nothing is dropped. A plural without a number has no count (None); a
+word the grammar does not understand stays, verbatim, in `unparsed`; and when what is left of a
+comma segment or a clause would be a stray piece ("under", "one of them"), the whole span is read
+again as not understood: it goes to `unparsed` as written and states no subject or relation.
+The output is a plain dictionary in the plan's JSON form (see `uni1_core/plan.py`), plus the source
+text of each relation so that the planner can hand a relation that the layout cannot satisfy back
+to `unparsed`. The word tables and English helpers live in `lexicon.py`; another model's answer is read by
+`llm_answer.py`.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import re
 
-from .lexicon import (  # noqa: F401  (some names are re-exported for plan.py)
-    ADJECTIVES, AMBIGUOUS_COMPOSITION, BASIC_COLORS, CLAUSE_END, COLOR_ALIASES, COMPOUND_NOUNS,
-    COLLECTIVE_WORDS, POSTURE_VERBS, TRANSITIVE_VERBS, CONTAINER_NOUNS, COPULAS, DEGREE_ADVERBS, DETERMINERS, GRAMMAR_WORDS, FILLER_WORDS, FUNCTION_WORDS,
-    INTRO_TABLE, KNOWN_NOUNS, LEADER_TABLE, LIGHT_OBJECTS, LIST_TABLE, LIST_WORDS, MAX_COUNT,
-    MOOD_SINGLE, NEGATION_TABLE, NOT_NOUNS, NUMBER_WORDS, ORDER_PHRASES, OTHER_COLOR_WORDS,
-    POSITIONS, POSITION_PHRASES, PREPOSITIONS, PRE_COLOR_WORDS, QUALIFIER_WORDS, RELATIONS,
-    RELATION_PHRASES, SCENE_NOUNS, SCENE_ONLY_PREPOSITIONS, SOLITARY_TABLE, STYLE_TABLE, TENS_WORDS,
-    DANGLING_WORDS, RELATION_TEXT, VERBS, _MM_RE, _QUANTITY_INDEX, article, is_fragment, is_noun_like, number_word, plural, same_kind,
-    singular)
+from .lexicon import (  # noqa: F401  (plan.py and tests import some of these from here)
+    ADJECTIVES, AMBIGUOUS_COMPOSITION, BASIC_COLORS, CLAUSE_END, COLLECTIVE_WORDS, PARTICLES, COLOR_ALIASES,
+    COMPOUND_NOUNS, CONTAINER_NOUNS, COPULAS, DANGLING_WORDS, DEGREE_ADVERBS, DETERMINERS,
+    FILLER_WORDS, FUNCTION_WORDS, GRAMMAR_WORDS, INTRO_TABLE, KNOWN_NOUNS, LEADER_TABLE,
+    LIGHT_OBJECTS, LIST_TABLE, LIST_WORDS, MAX_COUNT, MOOD_SINGLE, NEGATION_TABLE, NOT_NOUNS,
+    NUMBER_WORDS, ORDER_PHRASES, OTHER_COLOR_WORDS, POSITIONS, POSITION_PHRASES, POSTURE_VERBS,
+    PREPOSITIONS, PRE_COLOR_WORDS, QUALIFIER_WORDS, RELATIONS, RELATION_PHRASES, RELATION_TEXT,
+    SCENE_NOUNS, SCENE_ONLY_PREPOSITIONS, SOLITARY_TABLE, STYLE_TABLE, TENS_WORDS, TRANSITIVE_VERBS,
+    VERBS, _MM_RE, _QUANTITY_INDEX, article, is_fragment, is_noun_like, number_word, plural,
+    same_kind, singular)
 
 # ---------------------------------------------------------------------------------------------
 # Tokens
@@ -152,6 +157,7 @@ class _Parser:
         self.negatives: list[str] = []
         self.lost: list[str] = []            # relation texts that named one subject twice
         self.spans: list[tuple[int, int]] = []   # token span of each subject's first mention
+        self.head: int | None = None         # first subject of the last clause that named one
 
     # -- helpers ------------------------------------------------------------------------------
     def span_text(self, i: int, j: int) -> str:
@@ -185,16 +191,19 @@ class _Parser:
         low = t.low
         # a verb ends a noun phrase, except right after an article ("a jump rope") or as the
         # last word of a compound ("a book stand.", "a drum set and ...")
-        verb = low in VERBS and not (i > 0 and self.toks[i - 1].low in ("a", "an", "the"))
-        if low in ("stand", "set") and i > 0 and self.toks[i - 1].word and self.toks[i - 1].low not in DETERMINERS \
-                and (i + 1 == len(self.toks) or not self.toks[i + 1].word or self.toks[i + 1].low in LIST_WORDS):
+        before = self.toks[i - 1].low if i > 0 else ""
+        verb = low in VERBS and not (before in ("a", "an", "the") or (
+            low in KNOWN_NOUNS and (before in ADJECTIVES or before in BASIC_COLORS)))   # "a silver watch"
+        prev, nxt = self.toks[i - 1] if i > 0 else None, self.toks[i + 1] if i + 1 < len(self.toks) else None
+        if (low in ("stand", "set") and prev and prev.word and prev.low not in DETERMINERS
+                and (nxt is None or not nxt.word or nxt.low in LIST_WORDS)):
             return False
         if (low in LIST_WORDS or low in PREPOSITIONS or low in COPULAS or low in DETERMINERS
                 or low in ("no", "not", "nor") or verb or low in FILLER_WORDS
                 or parse_count(self.toks, i) is not None):
             return True
         if (_match(self.toks, i, ORDER_PHRASES) or _match(self.toks, i, POSITION_PHRASES)
-                or _match(self.toks, i, LIST_TABLE)):
+                or _match(self.toks, i, LIST_TABLE) or _match(self.toks, i, RELATION_PHRASES)):
             return True
         if low in DEGREE_ADVERBS and (_match(self.toks, i + 1, RELATION_PHRASES)
                                       or _match(self.toks, i + 1, POSITION_PHRASES)):
@@ -235,6 +244,13 @@ class _Parser:
             if i > words_start and _match(toks, i, SOLITARY_TABLE):     # "a cat alone"
                 break
             i += 1
+        # "the fire engine *sped* past": an unknown word after a known noun, before a preposition,
+        # is the verb, not the head
+        if (i - words_start >= 2 and i < end and toks[i].low in PREPOSITIONS
+                and not is_noun_like(toks[i - 1].low) and is_noun_like(toks[i - 2].low)
+                and toks[i - 1].low not in ADJECTIVES
+                and (toks[i - 2].low, singular(toks[i - 1].low)) not in COMPOUND_NOUNS):
+            i -= 1
         words = [t.low for t in toks[words_start:i]]
         if not words:
             return None
@@ -250,8 +266,8 @@ class _Parser:
         is_plural = noun_sing != last
         if as_subject and det is None and not quantity and (not is_noun_like(last) or last in BASIC_COLORS):
             return None
-        if last in NOT_NOUNS:
-            return None
+        if last in NOT_NOUNS or (last in GRAMMAR_WORDS and last not in KNOWN_NOUNS and last not in SCENE_NOUNS):
+            return None      # "the one", "a dozen" (no noun after it), "a she"
         if count is not None and (count < 1 or count > MAX_COUNT):
             return None
         if count is None and not (quantity or det in ("these", "those") or is_plural):
@@ -308,10 +324,16 @@ class _Parser:
 
     def is_participle(self, i: int, end: int) -> bool:
         """ "a dog *sleeping* under", "a car *parked* in front of": a verb form that ends a noun phrase."""
-        low = self.toks[i].low
+        toks = self.toks
+        low = toks[i].low
         if not low.endswith(("ing", "ed")) or low in KNOWN_NOUNS:
             return False
-        return is_noun_like(self.toks[i - 1].low) or (
+        if i + 1 < end and (low, singular(toks[i + 1].low)) in COMPOUND_NOUNS:
+            return False                     # "an orange potted plant"
+        if low in QUALIFIER_WORDS or (low.endswith("ing") and i + 1 < end and (
+                toks[i + 1].low in DETERMINERS or parse_count(toks, i + 1) is not None)):
+            return True                      # "a beaver wearing glasses", "a man holding a cup"
+        return is_noun_like(toks[i - 1].low) or (
             low not in ADJECTIVES and (i + 1 >= end or self.is_boundary(i + 1)))
 
     # -- the scan -----------------------------------------------------------------------------
@@ -322,7 +344,10 @@ class _Parser:
         for i in range(n + 1):
             if i == n or toks[i].low in CLAUSE_END:
                 if i > clause_start:
+                    before = len(self.subjects)
                     self.parse_clause(clause_start, i)
+                    if len(self.subjects) > before:
+                        self.head = before
                 clause_start = i + 1
 
     def segment_is_style_only(self, i: int, end: int) -> bool:
@@ -346,24 +371,28 @@ class _Parser:
         wins (each returns the next index, or None to pass); a token no rule takes stays unused
         and ends up, verbatim, in `unparsed`."""
         st = _ClauseState()
-        clause_snap = seg_snap = self.snapshot(st)
+        clause_snap = self.snapshot(st)
         seg_start = i = start
+        checkpoints = [(i, clause_snap)]     # where a phrase of this comma segment began
         while i < end:
             if self.toks[i].low == ",":
-                self.keep_whole_if_cut(seg_start, i, seg_snap, st)
+                self.keep_whole_if_cut(seg_start, i, checkpoints, st)
                 i = self.comma(i, st)
-                seg_start, seg_snap = i, self.snapshot(st)
+                seg_start, checkpoints = i, [(i, self.snapshot(st))]
                 continue
             st.at_seg_start, st.seg_start = st.seg_start, False
             st.adjacent = bool(st.group) and st.last_end == i   # right after a subject's phrase
+            snap = self.snapshot(st) if i > seg_start else None
             for rule in self.CLAUSE_RULES:
                 nxt = rule(self, i, end, st)
                 if nxt is not None:
+                    if snap is not None:
+                        checkpoints.append((i, snap))
                     i = nxt
                     break
             else:
                 i += 1   # not understood: stays unused and ends up in `unparsed`
-        self.keep_whole_if_cut(seg_start, end, seg_snap, st)
+        self.keep_whole_if_cut(seg_start, end, checkpoints, st)
         # what was waiting for a noun that never came stays as written:
         for _, a, b in st.elliptic:          # "a red and a blue."
             self.untake(a, b)
@@ -371,23 +400,32 @@ class _Parser:
             self.untake(*st.pending_pos[1])
         if st.pending_rel is not None:       # "next to the window."
             self.untake(*st.pending_rel[4])
-        self.keep_whole_if_cut(start, end, clause_snap, st)
+        self.keep_whole_if_cut(start, end, [(start, clause_snap)], st)
 
     def snapshot(self, st: _ClauseState) -> tuple:
         """Everything a clause rule may change, to undo a segment the grammar only half read."""
-        return copy.deepcopy((self.subjects, self.spans, self.relations, self.relation_texts,
-                              self.style, self.composition, self.scene, self.negatives, self.lost,
-                              self.used, vars(st)))
+        return _copy_state((self.subjects, self.spans, self.relations, self.relation_texts,
+                            self.style, self.composition, self.scene, self.negatives, self.lost,
+                            self.used, vars(st)))
 
-    def keep_whole_if_cut(self, start: int, end: int, snap: tuple, st: _ClauseState) -> None:
+    def keep_whole_if_cut(self, start: int, end: int, checkpoints: list, st: _ClauseState) -> None:
         """If what the rules left unread in toks[start:end] is a stray piece ("under", "one of
-        them"), undo the span: it goes to `unparsed` whole, as written, and states nothing."""
-        if not self.has_fragment(start, end):
+        them"), undo from the last phrase that began before it (`checkpoints`: (token index,
+        snapshot) pairs, the first at `start`): that tail goes to `unparsed` whole, as written,
+        and states nothing. An earlier phrase is tried when the tail alone would still leave a
+        stray piece; the first checkpoint undoes the whole span."""
+        first = next((a for _, _, a, b in self.unused_runs(start, end)
+                      if a < b and is_fragment([t.low for t in self.toks[a:b] if t.word])), None)
+        if first is None:
             return
-        (self.subjects, self.spans, self.relations, self.relation_texts, self.style,
-         self.composition, self.scene, self.negatives, self.lost, self.used, st_vars) = copy.deepcopy(snap)
-        vars(st).update(st_vars)
-        self.untake(start, end)
+        for at, snap in reversed([c for c in checkpoints if c[0] <= first] or checkpoints[:1]):
+            (self.subjects, self.spans, self.relations, self.relation_texts, self.style,
+             self.composition, self.scene, self.negatives, self.lost, self.used,
+             st_vars) = _copy_state(snap)
+            vars(st).update(st_vars)
+            self.untake(at, end)
+            if at == checkpoints[0][0] or not self.has_fragment(start, end):
+                return
 
     def comma(self, i: int, st: _ClauseState) -> int:
         """A comma starts a segment; right after a subject it lists the next one."""
@@ -451,6 +489,31 @@ class _Parser:
         """ "three birds in the image": the picture itself is framing, not a place."""
         return self.frame_phrase(i, end)
 
+    def rule_pronoun(self, i: int, end: int, st: _ClauseState) -> int | None:
+        """ "A beaver wearing glasses. He stands next to a stack of books": a pronoun that starts
+        a segment and is followed by what a subject does or is, refers to the first subject of
+        the last clause that named one."""
+        toks = self.toks
+        low = toks[i].low
+        if low not in ("he", "she", "it", "they") or not st.at_seg_start or self.head is None:
+            return None
+        last = self.head
+        if (low == "they") != (self.subjects[last]["count"] != 1):
+            return None
+        j = i + 1
+        while j < end and toks[j].low in ("is", "are", "was", "were"):
+            j += 1
+        if j >= end:
+            return None
+        w = toks[j].low
+        if not (_match(toks, j, RELATION_PHRASES) or w in POSTURE_VERBS or w in TRANSITIVE_VERBS
+                or w in QUALIFIER_WORDS or w in BASIC_COLORS or w in COLOR_ALIASES or w in ADJECTIVES):
+            return None
+        self.take(i, i + 1)
+        st.group, st.group_open, st.list_next = [last], False, False
+        st.last_end = i + 1
+        return i + 1
+
     def rule_adverb(self, i: int, end: int, st: _ClauseState) -> int | None:
         """An adverb before a relation, a position or a noun phrase: "just left of", "high above",
         "directly behind", "just a square". The relation still binds to the subject before it;
@@ -480,7 +543,8 @@ class _Parser:
         k, canon = m
         after = toks[i + k].low if i + k < end else ""
         # "on the right is a cow", "..., on the right, a house": it introduces what follows
-        introduces = after in COPULAS or (st.at_seg_start and after == ",") or (
+        introduces = after in COPULAS or (st.at_seg_start and (
+            after == "," or after in DETERMINERS or (i + k < end and parse_count(toks, i + k) is not None))) or (
             not st.adjacent and after != "")
         if st.adjacent and not introduces:
             for s in st.group:
@@ -511,8 +575,12 @@ class _Parser:
         head = self.toks[k - 1].low
         if not (singular(head) in SCENE_NOUNS or head in SCENE_NOUNS or not st.adjacent):
             return None
+        if is_fragment([t.low for t in self.toks[i:k] if t.word]):
+            return None                      # "by she"
         self.scene.append(self.norm_text(i, k))
         self.take(i, k)
+        if st.adjacent:                      # "a cabin by a lake under the lights": still the cabin
+            st.last_end = k
         return k
 
     def rule_qualifier(self, i: int, end: int, st: _ClauseState) -> int | None:
@@ -535,8 +603,15 @@ class _Parser:
         k = self.phrase_until_boundary(i + 1, end)
         if k == i + 1 and i + 2 < end and toks[i + 1].low in PREPOSITIONS:   # "made of wood"
             k = self.phrase_until_boundary(i + 2, end)
-        if k <= i + 1 or toks[k - 1].low in DANGLING_WORDS:     # "playing with" + what it cannot read
+        if k <= i + 1 or is_fragment([t.low for t in toks[i:k] if t.word]):   # "playing with", "with it"
             return None
+        # "with silver hair and freckles": a bare noun after "and" belongs to the same phrase
+        while (k + 1 < end and toks[k].low == "and" and toks[k + 1].word and not self.is_boundary(k + 1)
+               and not is_noun_like(toks[k + 1].low)):
+            k2 = self.phrase_until_boundary(k + 1, end)
+            if k2 <= k + 1:
+                break
+            k = k2
         self.subjects[st.group[-1]]["attributes"].append(self.norm_text(i, k))
         self.take(i, k)
         st.last_end = k
@@ -567,6 +642,26 @@ class _Parser:
         self.take(i, k)
         st.last_end = k
         return k
+
+    def rule_bridge(self, i: int, end: int, st: _ClauseState) -> int | None:
+        """A verb between a subject and its relation: "the phone was resting on the charger" (an
+        -ing or -ed form qualifies the subject), "the sun shone down on the water" (another verb,
+        with its particle, stays as written); the relation still binds to the subject."""
+        toks = self.toks
+        low = toks[i].low
+        if not st.adjacent or not toks[i].word or low in GRAMMAR_WORDS or low in COPULAS:
+            return None
+        j = i + 1
+        if j < end and toks[j].low in PARTICLES and not _match(toks, j, RELATION_PHRASES):
+            j += 1                                          # "shone down on"
+        if not (j < end and _match(toks, j, RELATION_PHRASES)):
+            return None
+        if j == i + 1 and low.endswith(("ing", "ed")):
+            for s in st.group:
+                self.subjects[s]["attributes"].append(low)
+            self.take(i, j)
+        st.last_end = j
+        return j
 
     def rule_filler(self, i: int, end: int, st: _ClauseState) -> int | None:
         """List words and copulas: "and", ",", "is", "which"."""
@@ -649,8 +744,9 @@ class _Parser:
         return k
 
     CLAUSE_RULES = (rule_style, rule_negation, rule_order, rule_joiner, rule_solitary, rule_frame,
-                    rule_adverb, rule_position, rule_relation, rule_scene, rule_qualifier, rule_verb, rule_filler,
-                    rule_elliptic, rule_subject, rule_trailing)
+                    rule_pronoun, rule_adverb, rule_position, rule_relation, rule_scene,
+                    rule_qualifier, rule_verb, rule_bridge, rule_filler, rule_elliptic, rule_subject,
+                    rule_trailing)
 
     def style_or_intro(self, i: int, end: int, at_seg_start: bool) -> int | None:
         """Style phrases and "a photo of"; returns the next index if it consumed something."""
@@ -703,6 +799,9 @@ class _Parser:
         moods = j
         while moods < end and toks[moods].low in MOOD_SINGLE:      # "a cinematic photo of"
             moods += 1
+        nxt = self.framing_chain(i, j, moods, end)
+        if nxt is not None:
+            return nxt
         m = _match(toks, moods, INTRO_TABLE) if moods < end else None
         # "of" introduces the subject anywhere; "showing", "with", "containing" ... only at the
         # start of a segment, where the picture is framing ("a cat with a picture of ..." is not)
@@ -729,6 +828,25 @@ class _Parser:
             self.take(i, j + k)
             return j + k
         return None
+
+    def framing_chain(self, i: int, j: int, moods: int, end: int) -> int | None:
+        """ "a close-up portrait of", "a black and white studio photo of": several framing words
+        in a row before "of" (toks[j:moods] are mood words, toks[i:j] the article)."""
+        toks = self.toks
+        chain, p = [], moods
+        while p < end:
+            m = _match(toks, p, INTRO_TABLE) or _match(toks, p, STYLE_TABLE)
+            if not m or not m[1] or m[1] == "mood":
+                break
+            chain.append((p, m))
+            p += m[0]
+        if len(chain) < 2 or not (p < end and toks[p].low == "of"):
+            return None
+        self.style["mood"].extend(t.low for t in toks[j:moods])
+        for q, (k, fld) in chain:
+            (self.composition if fld == "composition" else self.style[fld]).append(self.norm_text(q, q + k))
+        self.take(i, p + 1)
+        return p + 1
 
     def frame_phrase(self, i: int, end: int) -> int | None:
         """ "in the picture", "in this photo" closing a phrase: the picture itself, not a place in
@@ -943,6 +1061,16 @@ class _Parser:
         return [r for r in runs if r]
 
 
+def _copy_state(state: tuple) -> tuple:
+    """A copy of the parser's state as `_Parser.snapshot` lists it, deep where rules mutate
+    (a subject's attributes, the style lists, the clause's elliptic list); faster than deepcopy."""
+    subjects, spans, relations, texts, style, composition, scene, negatives, lost, used, st = state
+    st = dict(st, group=list(st["group"]), elliptic=[(dict(e), a, b) for e, a, b in st["elliptic"]])
+    return ([dict(s, attributes=list(s["attributes"])) for s in subjects], list(spans), list(relations),
+            list(texts), {k: list(v) for k, v in style.items()}, list(composition), list(scene),
+            list(negatives), list(lost), list(used), st)
+
+
 def _color_and_attributes(modifiers: list[str]) -> tuple[str | None, list[str]]:
     """The first basic colour word is the colour; every other modifier is an attribute, in order."""
     color, attributes = None, []
@@ -991,110 +1119,3 @@ def parse_prompt(text: str) -> tuple[dict, list[str]]:
         "unparsed": p.unparsed() + p.lost,
     }
     return plan, list(p.relation_texts)
-
-
-# ---------------------------------------------------------------------------------------------
-# Text written by another language model
-# ---------------------------------------------------------------------------------------------
-
-_REASONING_TAGS = ("think", "thinking", "thought", "reasoning", "analysis", "reflection", "scratchpad")
-_FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_-]*)[ \t]*\n?(.*?)```", re.S)
-_PREFACE_RE = re.compile(
-    r"^\s*(?:\*\*|__)?\s*(?:sure|okay|ok|certainly|of course|here(?:'s| is| are)?|"
-    r"(?:the\s+)?(?:enhanced|improved|rewritten|revised|refined|expanded|final|new|detailed|optimi[sz]ed)?\s*"
-    r"(?:image\s+)?(?:prompt|caption|description|answer|output|result|plan))\b[^\n]*?:\s*(?:\*\*|__)?\s*$",
-    re.I)
-_LABEL_RE = re.compile(
-    r"^\s*(?:\*\*|__)?\s*(?:(?:enhanced|improved|rewritten|revised|refined|expanded|final|new|detailed|"
-    r"optimi[sz]ed)\s+)?(?:image\s+)?(?:prompt|caption|description|answer|output)\s*(?:\*\*|__)?\s*:\s*(?:\*\*|__)?\s*",
-    re.I)
-
-
-def strip_reasoning(text: str) -> str:
-    """Remove <think>...</think> (and similar) blocks; an unclosed block ends at its closing tag."""
-    for tag in _REASONING_TAGS:
-        text = re.sub(rf"<{tag}\b[^>]*>.*?</{tag}\s*>", " ", text, flags=re.S | re.I)
-        close = re.search(rf"</{tag}\s*>", text, re.I)
-        if close:   # the opening tag was in the chat template: everything before it is reasoning
-            text = text[close.end():]
-        opened = re.search(rf"<{tag}\b[^>]*>", text, re.I)
-        if opened:  # never closed: the model stopped while thinking; keep what came before
-            text = text[:opened.start()]
-    return text.strip()
-
-
-def _json_objects(text: str):
-    """Every top-level {...} in `text` that parses as a JSON object, in order."""
-    decoder = json.JSONDecoder()
-    i = text.find("{")
-    while i != -1:
-        try:
-            obj, end = decoder.raw_decode(text, i)
-        except ValueError:
-            i = text.find("{", i + 1)
-            continue
-        if isinstance(obj, dict):
-            yield obj
-        i = text.find("{", end)
-
-
-class LLMAnswerError(ValueError):
-    """Another model's answer holds a JSON block that cannot be read."""
-
-
-def _repair_json(text: str) -> dict | None:
-    """The usual slips of a language model writing JSON: trailing commas and // comments."""
-    fixed = re.sub(r"//[^\n\"]*$", "", text, flags=re.M)
-    fixed = re.sub(r",\s*([}\]])", r"\1", fixed)
-    for obj in _json_objects(fixed):
-        return obj
-    return None
-
-
-def extract_llm_payload(text: str) -> dict | str:
-    """The plan dictionary, or the rewritten prompt, inside another model's answer.
-
-    Reasoning blocks (<think>...</think>) are removed first; then a ```json fenced block or the
-    first JSON object with "subjects" wins; a JSON object with a "prompt"-like string field gives
-    that string; otherwise the answer itself is the prompt, without prefaces ("Here is the
-    enhanced prompt:"), labels ("Prompt:"), markdown emphasis or surrounding quotes.
-    """
-    body = strip_reasoning(text)
-    candidates = [m.group(2) for m in _FENCE_RE.finditer(body)] + [body]
-    for chunk in candidates:
-        for obj in _json_objects(chunk):
-            if "subjects" in obj:
-                return obj
-            for key in ("prompt", "rewritten_prompt", "enhanced_prompt", "caption", "description",
-                        "text"):
-                if isinstance(obj.get(key), str) and obj[key].strip():
-                    return obj[key].strip()
-    fences = [m for m in _FENCE_RE.finditer(body)]
-    looks_like_json = [m.group(2) for m in fences if m.group(1).lower() == "json" or m.group(2).lstrip().startswith("{")]
-    if not fences and body.lstrip().startswith("{"):
-        looks_like_json = [body]
-    for chunk in looks_like_json:
-        obj = _repair_json(chunk)
-        if obj is not None and "subjects" in obj:
-            return obj
-        if obj is None:
-            try:
-                json.loads(chunk)
-            except json.JSONDecodeError as exc:
-                raise LLMAnswerError(f"the model's answer has a JSON block that is not valid JSON ({exc.msg} at "
-                                     f"line {exc.lineno} column {exc.colno}); ask it for plain JSON or fix the block") from None
-    if fences:
-        body = fences[0].group(2)
-    lines = [ln for ln in body.splitlines()]
-    # drop a preface line ("Sure! Here is an enhanced prompt:") and what came before it
-    for k, ln in enumerate(lines):
-        if _PREFACE_RE.match(ln) and any(x.strip() for x in lines[k + 1:]):
-            lines = lines[k + 1:]
-            break
-    out = "\n".join(lines).strip()
-    out = _LABEL_RE.sub("", out, count=1).strip()
-    out = re.sub(r"(\*\*|__)", "", out).strip()
-    if len(out) >= 2 and out[0] == out[-1] and out[0] in "\"'“”":
-        out = out[1:-1].strip()
-    out = out.strip("“”").strip()
-    return out

@@ -51,6 +51,9 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from . import decode
+from .limits import seed_to_int64
+from .sequence import check_positions, position_limit
 from .policy import (SamplingPolicy, forced_sub_ids, get_policy, region_weights,
                      stream_region_weights, sub_vocab_ids)
 
@@ -248,11 +251,9 @@ def take_branch(tokens, a, m, D, cand, P, P_branch, n, S: int, seeds, it, active
 
 
 def move_kv(cache, rows_mask, dst, src) -> None:
-    """Copy every layer's key and value at slot src[r] to slot dst[r], for rows where rows_mask."""
-    src = torch.where(rows_mask, src, dst)                    # a no-op copy elsewhere: no host sync
-    r = torch.arange(len(dst), device=dst.device)
-    cache.k[:, r, :, dst] = cache.k[:, r, :, src]
-    cache.v[:, r, :, dst] = cache.v[:, r, :, src]
+    """Copy every layer's key and value at slot src[r] to slot dst[r], for rows where rows_mask
+    (the cache moves an int8 cache's scales with them; no host sync)."""
+    cache.move_slots(rows_mask, dst, src)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,7 +372,8 @@ def check_request(mode, coupling, window, branches, cond_prompts, seeds, regions
     batch = len(cond_prompts)
     if batch == 0:
         raise ValueError("cond_prompts is empty: give one list of prompt token ids per image")
-    seeds = list(range(batch)) if seeds is None else [int(s) for s in seeds]
+    # any seed of -2^63 .. 2^64-1 (the node's widget range), hashed as its int64 twin
+    seeds = list(range(batch)) if seeds is None else [seed_to_int64(s) for s in seeds]
     if len(seeds) != batch:
         raise ValueError(f"{len(seeds)} seeds for {batch} prompts: give one seed per image")
     if regions is not None:
@@ -384,6 +386,20 @@ def check_request(mode, coupling, window, branches, cond_prompts, seeds, regions
                     raise ValueError(f"regions[{b}] holds {region!r}: each region must be "
                                      "(prompt_ids, (x0, y0, x1, y1)) with the box normalised to 0..1")
     return size, num_branches, seeds
+
+
+def check_prompt_positions(model, grid, cond_prompts, regions) -> None:
+    """Refuse a prompt (or region prompt) that with the image needs more positions than the model
+    has, before the cache is sized by it."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "max_position_embeddings"):
+        return
+    limit = position_limit(config)
+    for p in cond_prompts:
+        check_positions(len(p), grid, limit)
+    for image_regions in regions or []:
+        for prompt, _ in image_regions or []:
+            check_positions(len(prompt), grid, limit, what="a region prompt")
 
 
 def make_setup(device, vocab, grid, cond_prompts, policy: SamplingPolicy, mode: str, rule: str, window: int,
@@ -535,13 +551,13 @@ class Window(NamedTuple):
     tree: list[int] | None        # parent index of every input (None: a plain chain)
 
 
-def build_window(setup: SamplerSetup, state: DecodeState, remaining: int) -> Window:
-    """The chain [last committed token, drafts], and with branches the alternatives for the
-    first draft. `remaining`: stream tokens left to the least advanced image (> 0)."""
+def build_window(setup: SamplerSetup, state: DecodeState, size: int) -> Window:
+    """The chain [last committed token, size-1 drafts], and with branches the alternatives for
+    the first draft. size: at most the window, and at most the stream tokens the least advanced
+    image has left (static shapes keep the full window: see sample_codes)."""
     B, L, K, S = setup.batch, setup.window, setup.branches, setup.stream_len
     n = state.committed
     n_valid = (S - n).clamp_max(L)
-    size = min(L, remaining)
     ids = state.last_token[:, None]
     if size > 1:
         ids = torch.cat([ids, setup.sub_ids[state.drafts[:, : size - 1]]], dim=1)
@@ -581,10 +597,10 @@ def window_distributions(setup: SamplerSetup, logits: torch.Tensor, window: Wind
     return dists[:, : window.size], dists[:, window.size:]
 
 
-def decode_step(model, cache, setup: SamplerSetup, state: DecodeState, remaining: int) -> None:
+def decode_step(model, cache, setup: SamplerSetup, state: DecodeState, size: int) -> None:
     """One forward: score the window, verify its drafts, use a branch hit, commit the decided
-    tokens and draft the next window. `remaining` > 0 as in `build_window`."""
-    window = build_window(setup, state, remaining)
+    tokens and draft the next window. size: the chain's length (see `build_window`)."""
+    window = build_window(setup, state, size)
     logits = model(setup.per_row(window.ids), cache=cache, n_valid=setup.per_row(window.n_valid), tree=window.tree)
     active = window.active
     state.forwards_per_image += active.long()
@@ -636,7 +652,8 @@ def commit(cache, setup: SamplerSetup, state: DecodeState, window: Window, token
     state.last_token = setup.sub_ids[state.last_code]                   # (unused once finished)
     state.accepted_hist.index_add_(0, accepted, step)
     state.committed = state.committed + advance * step
-    cache.lengths = setup.prefix_len + setup.per_row(state.committed - setup.start)   # the committed prefix
+    # the committed prefix; written in place (the setter's range check would read it on the host)
+    cache.lengths.copy_(setup.prefix_len + setup.per_row(state.committed - setup.start))
 
 
 def next_drafts(setup: SamplerSetup, state: DecodeState, window: Window, tokens, advance, next_dists) -> None:
@@ -664,12 +681,11 @@ def shift_gumbel(setup: SamplerSetup, state: DecodeState, active, source, advanc
     B, L, V = setup.batch, setup.window, setup.dist_size
     noise = state.gumbel
     still_in_window = (source < L) & active[:, None]
-    fresh_from = int(torch.where(active, L - advance, torch.full_like(advance, L)).min())
     shifted = noise.gather(1, source.clamp_max(L - 1)[..., None].expand(B, L, V))
-    if fresh_from < L:
-        positions = state.committed[:, None] + setup.window_slots[None, fresh_from:]
-        new = torch.cat([shifted[:, :fresh_from], gumbel_noise(setup.seeds, positions, V)], dim=1)
-        shifted = torch.where(still_in_window[..., None], shifted, new)
+    # the noise of every window position, though only those new to the window are used: which
+    # ones those are is known on the device only, and reading it would cost a host sync
+    new = gumbel_noise(setup.seeds, state.committed[:, None] + setup.window_slots[None, :], V)
+    shifted = torch.where(still_in_window[..., None], shifted, new)
     return torch.where(active[:, None, None], shifted, noise)
 
 
@@ -682,7 +698,7 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
                  window: int | None = None, coupling: str = "maximal", regions=None,
                  branches: int | None = None, on_progress: Callable[[int, int], None] | None = None,
                  on_preview: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
-                 should_cancel: Callable[[], bool] | None = None) -> SampleResult:
+                 should_cancel: Callable[[], bool] | None = None, compile: bool | None = None) -> SampleResult:
     """Sample B images' code grids.
 
     model: callable as `model(ids, cache=cache, n_valid=n, tree=tree)` with
@@ -699,17 +715,25 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
     on_progress(done, total): image tokens committed over the batch. on_preview(codes, done):
         (B, rows, cols) partial codes (0 where not yet drawn) and a bool mask.
     should_cancel(): checked before every forward; True raises Cancelled.
+    compile: run the decode windows through `decode.StaticForward` with torch.compile (static
+        shapes, CUDA graphs on CUDA, one host sync per step); None: on for CUDA only. Where it
+        cannot work the eager forward runs, with a log line.
     Returns SampleResult(codes, streams, stats), stats a SampleStats.
     """
     t0 = time.perf_counter()
     policy = get_policy(policy)
     window, branches, seeds = check_request(mode, coupling, window, branches, cond_prompts, seeds, regions)
+    window = min(window, grid.stream_len)       # a longer window only allocates slots no draft can use
+    check_prompt_positions(model, grid, cond_prompts, regions)
     rule = "sjd" if mode != "sjd_coupled" else coupling
     setup = make_setup(model.device, vocab, grid, cond_prompts, policy, mode, rule, window, branches, seeds, regions)
     B, S = setup.batch, setup.stream_len
     stats = SampleStats(mode=mode, window=window, coupling=coupling if mode == "sjd_coupled" else None,
                         batch=B, image_tokens=S - setup.start, regions=setup.num_regions, branches=branches)
     state = initial_state(setup)
+    static = decode.default_compile(model.device) if compile is None else bool(compile)
+    forward = decode.static_forward(model) if static else None
+    static = forward is not None
 
     def check_cancel():
         if should_cancel is not None and should_cancel():
@@ -720,19 +744,23 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
     try:
         check_cancel()
         longest_prefix = int(setup.prefix_len.max())
-        cache = model.new_cache(len(setup.row_ids), longest_prefix + S + window + 1 + branches * BRANCH_SLOTS)
+        slots = longest_prefix + S + window + 1 + branches * BRANCH_SLOTS
+        cache = forward.new_cache(len(setup.row_ids), slots) if static else model.new_cache(len(setup.row_ids), slots)
         stats.prefill_forwards = prefill(model, setup, cache)
         while True:
-            remaining = S - int(state.committed.min())                     # the one host sync
-            if remaining == 0:
+            least, done = torch.stack([state.committed.min(), state.committed.sum()]).tolist()   # the one host sync
+            if stats.forwards:                                   # the hooks see the previous step
+                if on_progress is not None:
+                    on_progress(done, B * S)
+                if on_preview is not None:
+                    on_preview(*_partial_grid(state.stream, state.committed, setup.code_positions, grid))
+            if least == S:
                 break
             check_cancel()
-            decode_step(model, cache, setup, state, remaining)
+            # static shapes keep the whole window to the stream's end (the positions past it are
+            # padding, never committed); eager shortens the last windows instead
+            decode_step(forward or model, cache, setup, state, window if static else min(window, S - least))
             stats.forwards += 1
-            if on_progress is not None:
-                on_progress(int(state.committed.sum()), B * S)
-            if on_preview is not None:
-                on_preview(*_partial_grid(state.stream, state.committed, setup.code_positions, grid))
     finally:
         del cache
     return finish(setup, state, stats, grid, t0)

@@ -255,9 +255,10 @@ def check_positions(prompt_tokens: int, grid: ImageGrid, limit: int, what: str =
         room = limit - image
         fix = (f"shorten it to at most {room} tokens" if room > 0 else
                "no prompt fits: choose a smaller size")
-        raise PromptTooLong(f"{what} is {'at least ' if at_least else ''}{prompt_tokens} tokens (template included) and a {grid.width}x"
-                            f"{grid.height} image takes {image} more, but this model has "
-                            f"{limit} positions (max_position_embeddings): {fix}")
+        count = f"{'at least ' if at_least else ''}{prompt_tokens} tokens"
+        raise PromptTooLong(f"{what} is {count} (template included) and a {grid.width}x{grid.height} "
+                            f"image takes {image} more, but this model has {limit} positions "
+                            f"(max_position_embeddings): {fix}")
 
 
 def sequence_length(width: int, height: int) -> int:

@@ -1,7 +1,7 @@
 """The text tokenizer: a pure-Python reader of Hugging Face `tokenizer.json` files.
 
 Lumina-mGPT 2.0 ships a Qwen2-family byte-level BPE with Chameleon-named special tokens
-appended (see ../shared/specs/lumina_mgpt2.md section 3). This module implements the
+appended (see docs/format.md, section 4). This module implements the
 `tokenizer.json` format for the components such files use, and gives the same ids and strings
 as the `tokenizers` library (`encode(text, add_special_tokens=False)` / `decode(ids)`):
 
@@ -619,7 +619,7 @@ def read_json_file(path: Path):
     size = path.stat().st_size
     if size > MAX_JSON_BYTES:
         raise TokenizerError(f"{path} is {size / 2**20:.0f} MiB; tokenizer files are at most "
-                             f"{MAX_JSON_BYTES >> 20} MiB (the largest published ones are ~35 MiB): "
+                             f"{MAX_JSON_BYTES >> 20} MiB (published ones are tens of MiB at most): "
                              "not a tokenizer file?")
     try:
         return json.loads(path.read_bytes().decode("utf-8"))
@@ -695,6 +695,9 @@ class TextTokenizer:
         self.added: dict[int, AddedToken] = {}
         self.added_by_content: dict[str, int] = {}
         self._add_tokens(_list(spec.get("added_tokens") or [], "'added_tokens'"))
+        # characters in the longest token (byte-level model tokens: one character per byte)
+        self.longest_token = max([len(t) for t in self.vocab] + [len(t.content) for t in self.added.values()]
+                                 + [1])
 
     def _add_tokens(self, entries):
         """Give ids to the added tokens the way `tokenizers` does on load (it ignores the ids
@@ -795,9 +798,9 @@ class TextTokenizer:
     def encode(self, text: str, max_tokens: int | None = None) -> list[int]:
         """Token ids of `text`, no BOS/EOS added (`encode(text, add_special_tokens=False)`).
 
-        max_tokens: stop once more than this many ids are known (the result is then a prefix
-        of the full encoding, longer than max_tokens): how a length check refuses a huge text
-        without paying for all of it."""
+        max_tokens: stop once more than this many ids are known; the result is then longer than
+        max_tokens but not the whole encoding, only proof that the text is too long: how a
+        length check refuses a huge text without paying for all of it."""
         if not isinstance(text, str):
             raise TypeError(f"encode takes a str, got {type(text).__name__}")
         try:
@@ -805,6 +808,14 @@ class TextTokenizer:
         except UnicodeEncodeError as e:
             raise ValueError(f"text has a lone surrogate {text[e.start]!r} at position {e.start}; "
                              "it cannot be encoded as UTF-8") from e
+        if max_tokens is not None:
+            # No token covers more than longest_token characters, and NFC shrinks a text at most
+            # 3x (Hangul jamo), so a prefix this long already needs more than max_tokens ids.
+            cut = 4 * (max_tokens + 1) * self.longest_token
+            if len(text) > cut:
+                ids = self.encode(text[:cut], max_tokens)
+                if len(ids) > max_tokens:
+                    return ids                       # (else characters were dropped: count all)
         ids = []
         for piece, token in self._pieces(text):
             if token is not None:
