@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from uni1_core.chat import ChatFormat
+from uni1_core.conditioning import model_text
 from uni1_core.plan import Plan, make_plan
 from uni1_core.reasoner import RETRY_PROMPT, SYSTEM_PROMPT, Reasoner, compare_facts, read_answer
 from uni1_core.sampler import Cancelled
@@ -44,6 +45,9 @@ def test_json_inside_think_and_fence_gives_the_plan():
     assert "decoy" in thinking and "decoy" not in plan.to_json()
     assert detailed == "Two glossy red circles rest on a white table, left of a blue square."
     assert result.disagreements == []
+    # the plan's words are the detailed prompt: conditioning "prompt" reads it, "prompt+plan" adds to it
+    assert result.plan.prompt == detailed and model_text(result.plan, "prompt")[1] == detailed
+    assert model_text(result.plan, "prompt+plan")[1].startswith(detailed)
     assert len(gen.seen) == 1 and gen.seen[0][0] == {"role": "system", "content": SYSTEM_PROMPT}
     assert gen.seen[0][1] == {"role": "user", "content": PROMPT}
 

@@ -24,13 +24,14 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .chat import ChatFormat
 from .layout import relation_holds
 from .plan import Plan, PlanError, make_plan
-from .plan_parse import BASIC_COLORS, MAX_COUNT, POSITIONS, RELATIONS, extract_llm_payload, singular
+from .lexicon import BASIC_COLORS, MAX_COUNT, POSITIONS, RELATIONS, singular
+from .llm_answer import json_objects, read_answer as read_llm_answer
 from .textgen import Completion, TextGenerator, TextSettings
 
 log = logging.getLogger("uni1")
@@ -157,6 +158,9 @@ class Reasoner:
             if not description:
                 notes.append("the model wrote no description; the detailed prompt is the plan's own text")
                 description = plan.conditioning_text()
+            # the plan's words are the detailed description: conditioning "prompt" reads it, and
+            # "prompt+plan" adds the plan's certainties to it
+            plan = replace(plan, prompt=" ".join(description.split()))
             return ReasonedPlan(plan, _thinking(attempts), description, "model", notes,
                                 compare_facts(make_plan(prompt), plan), attempts)
         plan = make_plan(prompt)
@@ -174,7 +178,7 @@ def read_answer(answer: str) -> tuple[Plan, str]:
     if not answer.strip():
         raise PlanError("the answer is empty")
     try:
-        payload = extract_llm_payload(answer)
+        payload = read_llm_answer(answer)
     except ValueError as exc:
         raise PlanError(str(exc)) from None
     if not isinstance(payload, dict):
@@ -183,8 +187,9 @@ def read_answer(answer: str) -> tuple[Plan, str]:
                             "object with \"subjects\")")
         raise PlanError("the answer has no plan JSON (a ```json block with \"subjects\")")
     plan = Plan.from_text(answer)
-    described = payload.get("description")
-    return plan, described.strip() if isinstance(described, str) else _description(answer)
+    described = next((o["description"] for o in json_objects(answer)
+                      if "subjects" in o and isinstance(o.get("description"), str)), None)
+    return plan, described.strip() if described is not None else _description(answer)
 
 
 def _description(answer: str) -> str:
