@@ -130,12 +130,13 @@ def check_name(name: str) -> str:
     return "/".join(parts)
 
 
-def resolve_local(name: str) -> Path | None:
-    """The file or folder `name` names inside a `uni1` folder, or None if there is none.
-    Raises if the name is unsafe or resolves (e.g. through a link) outside the models folders,
-    or if a model folder holds a file that does (a weight file linked to /etc/... is refused)."""
+def resolve_local(name: str, roots: list[Path] | None = None) -> Path | None:
+    """The file or folder `name` names inside a `uni1` folder (or one of `roots`), or None if
+    there is none. Raises if the name is unsafe or resolves (e.g. through a link) outside the
+    models folders, or if a model folder holds a file that does (a weight file linked to /etc/...
+    is refused)."""
     name = check_name(name)
-    roots = model_roots()
+    roots = model_roots() if roots is None else roots
     for root in roots:
         candidate = root.joinpath(*name.split("/"))
         try:

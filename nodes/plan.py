@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from . import reasoner
 from .handles import CATEGORY, UNI1_MODEL, UNI1_PLAN
 
 AUTO = "auto"
@@ -101,18 +102,28 @@ class Uni1ReasoningPlan:
                     "tooltip": "Optional: the answer of any LLM or prompt-enhancer node (convert this widget to "
                                "an input and connect it). A plan JSON in it becomes the plan; a rewritten "
                                "prompt is planned instead of the prompt above. <think> blocks are ignored."}),
+                "planner": reasoner.planner_input(),
                 "model": (UNI1_MODEL, {
                     "tooltip": "Optional: the model from Uni1 Model Loader, so that 'auto' and the shown text "
                                "are exactly that model's (its default choice and its layout map)."}),
             },
         }
 
-    def plan(self, prompt, conditioning=AUTO, plan_json="", reasoning="", model=None):
-        plan = build_plan(prompt, plan_json, reasoning)
+    @classmethod
+    def VALIDATE_INPUTS(cls, planner=None):
+        return reasoner.validate_planner(planner)
+
+    def plan(self, prompt, conditioning=AUTO, plan_json="", reasoning="", model=None, planner=reasoner.RULES):
+        reasoned = None
+        if planner != reasoner.RULES and not plan_json.strip() and not reasoning.strip():
+            reasoned = reasoner.run_planner(planner, prompt)
+            plan = reasoned.plan
+        else:
+            plan = build_plan(prompt, plan_json, reasoning)
         planned = PlannedPrompt(plan, conditioning)
         text = model_reading(planned, model)
         as_json = plan.to_json()
         # The web extension (web/uni1.js) shows these on the node.
         ui = {"uni1_plan_summary": [plan.summary()], "uni1_plan_json": [as_json],
-              "uni1_conditioning": [text]}
+              "uni1_conditioning": [text], **(reasoner.ui_of(reasoned) if reasoned is not None else {})}
         return {"ui": ui, "result": (planned, text, as_json)}

@@ -30,6 +30,7 @@ COMFY_VENV = ROOT / ".venv-comfy"
 COMFY_DIR = COMFY_VENV / "ComfyUI"
 WORKFLOWS = ROOT / "example_workflows"
 DEMO_API = WORKFLOWS / "uni1_demo_text_to_image.api.json"
+REASONER_API = WORKFLOWS / "uni1_demo_reasoner.api.json"
 NODE_IDS = {"Uni1ModelLoader", "Uni1VQLoader", "Uni1ReasoningPlan", "Uni1SJDSampler", "Uni1VQDecode",
             "Uni1VQEncode"}
 START_TIMEOUT = 180
@@ -74,6 +75,13 @@ class Server:
             sys.path.pop(0)
         # 128x128 gives the interrupt test a few hundred sampling steps to land in
         build(self.models / "tiny-user-model", sizes=((64, 64), (32, 64), (128, 128)))
+        # A tiny random Qwen3 folder (written by transformers): a planner whose answers are word salad
+        sys.path.insert(0, str(ROOT))
+        try:
+            from tests.tiny_reasoner_folder import build as build_reasoner
+        finally:
+            sys.path.pop(0)
+        build_reasoner(self.models / "tiny-reasoner", "qwen3")
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
@@ -405,3 +413,29 @@ def test_omni_workflow_runs_with_a_loaded_image_as_condition(server, comfy_log_o
     assert entry["status"]["status_str"] == "success", entry["status"]
     (ref,) = entry["outputs"][node_id(prompt, "SaveImage")]["images"]
     assert server.image(ref).size == (64, 32)     # the generated lower panel of a 64x64 two-panel image
+
+
+def test_a_reasoner_folder_plans_and_its_fallback_is_shown(server, comfy_log_on_failure):
+    """The reasoner example workflow with the planner set to a tiny random Qwen3 folder: its answers
+    are unreadable, so after one retry the rule planner plans, the node says so, an image is made."""
+    info = server.get_json("/object_info")["Uni1ReasoningPlan"]["input"]["optional"]
+    assert info["planner"][0][:1] == ["rules"] and "tiny-reasoner" in info["planner"][0]
+    prompt = json.loads(REASONER_API.read_text())
+    plan_id = node_id(prompt, "Uni1ReasoningPlan")
+    prompt[plan_id]["inputs"]["planner"] = "tiny-reasoner"
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    shown = entry["outputs"][plan_id]
+    report = shown["uni1_reasoner_report"][0]
+    assert "plan from: rules (fallback)" in report and "could not be read twice" in report, report
+    assert "asked again" in report and shown["uni1_detailed_prompt"][0]
+    (ref,) = entry["outputs"][node_id(prompt, "SaveImage")]["images"]
+    assert server.image(ref).size == (64, 64)
+    # a planner name from a workflow is checked like a model name
+    prompt[plan_id]["inputs"]["planner"] = "../tiny-reasoner"
+    status, body = server.queue(prompt)
+    if status == 200:     # this 2024 ComfyUI validates required inputs only: the node refuses it as it runs
+        entry = server.wait(body["prompt_id"])
+        assert entry["status"]["status_str"] == "error", entry["status"]
+        body = entry["status"]
+    assert "'..'" in json.dumps(body) and "models/uni1" in json.dumps(body), body

@@ -535,16 +535,23 @@ def ui_workflows():
     return sorted(p for p in WORKFLOWS.glob("*.json") if not p.name.endswith(".api.json"))
 
 
-def test_there_are_the_four_example_workflows():
+def test_there_are_the_five_example_workflows():
     names = [p.stem for p in ui_workflows()]
-    assert names == ["uni1_demo_llm_reasoning", "uni1_demo_text_to_image", "uni1_lumina_mgpt2_text_to_image",
-                     "uni1_omni_image_conditioned"]
+    assert names == ["uni1_demo_llm_reasoning", "uni1_demo_reasoner", "uni1_demo_text_to_image",
+                     "uni1_lumina_mgpt2_text_to_image", "uni1_omni_image_conditioned"]
 
 
 @pytest.mark.parametrize("path", ui_workflows(), ids=lambda p: p.stem)
 def test_ui_workflow_and_api_twin_agree(comfy, path):
     ui = json.loads(path.read_text())
     twin = json.loads(path.with_name(path.stem + ".api.json").read_text())
+    for node in twin.values():          # a reasoner the workflow names is a folder the user has
+        planner = node["inputs"].get("planner", "rules")
+        if planner != "rules":
+            folder = comfy.models.parent.joinpath(*planner.split("/"))
+            folder.mkdir(parents=True)
+            (folder / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
+            (folder / "tokenizer.json").write_text("{}")
     info = pack_object_info(comfy.pack)
     assert ui_to_api(ui, info) == twin
     # every link in the UI graph connects sockets of the same type, as the editor enforces
@@ -563,6 +570,12 @@ def test_ui_workflow_and_api_twin_agree(comfy, path):
                 assert value in kind, f"{name}={value!r}"
             if kind in ("INT", "FLOAT"):
                 assert options.get("min", value) <= value <= options.get("max", value), f"{name}={value}"
+    for node in (n for n in twin.values() if n["class_type"] == "Uni1ReasoningPlan"):
+        assert comfy.pack.NODE_CLASS_MAPPINGS["Uni1ReasoningPlan"].VALIDATE_INPUTS(
+            planner=node["inputs"]["planner"]) is True
+    for node in (n for n in twin.values() if n["class_type"] == "Uni1ReasoningPlan"):
+        assert comfy.pack.NODE_CLASS_MAPPINGS["Uni1ReasoningPlan"].VALIDATE_INPUTS(
+            planner=node["inputs"]["planner"]) is True
     for cls in ("Uni1ModelLoader", "Uni1VQLoader"):
         for node in (n for n in twin.values() if n["class_type"] == cls):
             arg = "model_name" if cls == "Uni1ModelLoader" else "vq_name"

@@ -9,6 +9,7 @@ Public API (stable; see README.md):
     CONDITIONINGS: "prompt+plan", "prompt", "plan"                        what the model reads
     sample_codes(...), SamplingPolicy, PRESETS                            AR / SJD / coupled-SJD sampling
     Uni1Pipeline                                                          all of the above in one object
+    Reasoner.from_pretrained(folder).plan(prompt) -> (plan, thinking, detailed_prompt)   an LLM plans
 
 Names are imported lazily so that `import uni1_core` stays cheap and a user of one part
 (say the tokenizer) does not pay for the others. This package never imports ComfyUI.
@@ -27,6 +28,7 @@ _EXPORTS = {
     "ImageGrid": "sequence", "ImageVocab": "sequence", "supported_sizes": "sequence",
     "Uni1Pipeline": "pipeline",
     "CheckpointError": "checkpoint",
+    "Reasoner": "reasoner", "ReasonedPlan": "reasoner", "TextSettings": "textgen", "ChatFormat": "chat",
 }
 
 __all__ = sorted(_EXPORTS)

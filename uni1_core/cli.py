@@ -160,11 +160,48 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--prompt", required=True)
     plan.add_argument("--conditioning", choices=CONDITIONINGS, default=None,
                       help="print the text a model without grounding reads for this choice instead of the JSON")
+    plan.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    plan.add_argument("--device", default=None, help="cpu, cuda, mps (default: cuda if available)")
+    plan.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_reasoner_flags(gen)
+    add_reasoner_flags(plan)
 
     conv = sub.add_parser("convert-movq", help="MoVQGAN .ckpt -> .safetensors (read without unpickling code)")
     conv.add_argument("src")
     conv.add_argument("dst")
     return parser
+
+
+# -- the reasoner (issue 18): an instruct LLM plans the prompt ------------------------------------
+
+def add_reasoner_flags(parser) -> None:
+    parser.add_argument("--reasoner", default=None,
+                        help="plan with this Qwen2.5-Instruct / Qwen3 folder (or repo id) instead of the rules")
+    parser.add_argument("--no-think", action="store_true", help="reasoner: answer without thinking (Qwen3)")
+    parser.add_argument("--reasoner-tokens", type=int, default=1024,
+                        help="reasoner: token budget of the thinking, and of the answer")
+    parser.add_argument("--reasoner-temperature", type=float, default=0.6, help="reasoner: 0 is greedy")
+    parser.add_argument("--reasoner-seed", type=int, default=0)
+
+
+def reason(args, device, dtype):
+    """The reasoner's ReasonedPlan for args.prompt; thinking, detailed prompt and notes on stderr."""
+    from .reasoner import Reasoner
+    from .textgen import TextSettings
+    reasoner = Reasoner.from_pretrained(args.reasoner, dtype=dtype, device=device)
+    settings = TextSettings(max_new_tokens=args.reasoner_tokens,
+                            max_thinking_tokens=0 if args.no_think else args.reasoner_tokens,
+                            temperature=args.reasoner_temperature, seed=args.reasoner_seed)
+    result = reasoner.plan(args.prompt, settings, on_progress=None if args.quiet else ProgressBar("reasoner"))
+    if result.thinking:
+        print(f"thinking:\n{result.thinking}\n", file=sys.stderr)
+    print(f"detailed prompt: {result.detailed_prompt}\n{result.report()}", file=sys.stderr)
+    return result
+
+
+def reasoned_stats(result) -> dict:
+    return {"source": result.source, "messages": result.messages, "disagreements": result.disagreements,
+            "answer_tokens": [len(a.ids) for a in result.attempts], "detailed_prompt": result.detailed_prompt}
 
 
 def _generate(args) -> int:
@@ -175,12 +212,17 @@ def _generate(args) -> int:
     from .policy import PRESETS
 
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+    reasoned = reason(args, args.device, dtype) if args.reasoner else None    # before the image model loads
     pipe = Uni1Pipeline.from_pretrained(args.model, dtype=dtype, device=args.device)
     policy = _policy(args, PRESETS[args.preset] if args.preset else pipe.default_policy)
     width, height = args.size or pipe.default_size
 
     conditioning = "prompt" if args.no_plan else (args.conditioning or pipe.default_conditioning)
-    if conditioning != "prompt" or args.regional:
+    if reasoned is not None:      # its plan's prompt is the detailed description: what "prompt" reads
+        plan = reasoned.plan
+        print(f"plan: {plan.summary()}")
+        prompt = plan
+    elif conditioning != "prompt" or args.regional:
         plan = pipe.plan(args.prompt)
         print(f"plan: {plan.summary()}")
         prompt = plan
@@ -205,7 +247,8 @@ def _generate(args) -> int:
     print(f"{stats.image_tokens} image tokens, {stats.forwards} forwards "
           f"({stats.forwards_per_token:.3f} per token), {stats.seconds:.2f} s")
     if args.stats_json:
-        Path(args.stats_json).write_text(json.dumps(stats.to_dict(), indent=2))
+        data = dict(stats.to_dict(), **({"reasoner": reasoned_stats(reasoned)} if reasoned is not None else {}))
+        Path(args.stats_json).write_text(json.dumps(data, indent=2))
     for path in paths:
         print(f"wrote {path}")
     return 0
@@ -220,10 +263,13 @@ def main(argv=None) -> int:
         if args.command == "plan":
             from .conditioning import model_text
             from .plan import make_plan
-            if args.conditioning:
-                print(model_text(args.prompt, args.conditioning)[1])
+            if args.reasoner:
+                import torch
+                dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+                plan = reason(args, resolve_device(args.device), dtype).plan
             else:
-                print(make_plan(args.prompt).to_json())
+                plan = make_plan(args.prompt)
+            print(model_text(plan, args.conditioning)[1] if args.conditioning else plan.to_json())
             return 0
         if args.command == "convert-movq":
             from .movq import convert_ckpt_to_safetensors

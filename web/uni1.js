@@ -1,6 +1,7 @@
 // ComfyUI-Uni1 front-end extension.
 //
-// Reasoning Plan node: after a run, shows the plan summary and the conditioning text, and offers
+// Reasoning Plan node: after a run, shows the plan summary and the conditioning text (and, when a
+// reasoning model planned, its report, detailed prompt and thinking), and offers
 // "pin plan" (copy the plan JSON into the editable plan_json widget, so the next runs use exactly
 // that plan, edits included) and "unpin" (clear it, plan from the prompt again).
 // SJD Sampler node: after a run, shows the sampling statistics.
@@ -53,7 +54,11 @@ function setupPlanNode(nodeType) {
         this.uni1PlanJson = first(message.uni1_plan_json) ?? "";
         const conditioning = first(message.uni1_conditioning) ?? "";
         const pinned = this.widgets?.find((w) => w.name === "plan_json")?.value?.trim() ? " (pinned)" : "";
-        showText(this, `PLAN${pinned}\n${summary}\n\nCONDITIONING\n${conditioning}`);
+        // a reasoning model planned (nodes/reasoner.py): where the plan came from, then its words
+        const report = first(message.uni1_reasoner_report);
+        const reasoner = report === undefined ? "" : `\n\nREASONER\n${report}\n\nDETAILED PROMPT\n` +
+            `${first(message.uni1_detailed_prompt) ?? ""}\n\nTHINKING\n${first(message.uni1_thinking) || "(none)"}`;
+        showText(this, `PLAN${pinned}\n${summary}\n\nCONDITIONING\n${conditioning}${reasoner}`);
     };
 
     const onNodeCreated = nodeType.prototype.onNodeCreated;
