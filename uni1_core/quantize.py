@@ -71,7 +71,7 @@ class QuantizationError(ValueError):
 # ---------------------------------------------------------------------------------------------
 # The arithmetic: quantise, dequantise, nibble packing
 
-ROW_CHUNK = 1024     # rows quantised at a time: float32 temporaries of ~ROW_CHUNK x K, not N x K
+ROW_CHUNK = 256      # rows quantised at a time: float32 temporaries of ~ROW_CHUNK x K, not N x K
 
 
 def _by_rows(fn, w: torch.Tensor, *args):
