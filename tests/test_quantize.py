@@ -4,6 +4,7 @@ load memory, and the sampler's exact law on a quantised model."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -287,8 +288,11 @@ def _write_layer_sharded(folder: Path, layers=6, hidden=1024, inter=2816, vocab=
 
 
 def _peak_growth(folder: Path, how: str) -> int:
+    # glibc's mmap threshold pinned: freed temporaries go back to the system at once, so the peak
+    # is our live tensors, not allocator slack (unpinned the same load measures 0.67-0.86x, noisy)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(folder), how], capture_output=True, text=True,
-                         cwd=ROOT, timeout=300)
+                         cwd=ROOT, timeout=300, env=env)
     assert out.returncode == 0, out.stderr
     return int(out.stdout.split()[-1])
 
@@ -296,11 +300,11 @@ def _peak_growth(folder: Path, how: str) -> int:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_streaming_load_never_holds_the_bf16_layers(tmp_path):
     """Peak RSS growth while loading (VmHWM, reset before loading, in a fresh process): streamed int8 stays below
-    0.8x the bf16 decoder layers' size (it holds the int8 model, half of it, plus one layer's
-    temporaries; measured 0.68x); the load-then-quantise path, which holds the layers, is the
+    0.75x the bf16 decoder layers' size (it holds the int8 model, half of it, plus one layer's
+    temporaries; measured 0.64x); the in-place path measures 2.2x; the load-then-quantise path, which holds the layers, is the
     positive control."""
     layer_bytes = _write_layer_sharded(tmp_path / "ckpt")
     streamed = _peak_growth(tmp_path / "ckpt", "streamed")
     in_place = _peak_growth(tmp_path / "ckpt", "in_place")
-    assert streamed < 0.8 * layer_bytes, (streamed, layer_bytes)
+    assert streamed < 0.75 * layer_bytes, (streamed, layer_bytes)
     assert in_place > layer_bytes, (in_place, layer_bytes)
