@@ -59,9 +59,15 @@ class Uni1Pipeline:
         self.grounding = uni1.get("grounding")
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = "demo", dtype="auto", device=None, cache_dir=None):
+    def from_pretrained(cls, name_or_path: str = "demo", dtype="auto", device=None, cache_dir=None,
+                        quantize: str | None = None, group_size: int = 128, kv_cache: str = "auto"):
+        """quantize None | "int8" | "int4": weight-only quantisation, streamed at load (a folder
+        written by `python -m uni1_core quantize` loads as quantised by itself). kv_cache "auto"
+        (int8 when the weights are quantised), "bf16" (the model dtype) or "int8"."""
+        from .quantized_load import load_quantized, resolve_kv_cache
         model_dir = resolve_model_dir(name_or_path, cache_dir=cache_dir)
-        model = Uni1Model.from_pretrained(model_dir, dtype=dtype, device=device or "cpu")
+        model = load_quantized(model_dir, quantize, group_size, dtype=dtype, device=device or "cpu")
+        resolve_kv_cache(model, kv_cache)
         return cls(model, TextTokenizer.from_dir(model_dir), model_dir)
 
     @property

@@ -297,3 +297,45 @@ def quantize_folder(src, dst, mode: str, group_size: int = DEFAULT_GROUP_SIZE, l
     model = load_quantized(folder, mode, group_size, dtype="bfloat16", lm_head=lm_head, embedding="host")
     model.quantization.embedding = "host"
     return save_quantized(model, dst, source_folder=folder, max_shard_bytes=max_shard_bytes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: python -m uni1_core quantize IN OUT --bits 8|4
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("quantize", help="write a pre-quantised copy of a checkpoint (int8 or int4 weights)")
+    p.add_argument("src", help="bf16 checkpoint folder, Hugging Face repo id, or 'demo'")
+    p.add_argument("dst", help="output folder (created)")
+    p.add_argument("--bits", type=int, choices=(8, 4), required=True)
+    p.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE, help="int4 group (32, 64, 128, 256)")
+    p.add_argument("--lm-head", choices=("image", "full"), default="image",
+                   help="image: keep only the image rows the sampler reads (default); full: every row")
+
+
+def run(args) -> int:
+    out = quantize_folder(args.src, args.dst, "int8" if args.bits == 8 else "int4", args.group_size, args.lm_head)
+    size = sum(p.stat().st_size for p in out.glob("model*.safetensors"))
+    print(f"wrote {out} ({size / 2**30:.2f} GiB of weights)")
+    return 0
+
+
+KV_CACHE_CHOICES = ("auto", "bf16", "int8")
+
+
+def resolve_kv_cache(model: Uni1Model, kv_cache: str = "auto") -> str:
+    """Set the model's KV cache kind: "auto" is int8 for quantised weights, else the model dtype.
+
+    The int8 cache itself is the model's (Uni1Model.new_cache): until it can make one, asking
+    for "int8" is an error and "auto" stays with the model dtype."""
+    if kv_cache not in KV_CACHE_CHOICES:
+        raise QuantizationError(f"kv_cache={kv_cache!r}: choose one of {KV_CACHE_CHOICES}.")
+    quantised = getattr(model, "quantization", None) is not None
+    want = "int8" if kv_cache == "int8" or (kv_cache == "auto" and quantised) else "bf16"
+    supported = getattr(model, "kv_cache_kinds", ("bf16",))
+    if want == "int8" and "int8" not in supported:
+        if kv_cache == "int8":
+            raise QuantizationError("this version of Uni1Model has no int8 KV cache. Fix: use kv_cache='bf16'.")
+        want = "bf16"
+    if hasattr(model, "kv_cache"):
+        model.kv_cache = want
+    return want
