@@ -7,6 +7,7 @@ import torch
 
 from . import runtime
 from .handles import CATEGORY, UNI1_MODEL, UNI1_PLAN, UNI1_TOKENS, UNI1_VQ, Tokens
+from .preflight import check_memory
 from .vq import codes_to_pil
 
 MODES = ["sjd_coupled", "sjd", "ar"]
@@ -103,16 +104,17 @@ class Uni1SJDSampler:
 
     def sample(self, model, width, height, seed, mode, cfg, temperature, top_k, top_p, window, regional,
                batch_size, plan=None, prompt="", vq=None, condition=None, task="depth"):
-        from ..uni1_core.sampler import Cancelled
+        from ..uni1_core.sampler import DEFAULT_BRANCHES, DEFAULT_WINDOW, Cancelled
         if plan is None and not (prompt and prompt.strip()):
             raise ValueError("nothing to draw: connect a Uni1 Reasoning Plan to 'plan' or type a prompt")
         cond = pick_condition(condition)
         if cond is not None:
             width, height = cond.shape[1] * 8, cond.shape[0] * 16
 
-        pipe = model.ready()
         if cond is None and not (width and height):
-            width, height = pipe.default_size
+            width, height = model.pipe.default_size
+        pipe = check_memory(model, width, height, int(batch_size), float(cfg) != 1.0,
+                            int(window) or DEFAULT_WINDOW[mode], DEFAULT_BRANCHES[mode])
         policy = pipe.with_policy(cfg_scale=float(cfg), temperature=float(temperature),
                                   top_k=int(top_k) or None, top_p=float(top_p) if top_p < 1 else None)
         movq = vq.ready() if vq is not None else None

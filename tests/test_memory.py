@@ -11,13 +11,11 @@ import torch
 
 from uni1_core import memory
 from uni1_core.checkpoint import DEMO_DIR
+from uni1_core.memory import CHAMELEON_7B
 from uni1_core.model import ModelConfig, Uni1Model
 from uni1_core.quantize import HostEmbedding, quantized_bytes
 from uni1_core.quantized_load import load_quantized
 
-CHAMELEON_7B = {"model_type": "chameleon", "vocab_size": 172032, "hidden_size": 4096, "intermediate_size": 11008,
-                "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
-                "torch_dtype": "bfloat16"}
 GB = 10 ** 9
 
 
@@ -120,3 +118,27 @@ def test_cli_json(tmp_path):
     text = subprocess.run([sys.executable, "-m", "uni1_core", "memory", "--model", "demo", "--no-cfg"],
                           capture_output=True, text=True, timeout=120)
     assert text.returncode == 0 and "peak" in text.stdout and "with CFG" not in text.stdout
+
+
+def test_sampler_node_preflight_fails_at_once_naming_the_fix(tmp_path, monkeypatch):
+    """The sampler node asks ComfyUI to free memory for the estimate, loads the model, and with
+    too little free memory fails before sampling, naming the setting that would fit."""
+    from tests.test_nodes import fake_comfy, load_pack
+
+    modules, calls = fake_comfy(tmp_path)
+    mm = modules["comfy.model_management"]
+    freed, free = [], {"bytes": 10 ** 12}
+    mm.free_memory = lambda need, device, keep_loaded=(): freed.append(need)
+    mm.get_free_memory = lambda dev=None, torch_free_too=False: free["bytes"]
+    pack = load_pack(monkeypatch, modules)
+    (model,) = pack.NODE_CLASS_MAPPINGS["Uni1ModelLoader"]().load("demo", "auto", "int8", "auto")
+    assert model.pipe.model.quantization.mode == "int8"
+    sampler = pack.NODE_CLASS_MAPPINGS["Uni1SJDSampler"]()
+    kw = dict(model=model, width=64, height=64, seed=0, mode="sjd_coupled", cfg=2.0, temperature=1.0, top_k=0,
+              top_p=1.0, window=0, regional=False, batch_size=1, prompt="a red circle")
+    sampler.sample(**kw)                                               # plenty free: it samples
+    est = memory.estimate(model.pipe.model.config, 64, 64, "int8", model.pipe.kv_cache, 1, True, dtype="float32")
+    assert freed == [est.peak_bytes]
+    free["bytes"] = est.kv_cache_bytes // 2
+    with pytest.raises(MemoryError, match=r"needs about .* GiB .* Fix: "):
+        sampler.sample(**kw)

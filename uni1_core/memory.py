@@ -233,3 +233,33 @@ def run(args) -> int:
                    movq_config=None if args.config else movq_config_in(folder))
     print(json.dumps(est.as_dict(), indent=2) if args.json else est.summary())
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The Model Loader node's tooltips
+
+# Lumina-mGPT 2.0's repository ships no config with the 7B's dimensions; its Chameleon config
+# defaults are these (hidden 4096, 32 layers, 32 heads, MHA, intermediate 11008), with a
+# vocabulary that holds the image ids 155000 .. 155000 + 16384.
+CHAMELEON_7B = {"model_type": "chameleon", "vocab_size": 172032, "hidden_size": 4096, "intermediate_size": 11008,
+                "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+                "torch_dtype": "bfloat16"}
+
+
+def widget_tooltip(widget: str) -> str:
+    """Tooltip text of the loader's `quantize` / `kv_cache` widget with the estimator's figures."""
+    cfg = ModelConfig.from_dict(CHAMELEON_7B)
+    gib = lambda b: f"{b / GIB:.1f} GiB"                           # noqa: E731
+    if widget == "quantize":
+        w = {q: estimate(cfg, 768, 768, q, "int8").weights_bytes for q in QUANTIZE_CHOICES}
+        return ("Weight-only quantisation of the decoder, done while loading (or read from a folder written by "
+                "`python -m uni1_core quantize`). Weights of Lumina-mGPT 2.0: "
+                f"none (bf16) {gib(w['none'])}, int8 {gib(w['int8'])}, int4 {gib(w['int4'])}. Sampling stays exact "
+                "for the quantised model; int8 is close to bf16, int4 a little further. With int8/int4 the "
+                "embedding stays in system RAM and the output layer keeps only the image rows.")
+    kv = {k: estimate(cfg, 768, 768, "int8", k).kv_cache_bytes for k in KV_CHOICES}
+    peaks = {(q, k): estimate(cfg, 768, 768, q, k).peak_bytes for q in QUANTIZE_CHOICES for k in KV_CHOICES}
+    table = ", ".join(f"{q}+{k} {gib(p)}" for (q, k), p in peaks.items())
+    return ("KV cache precision while sampling. auto: int8 when the weights are quantised, else the model dtype. "
+            f"At 768x768 with CFG the cache holds bf16 {gib(kv['bf16'])}, int8 {gib(kv['int8'])}. "
+            f"Peak per setting (weights+cache, Lumina-mGPT 2.0): {table}.")

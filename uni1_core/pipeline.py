@@ -41,6 +41,7 @@ class Generation:
 class Uni1Pipeline:
     def __init__(self, model: Uni1Model, tokenizer: TextTokenizer, model_dir: Path):
         self.model, self.tokenizer, self.model_dir = model, tokenizer, Path(model_dir)
+        self.kv_cache = "bf16"
         uni1 = model.config.raw.get("uni1", {})
         self.vocab = ImageVocab.from_tokenizer(tokenizer, model.config.vocab_size, uni1)
         self.sizes = [tuple(s) for s in uni1.get("sizes", supported_sizes())]
@@ -67,8 +68,9 @@ class Uni1Pipeline:
         from .quantized_load import load_quantized, resolve_kv_cache
         model_dir = resolve_model_dir(name_or_path, cache_dir=cache_dir)
         model = load_quantized(model_dir, quantize, group_size, dtype=dtype, device=device or "cpu")
-        resolve_kv_cache(model, kv_cache)
-        return cls(model, TextTokenizer.from_dir(model_dir), model_dir)
+        pipe = cls(model, TextTokenizer.from_dir(model_dir), model_dir)
+        pipe.kv_cache = resolve_kv_cache(model, kv_cache)          # what the memory estimate assumes
+        return pipe
 
     @property
     def device(self) -> torch.device:
