@@ -68,7 +68,7 @@ def test_int8_cache_is_about_half(demo_config):
     a = memory.estimate(demo_config, 64, 64, kv_cache="bf16", dtype="bfloat16")
     b = memory.estimate(demo_config, 64, 64, kv_cache="int8", dtype="bfloat16")
     head_dim = demo_config.head_dim
-    assert b.kv_cache_bytes == a.kv_cache_bytes // 2 * (head_dim + 2) // head_dim
+    assert b.kv_cache_bytes == a.kv_cache_bytes // 2 * (head_dim + 4) // head_dim
 
 
 def test_tiny_config_figures():

@@ -12,7 +12,7 @@ and the MoVQ decode, which count the large tensors alive at their worst moment:
                embedding (quantised loads keep it in host memory, memory-mapped: 0 on the device)
   KV cache     2 (K, V) x layers x rows x kv_heads x slots x head_dim, rows = batch x (2 with
                CFG); slots as the sampler allocates them (prompt + header + image + window +
-               branches); int8 adds one bf16 scale per token and head (torchao's layout)
+               branches); int8 adds one fp32 scale per token and head (model.KVCache)
   activations  the larger of the prefill (its full-vocabulary logits in the model dtype and in
                float32) and one window forward (logits, the attention scores of a layer, and with
                an int8 cache the K and V of one layer dequantised for attention)
@@ -122,7 +122,7 @@ def estimate(cfg: ModelConfig, width: int, height: int, quantize: str = "none", 
     slots = cache_slots(cfg, width, height, prompt_tokens, window, branches)
     kv_elems = 2 * cfg.num_hidden_layers * rows * cfg.num_key_value_heads * slots * cfg.head_dim
     if kv_cache == "int8":
-        kv = kv_elems + 2 * (kv_elems // cfg.head_dim)           # int8 values + a bf16 scale per token and head
+        kv = kv_elems + 4 * (kv_elems // cfg.head_dim)           # int8 values + an fp32 scale per token and head
     else:
         kv = kv_elems * db
 

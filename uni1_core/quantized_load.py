@@ -322,20 +322,28 @@ def run(args) -> int:
 KV_CACHE_CHOICES = ("auto", "bf16", "int8")
 
 
-def resolve_kv_cache(model: Uni1Model, kv_cache: str = "auto") -> str:
-    """Set the model's KV cache kind: "auto" is int8 for quantised weights, else the model dtype.
+def model_has_int8_cache(model: Uni1Model) -> bool:
+    """Whether this Uni1Model makes int8 caches (new_cache(..., dtype="int8"))."""
+    try:
+        return model.new_cache(1, 1, dtype="int8", device="meta").k.dtype == torch.int8
+    except (ValueError, TypeError):
+        return False
 
-    The int8 cache itself is the model's (Uni1Model.new_cache): until it can make one, asking
-    for "int8" is an error and "auto" stays with the model dtype."""
+
+def resolve_kv_cache(model: Uni1Model, kv_cache: str = "auto") -> str:
+    """Choose the KV cache the model's callers get from model.new_cache(rows, max_len): "auto" is
+    int8 for quantised weights (where the model can make one), else the model dtype ("bf16")."""
     if kv_cache not in KV_CACHE_CHOICES:
         raise QuantizationError(f"kv_cache={kv_cache!r}: choose one of {KV_CACHE_CHOICES}.")
     quantised = getattr(model, "quantization", None) is not None
     want = "int8" if kv_cache == "int8" or (kv_cache == "auto" and quantised) else "bf16"
-    supported = getattr(model, "kv_cache_kinds", ("bf16",))
-    if want == "int8" and "int8" not in supported:
+    if want == "int8" and not model_has_int8_cache(model):
         if kv_cache == "int8":
-            raise QuantizationError("this version of Uni1Model has no int8 KV cache. Fix: use kv_cache='bf16'.")
+            raise QuantizationError("this Uni1Model cannot make an int8 KV cache. Fix: use kv_cache='bf16'.")
         want = "bf16"
-    if hasattr(model, "kv_cache"):
-        model.kv_cache = want
+    if want == "int8":
+        # The sampler asks new_cache(rows, max_len) without a dtype: make int8 this model's default.
+        make = type(model).new_cache.__get__(model)
+        model.new_cache = lambda batch_size, max_len, dtype=None, device=None: make(
+            batch_size, max_len, dtype if dtype is not None else "int8", device)
     return want
