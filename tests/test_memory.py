@@ -25,7 +25,7 @@ def demo_config():
 
 
 def _device_bytes(model) -> int:
-    host = sum(m.table.numel() * m.table.element_size() for m in model.modules() if isinstance(m, HostEmbedding))
+    host = sum(m.nbytes for m in model.modules() if isinstance(m, HostEmbedding))
     return quantized_bytes(model) - host
 
 

@@ -308,3 +308,24 @@ def test_streaming_load_never_holds_the_bf16_layers(tmp_path):
     in_place = _peak_growth(tmp_path / "ckpt", "in_place")
     assert streamed < 0.75 * layer_bytes, (streamed, layer_bytes)
     assert in_place > layer_bytes, (in_place, layer_bytes)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the bench reads /proc/self/status")
+def test_real_shape_bench_runs_on_the_small_shape(tmp_path):
+    """bench/real_shape.py end to end on its small shape (the 7B run is the lead's): checkpoint
+    written and deleted, both settings loaded, the cache made, prefill and three forwards timed."""
+    from uni1_core.quantized_load import model_has_int8_cache
+    kv = "int8" if model_has_int8_cache(_tiny()) else "bf16"
+    out_json = tmp_path / "real_shape.json"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "real_shape.py"), "--shape", "small", "--dir",
+                          str(tmp_path / "work"), "--kv-cache", kv, "--json", str(out_json)],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    results = json.loads(out_json.read_text())
+    assert [r["quantize"] for r in results] == ["int8", "int4"] and all(r["kv_cache"] == kv for r in results)
+    for r in results:
+        assert len(r["forward_s"]) == 3 and r["peak_growth"] > r["estimate"]["kv_cache_bytes"]
+        assert r["estimate_sampling"] == (r["estimate"]["weights_bytes"] + r["estimate"]["kv_cache_bytes"]
+                                          + r["estimate"]["activations_bytes"])
+    assert not (tmp_path / "work" / "random_small_bf16").exists()           # deleted afterwards
+    assert "ratio" in run.stdout

@@ -9,7 +9,7 @@ Every figure is arithmetic on the config (tensor shapes x element sizes) except 
 and the MoVQ decode, which count the large tensors alive at their worst moment:
   weights      the decoder's linear layers as quantised (quantize.py's exact formats, int4 rows
                padded to 16 for the kernels), norms, lm_head (quantised: the image rows only),
-               embedding (quantised loads keep it in host memory, memory-mapped: 0 on the device)
+               embedding (quantised loads leave it in the checkpoint file and read the rows looked up: 0)
   KV cache     2 (K, V) x layers x rows x kv_heads x slots x head_dim, rows = batch x (2 with
                CFG); slots as the sampler allocates them (prompt + header + image + window +
                branches); int8 adds one fp32 scale per token and head (model.KVCache)
@@ -46,7 +46,7 @@ class MemoryEstimate:
     activations_bytes: int
     vq_decode_bytes: int
     peak_bytes: int
-    host_bytes: int            # kept in host memory, not on the device (the memory-mapped embedding)
+    host_bytes: int            # off the device: the embedding, read from its file row by row
     setting: dict
 
     def as_dict(self) -> dict:
@@ -59,7 +59,7 @@ class MemoryEstimate:
         for name in ("weights", "kv_cache", "activations", "vq_decode", "peak"):
             lines.append(f"  {name.replace('_', ' '):12s} {getattr(self, name + '_bytes') / GIB:7.2f} GiB")
         if self.host_bytes:
-            lines.append(f"  (host only  {self.host_bytes / GIB:7.2f} GiB: embedding, memory-mapped from the file)")
+            lines.append(f"  (host only  {self.host_bytes / GIB:7.2f} GiB: embedding, read row by row from the file)")
         return "\n".join(lines)
 
 

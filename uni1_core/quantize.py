@@ -33,15 +33,11 @@ Embedding and lm_head (why: docs/quantization.md). The sampler reads only the im
 structural ids of the logits, so `lm_head="image"` keeps only those rows (67 MB in int8 at the
 7B shape instead of 705 MB) and returns the other logits as the dtype minimum, the value the
 model already gives masked ids. The embedding is a gather of a few rows per step: `embedding=
-"host"` keeps the table in host memory (memory-mapped from the checkpoint file by
-load_quantized, so only the rows read are resident) and sends the rows to the model's device.
+"host"` keeps the table off the device: in host memory, or (load_quantized) in the checkpoint
+file, from which the rows looked up are read, and sends the rows to the model's device.
 """
 from __future__ import annotations
 
-import json
-import mmap
-import os
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -415,18 +411,24 @@ class ImageHead(nn.Module):
 
 
 class HostEmbedding(nn.Module):
-    """An embedding table that stays in host memory (e.g. memory-mapped from the checkpoint file,
-    so only the rows read become resident); the rows looked up go to the ids' device in `dtype`.
-    The table is a plain attribute, not a parameter, so model.to("cuda") leaves it where it is."""
+    """An embedding table that stays in host memory, or on disk: `rows` is a CPU tensor or a
+    quantized_load.FileRows, which reads the rows looked up from the checkpoint file. The rows go
+    to the ids' device in the compute dtype. The table is not a parameter, so model.to("cuda")
+    leaves it where it is."""
 
-    def __init__(self, table: torch.Tensor, dtype: torch.dtype):
+    def __init__(self, rows, dtype: torch.dtype):
         super().__init__()
-        self.table, self.compute_dtype = table, dtype
-        self.num_embeddings, self.embedding_dim = table.shape
+        self.rows, self.compute_dtype = rows, dtype
+        self.num_embeddings, self.embedding_dim = rows.shape
 
     @property
-    def weight(self) -> torch.Tensor:
-        return self.table
+    def table(self) -> torch.Tensor:
+        """The whole table as a tensor (read from the file if it lives there: for saving)."""
+        return self.rows if isinstance(self.rows, torch.Tensor) else self.rows.full()
+
+    @property
+    def nbytes(self) -> int:
+        return self.num_embeddings * self.embedding_dim * self.rows.dtype.itemsize
 
     def _apply(self, fn, recurse=True):
         probe = fn(torch.empty(0, dtype=self.compute_dtype))
@@ -435,7 +437,7 @@ class HostEmbedding(nn.Module):
         return super()._apply(fn, recurse)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.table[ids.cpu()].to(ids.device, self.compute_dtype, non_blocking=True)
+        return self.rows[ids.cpu()].to(ids.device, self.compute_dtype, non_blocking=True)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         destination[prefix + "weight"] = self.table
@@ -443,7 +445,7 @@ class HostEmbedding(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         if prefix + "weight" in state_dict:
-            self.table = state_dict[prefix + "weight"].cpu()
+            self.rows = state_dict[prefix + "weight"].cpu()
         elif strict:
             missing_keys.append(prefix + "weight")
 
@@ -565,7 +567,7 @@ def quantized_bytes(model: nn.Module) -> int:
     """Bytes of the model's parameters and buffers (as held now; a host embedding counts once)."""
     seen, total = set(), 0
     tensors = list(model.parameters()) + list(model.buffers())
-    tensors += [m.table for m in model.modules() if isinstance(m, HostEmbedding)]
+    total = sum(m.nbytes for m in model.modules() if isinstance(m, HostEmbedding))
     for t in tensors:
         if t.data_ptr() not in seen:
             seen.add(t.data_ptr())
