@@ -33,6 +33,15 @@ def test_nibble_pack_round_trip():
     assert int(packed[0, 0]) == int(q[0, 0]) * 16 + int(q[0, 1])      # column 2j in the high nibble
 
 
+@pytest.mark.skipif(qz.int4_kernel(torch.device("cpu"), torch.float32) != "cpu_tinygemm",
+                    reason="this torch has no CPU int4 kernel")
+@pytest.mark.parametrize("shape", [(64, 32), (192, 256), (128, 11008)])
+def test_cpu_int4_layout_unpacks_exactly(shape):
+    q = torch.randint(0, 16, shape, dtype=torch.int32)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    assert torch.equal(qz.cpu_unpack_int4(packed).to(torch.int32), q)
+
+
 def test_int8_quantise_is_symmetric_per_channel():
     w = torch.randn(9, 40)
     q, scale = quantize_int8(w)

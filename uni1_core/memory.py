@@ -8,7 +8,7 @@ MoVQ decode and the peak.
 Every figure is arithmetic on the config (tensor shapes x element sizes) except the activations
 and the MoVQ decode, which count the large tensors alive at their worst moment:
   weights      the decoder's linear layers as quantised (quantize.py's exact formats, int4 rows
-               padded to 16 for the kernels), norms, lm_head (quantised: the image rows only),
+               padded to PACK_ROWS for the kernels), norms, lm_head (quantised: the image rows only),
                embedding (quantised loads leave it in the checkpoint file and read the rows looked up: 0)
   KV cache     2 (K, V) x layers x rows x kv_heads x slots x head_dim, rows = batch x (2 with
                CFG); slots as the sampler allocates them (prompt + header + image + window +
@@ -29,7 +29,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from .model import ModelConfig
-from .quantize import DEFAULT_GROUP_SIZE, GROUP_SIZES, padded_in_features
+from .quantize import DEFAULT_GROUP_SIZE, GROUP_SIZES, PACK_ROWS, padded_in_features
 
 QUANTIZE_CHOICES = ("none", "int8", "int4")
 KV_CHOICES = ("bf16", "int8")
@@ -72,8 +72,8 @@ def linear_bytes(n: int, k: int, quantize: str, group_size: int, dtype_bytes: in
     if quantize == "int8":
         return n * k + 4 * n                                   # int8 values + float32 scale per row
     if quantize == "int4":
-        kp, n16 = padded_in_features(k, group_size), -(-n // 16) * 16
-        return n16 * kp // 2 + 2 * 2 * n * (kp // group_size)    # nibbles + bf16 scale and zero per group
+        kp, n_packed = padded_in_features(k, group_size), -(-n // PACK_ROWS) * PACK_ROWS
+        return n_packed * kp // 2 + 2 * 2 * n * (kp // group_size)    # nibbles + bf16 scale and zero per group
     return n * k * dtype_bytes
 
 

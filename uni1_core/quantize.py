@@ -38,6 +38,7 @@ file, from which the rows looked up are read, and sends the rows to the model's 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -168,6 +169,41 @@ def int4_kernel(device: torch.device, dtype: torch.dtype) -> str:
     return "dequant"
 
 
+# Rows are padded to a multiple of this for the int4 kernels: the CPU kernel packs blocks of 64
+# rows independently (a shorter last block gets another layout), and the CUDA one wants N % 8 == 0.
+PACK_ROWS = 64
+
+
+@functools.lru_cache(maxsize=16)
+def _cpu_int4_order(k: int) -> torch.Tensor:
+    """The CPU kernel's layout as a permutation: nibble j of a packed block of PACK_ROWS rows (low
+    nibble of each byte first) holds element order[j] of that block's row-major (PACK_ROWS, k)
+    integers. Found by packing the base-16 digits of every element's index, one pack per digit
+    (tests check the round trip)."""
+    n = PACK_ROWS * k
+    index = torch.arange(n, dtype=torch.int64).view(PACK_ROWS, k)
+    order = torch.zeros(n, dtype=torch.int64)
+    digit, scale = 0, 1
+    while scale < n:
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(((index // scale) % 16).to(torch.int32), 1)
+        nibbles = torch.stack([packed & 15, packed >> 4], dim=-1).reshape(-1).to(torch.int64)
+        order += nibbles * scale
+        digit, scale = digit + 1, scale * 16
+    if not torch.equal(order.sort().values, torch.arange(n)):
+        raise RuntimeError("the CPU int4 packing is not a permutation of nibbles in this torch version")
+    return order
+
+
+def cpu_unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of aten._convert_weight_to_int4pack_for_cpu: (N, K/2) packed -> (N, K) uint8 0..15."""
+    N, k = packed.shape[0], packed.shape[1] * 2
+    order = _cpu_int4_order(k)
+    nibbles = torch.stack([packed & 15, packed >> 4], dim=-1).reshape(N // PACK_ROWS, PACK_ROWS * k)
+    out = torch.empty_like(nibbles)
+    out[:, order] = nibbles
+    return out.view(N, k)
+
+
 def _inner_k_tiles(k: int) -> int:
     return next(t for t in (8, 4, 2) if k % (16 * t) == 0)
 
@@ -261,12 +297,13 @@ class Int4Linear(QuantizedLinear):
     """int4 weights held in one of three layouts, one copy at a time:
 
     'portable'       weight_int4 (N, Kp/2) uint8 nibbles: the state-dict form, any device
-    'cpu_tinygemm'   aten._convert_weight_to_int4pack_for_cpu's layout (N padded to 16)
-    'cuda_tinygemm'  aten._convert_weight_to_int4pack's layout (N padded to 16)
+    'cpu_tinygemm'   aten._convert_weight_to_int4pack_for_cpu's layout (N padded to PACK_ROWS)
+    'cuda_tinygemm'  aten._convert_weight_to_int4pack's layout (N padded to PACK_ROWS)
 
-    The first forward on a device with a kernel packs the weight and drops the portable form;
-    saving unpacks it exactly (the kernel run on an identity matrix with scale 1, zero 0 gives
-    q - 8, small integers that every float dtype holds exactly)."""
+    Packing (prepare(), or the first forward on a device with a kernel) drops the portable form.
+    Unpacking is exact: the CPU layout is a fixed permutation of nibbles (cpu_unpack_int4); the
+    CUDA one is read back by running the kernel on an identity matrix with scale 1 and zero 0,
+    which gives q - 8, small integers that every float dtype holds exactly."""
     bits = 4
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, dtype=torch.float32,
@@ -302,6 +339,8 @@ class Int4Linear(QuantizedLinear):
         """(N, Kp) uint8 0..15, whatever the layout in memory."""
         if self.layout == "portable":
             return unpack_nibbles(self.weight_int4)
+        if self.layout == "cpu_tinygemm":
+            return cpu_unpack_int4(self.weight_int4)[: self.out_features]
         Kp, device = self.padded_in_features, self.weight_int4.device
         unit = torch.stack([torch.ones(Kp // self.group_size, self._padded_out, device=device),
                             torch.zeros(Kp // self.group_size, self._padded_out, device=device)], dim=-1)
@@ -337,16 +376,26 @@ class Int4Linear(QuantizedLinear):
         if kernel == "portable":
             self.weight_int4, self.layout = pack_nibbles(q), "portable"
             return
-        pad_n = -self.out_features % 16                 # the CPU kernel wants N % 16 == 0
+        pad_n = -self.out_features % PACK_ROWS
         self._padded_out = self.out_features + pad_n
-        q = F.pad(q, (0, 0, 0, pad_n)).to(torch.int32)
+        q = F.pad(q, (0, 0, 0, pad_n))
         if kernel == "cpu_tinygemm":
-            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+            # blocks of rows pack independently: int32 temporaries of ROW_CHUNK rows only
+            packed = torch.cat([torch.ops.aten._convert_weight_to_int4pack_for_cpu(q[i:i + ROW_CHUNK].to(torch.int32), 1)
+                                for i in range(0, q.shape[0], ROW_CHUNK)])
         elif _TORCH >= (2, 5):                            # pytorch #129940: [n][k/2] uint8 input
             packed = torch.ops.aten._convert_weight_to_int4pack(pack_nibbles(q), _inner_k_tiles(q.shape[1]))
         else:
-            packed = torch.ops.aten._convert_weight_to_int4pack(q, _inner_k_tiles(q.shape[1]))
+            packed = torch.ops.aten._convert_weight_to_int4pack(q.to(torch.int32), _inner_k_tiles(q.shape[1]))
         self.weight_int4, self.layout = packed, kernel
+
+    def prepare(self) -> Int4Linear:
+        """Pack now for the kernel of the weight's device and the compute dtype (else at the first
+        forward): loaders call it so that packing's temporaries come before the KV cache exists."""
+        kernel = int4_kernel(self.weight_int4.device, self.compute_dtype)
+        if kernel != "dequant" and self.layout != kernel:
+            self._repack(kernel, self.weight_int4.device)
+        return self
 
     def _tinygemm(self, x2d: torch.Tensor, scales_and_zeros: torch.Tensor) -> torch.Tensor:
         if self.layout == "cpu_tinygemm":
@@ -527,7 +576,8 @@ def quantize_model_(model: nn.Module, mode: str, group_size: int = DEFAULT_GROUP
     dtype = _float_dtype(model)
     with torch.no_grad():
         for name in decoder_linears(model):
-            _set_module(model, name, quantize_linear(model.get_submodule(name), mode, group_size, dtype=dtype))
+            _set_module(model, name, _prepared(quantize_linear(model.get_submodule(name), mode, group_size,
+                                                               dtype=dtype)))
         head = model.lm_head
         if spec.lm_head != "keep" and isinstance(head, nn.Linear):
             model.lm_head = _quantized_head(head.weight.detach(), spec, keep_ids, dtype)
@@ -539,13 +589,17 @@ def quantize_model_(model: nn.Module, mode: str, group_size: int = DEFAULT_GROUP
     return model
 
 
+def _prepared(module: nn.Module) -> nn.Module:
+    return module.prepare() if isinstance(module, Int4Linear) else module
+
+
 def _quantized_head(weight: torch.Tensor, spec: QuantSpec, keep_ids, dtype) -> nn.Module:
     if spec.lm_head == "full":
-        return quantize_linear(weight, spec.mode, spec.group_size, dtype=dtype)
+        return _prepared(quantize_linear(weight, spec.mode, spec.group_size, dtype=dtype))
     ids = torch.as_tensor(keep_ids, dtype=torch.long).flatten().unique()
     if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= weight.shape[0]:
         raise QuantizationError(f"keep_ids must be vocabulary ids in 0..{weight.shape[0] - 1}.")
-    proj = quantize_linear(weight[ids.to(weight.device)], spec.mode, spec.group_size, dtype=dtype)
+    proj = _prepared(quantize_linear(weight[ids.to(weight.device)], spec.mode, spec.group_size, dtype=dtype))
     return ImageHead(proj, ids, weight.shape[0])
 
 

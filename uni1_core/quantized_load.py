@@ -26,7 +26,7 @@ from torch import nn
 from .checkpoint import INDEX_FILE, SINGLE_FILE, CheckpointError, TensorEntry, list_safetensors_dir, resolve_model_dir
 from .model import IGNORED_KEY_PREFIXES, ModelConfig, Uni1Model, _expand_qk_norm, _is_qk_norm, parse_dtype
 from .quantize import (DEFAULT_GROUP_SIZE, HostEmbedding, ImageHead, Int4Linear, Int8Linear, QuantizationError,
-                       QuantSpec, _disable_weight_fusion, _set_module, decoder_linears, image_row_ids,
+                       QuantSpec, _disable_weight_fusion, _prepared, _set_module, decoder_linears, image_row_ids,
                        quantize_linear)
 
 # A fused module of the network -> the Hugging Face weights whose rows it stacks, in order.
@@ -122,8 +122,8 @@ class _Loader:
             weight = torch.cat([self.read(k + ".weight") for k in keys])
             bias = torch.cat([self.read(k + ".bias") for k in keys]) if linear.bias is not None else None
             self._check_shape(name, weight, linear)
-            _set_module(self.model, name, quantize_linear(weight, spec.mode, spec.group_size, bias=bias,
-                                                          dtype=self.dtype))
+            _set_module(self.model, name, _prepared(quantize_linear(weight, spec.mode, spec.group_size, bias=bias,
+                                                                    dtype=self.dtype)))
             del weight
         if spec.lm_head != "keep":
             key = "model.embed_tokens.weight" if self.config.tie_word_embeddings else "lm_head.weight"
@@ -131,20 +131,21 @@ class _Loader:
             if ids is not None and (ids.numel() == 0 or int(ids[0]) < 0 or int(ids[-1]) >= self.config.vocab_size):
                 raise QuantizationError(f"keep_ids must be vocabulary ids in 0..{self.config.vocab_size - 1}.")
             weight = self.read(key, rows=None if ids is None else ids.tolist())
-            proj = quantize_linear(weight, spec.mode, spec.group_size, dtype=self.dtype)
+            proj = _prepared(quantize_linear(weight, spec.mode, spec.group_size, dtype=self.dtype))
             self.model.lm_head = proj if ids is None else ImageHead(proj, ids.to(self.device), self.config.vocab_size)
 
     def load_prequantised(self, spec: QuantSpec) -> None:
         for name in decoder_linears(self.model):
             linear = self.model.get_submodule(name)
-            _set_module(self.model, name, self._read_quantised(name, linear.in_features, linear.out_features,
-                                                               linear.bias is not None, spec))
+            _set_module(self.model, name, _prepared(self._read_quantised(name, linear.in_features,
+                                                                         linear.out_features, linear.bias is not None,
+                                                                         spec)))
         if spec.lm_head == "full":
-            self.model.lm_head = self._read_quantised("lm_head", self.config.hidden_size, self.config.vocab_size,
-                                                      False, spec)
+            self.model.lm_head = _prepared(self._read_quantised("lm_head", self.config.hidden_size,
+                                                                self.config.vocab_size, False, spec))
         elif spec.lm_head == "image":
             ids = self.read("lm_head.row_ids", device=self.device)
-            proj = self._read_quantised("lm_head.proj", self.config.hidden_size, len(ids), False, spec)
+            proj = _prepared(self._read_quantised("lm_head.proj", self.config.hidden_size, len(ids), False, spec))
             self.model.lm_head = ImageHead(proj, ids, self.config.vocab_size)
 
     def _read_quantised(self, name: str, k: int, n: int, bias: bool, spec: QuantSpec) -> nn.Module:
