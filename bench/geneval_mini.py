@@ -6,7 +6,7 @@
 
 Each prompt of bench/prompts_geneval_mini.json (free-form phrasings in the GenEval categories:
 single object, two objects, counting, colours, position, colour attribution) is generated once
-per seed and judged by the deterministic evaluator in uni1_core/geneval.py. Settings:
+per seed and judged by the deterministic evaluator in bench/geneval.py. Settings:
 
     raw            the prompt as typed (no plan), sjd_coupled
     plan           the planner's canonical text, sjd_coupled; for a model that declares grounding
@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from uni1_core.geneval import evaluate, score  # noqa: E402
+from bench.geneval import evaluate, score  # noqa: E402
 from uni1_core.movq import tensor_to_pil  # noqa: E402
 from uni1_core.pipeline import Uni1Pipeline  # noqa: E402
 
@@ -58,9 +58,9 @@ def run_setting(pipe, movq, prompts, seeds, setting, policy, save_dir=None):
     for i, item in enumerate(prompts):
         gen = pipe.sample(item["prompt"], seeds=seeds, policy=policy, **kw)
         stats = gen.stats
-        forwards += stats["forwards"]
-        tokens += stats["image_tokens"]
-        seconds += stats["seconds"]
+        forwards += stats.forwards
+        tokens += stats.image_tokens
+        seconds += stats.seconds
         images += len(seeds)
         pics = tensor_to_pil(movq.decode(gen.codes, max_batch=len(seeds)).clamp(-1, 1))
         for seed, pic in zip(seeds, pics):

@@ -91,13 +91,13 @@ def mode_table(model, vocab, grid, prompt_ids, policy, seeds, repeats):
                                 seeds=seeds, window=window, coupling=coupling, branches=branches)
         seconds, out = time_best(go, repeats)
         s = out.stats
-        label = mode if mode != "sjd_coupled" else f"sjd_coupled/{coupling}" + ("" if s["branches"] else " no branches")
-        per_image = s["per_image_forwards_per_token"]
-        rows.append(dict(mode=label, window=s["window"], branches=s["branches"], branch_hits=s["branch_hits"],
-                         batch_forwards=s["forwards"],
+        label = mode if mode != "sjd_coupled" else f"sjd_coupled/{coupling}" + ("" if s.branches else " no branches")
+        per_image = s.per_image_forwards_per_token
+        rows.append(dict(mode=label, window=s.window, branches=s.branches, branch_hits=s.branch_hits,
+                         batch_forwards=s.forwards,
                          forwards_per_token=sum(per_image) / len(per_image),
-                         tokens_per_s=len(seeds) * s["image_tokens"] / seconds, seconds=seconds,
-                         residual_fallbacks=s["residual_fallbacks"]))
+                         tokens_per_s=len(seeds) * s.image_tokens / seconds, seconds=seconds,
+                         residual_fallbacks=s.residual_fallbacks))
     ar = rows[0]["forwards_per_token"]
     for r in rows:
         r["fewer_forwards_than_ar"] = ar / r["forwards_per_token"]

@@ -1,15 +1,17 @@
 """The Uni1 node classes (ComfyUI V1 node API), keyed by their permanent node ids.
 
-Importing this package must stay cheap and must not need uni1_core's heavy parts: node modules
-import uni1_core inside the functions that run a node, so /object_info works even before a
-model is loaded. It does check the runtime dependencies up front, so a missing one is reported
-at start-up (see ../__init__.py) rather than on the first run.
+Importing this package stays cheap: it imports torch (which ComfyUI has loaded already) and the
+node modules, nothing else. The model, the sampler, the planner, safetensors and the hub client
+are imported inside the functions that run a node, so /object_info answers before any model is
+loaded. The runtime dependencies are looked up (not imported) up front, so a missing one is
+reported at start-up (see ../__init__.py) rather than on the first run.
 """
-import importlib
+import importlib.util
 import sys
 
 for _dependency in ("torch", "safetensors", "einops", "PIL", "numpy", "huggingface_hub"):
-    importlib.import_module(_dependency)
+    if importlib.util.find_spec(_dependency) is None:
+        raise ImportError(f"No module named {_dependency!r}", name=_dependency)
 
 # ComfyUI imports the pack under its folder name, so uni1_core is `<folder>.uni1_core` here and
 # not importable as `uni1_core`. Alias it, so a module of uni1_core that imports itself by absolute

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..uni1_core.sequence import PIXELS_PER_CODE
 from .runtime import Managed
 
 UNI1_MODEL = "UNI1_MODEL"
@@ -51,7 +52,7 @@ class VQHandle:
 class Tokens:
     """A batch of MoVQ code grids.
 
-    `codes` is (B, rows, cols) long on the CPU; one code covers 8x8 pixels. For an Omni
+    `codes` is (B, rows, cols) long on the CPU; one code covers PIXELS_PER_CODE^2 pixels. For an Omni
     image-conditioned result the first `condition_rows` rows are the given image (the upper panel)
     and the rest were generated; for a VQ Encode output `kind` is "condition"."""
     codes: torch.Tensor
@@ -61,12 +62,15 @@ class Tokens:
     def __post_init__(self):
         if self.codes.dim() != 3:
             raise ValueError(f"tokens must be (batch, rows, cols), got shape {tuple(self.codes.shape)}")
+        if self.codes.numel() == 0:
+            raise ValueError(f"the tokens hold no codes (shape {tuple(self.codes.shape)}): connect the tokens "
+                             f"of a Uni1 SJD Sampler or a Uni1 VQ Encode")
         self.codes = self.codes.to("cpu", torch.long)
 
     @property
     def width(self) -> int:
-        return self.codes.shape[2] * 8
+        return self.codes.shape[2] * PIXELS_PER_CODE
 
     @property
     def height(self) -> int:
-        return self.codes.shape[1] * 8
+        return self.codes.shape[1] * PIXELS_PER_CODE

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 
@@ -31,20 +32,25 @@ def _progress_tqdm():
 
 def _download(repo_id: str):
     """Fetch a Hugging Face repo into models/uni1/<owner>/<name>; later runs find the folder
-    locally (it is then listed under the same name) and never touch the network."""
-    from huggingface_hub import snapshot_download
+    locally (it is then listed under the same name) and never touch the network.
+
+    A workflow is shared data, so the repo it names is untrusted: its config.json comes first
+    and a model of another type is refused before anything else is fetched; then only the
+    tokenizer files and the safetensors weights the index names (see download_model)."""
+    from ..uni1_core.checkpoint import DownloadError, download_model
+    from ..uni1_core.model import ModelConfig
     target = paths.download_dir(repo_id)
     log.info("uni1: downloading %s into %s (once; later runs are offline)", repo_id, target)
     try:
-        snapshot_download(repo_id, local_dir=str(target), tqdm_class=_progress_tqdm())
-    except Exception as exc:
-        if runtime.is_interrupt(exc):   # Cancel pressed during the download
-            raise
+        return download_model(repo_id, local_dir=target, tqdm_class=_progress_tqdm(),
+                              check_config=ModelConfig.from_file)
+    except DownloadError as exc:
+        if runtime.is_interrupt(exc.__cause__):   # Cancel pressed during the download
+            raise exc.__cause__ from None
         raise RuntimeError(
-            f"could not download {repo_id} from Hugging Face ({exc}). Download it yourself into "
+            f"could not download {repo_id} from Hugging Face ({exc.__cause__}). Download it yourself into "
             f"{target} (for example `huggingface-cli download {repo_id} --local-dir {target}`) "
             f"and pick it from the list.") from exc
-    return target
 
 
 def resolve_model_source(name: str) -> str:
@@ -131,19 +137,17 @@ class Uni1VQLoader:
         return paths.validate_choice(vq_name, "VQ model")
 
     def load(self, model, vq_name):
+        from ..uni1_core.movq import default_source
         pipe = model.pipe
         if vq_name == paths.VQ_FROM_MODEL:
-            source, cache_dir = None, None
-            if not any((pipe.model_dir / f).is_file() for f in _movq_files()):
-                cache_dir = _repo_cache_dir(_default_movq_repo())
+            source = default_source(pipe.model_dir)
         else:
             local = paths.resolve_local(vq_name)
-            if local is not None:
-                source, cache_dir = str(local), None
-            elif paths.is_repo_id(vq_name):
-                source, cache_dir = vq_name, _repo_cache_dir(vq_name)
-            else:
+            if local is None and not paths.is_repo_id(vq_name):
                 raise paths.ModelPathError(paths.validate_choice(vq_name, "VQ model"))
+            source = str(local) if local is not None else vq_name
+        # A repo's file is kept under models/uni1 (not the user's HF cache), when ComfyUI is here.
+        cache_dir = None if Path(source).exists() else _repo_cache_dir(source)
         movq = pipe.load_movq(source, dtype=torch.float32, device=runtime.offload_device(), cache_dir=cache_dir)
         movq.eval()
         return (VQHandle(movq, runtime.Managed.wrap(movq), vq_name),)
@@ -155,18 +159,7 @@ def _memory_tooltip(widget: str) -> str:
     return widget_tooltip(widget)
 
 
-def _movq_files():
-    from ..uni1_core.pipeline import MOVQ_FILES
-    return MOVQ_FILES
-
-
-def _default_movq_repo():
-    from ..uni1_core.pipeline import DEFAULT_MOVQ_REPO
-    return DEFAULT_MOVQ_REPO
-
-
 def _repo_cache_dir(repo_id: str):
-    """Keep downloaded MoVQ weights under models/uni1 (not the user's HF cache), when ComfyUI is here."""
     try:
         return str(paths.download_dir(repo_id))
     except paths.ModelPathError:

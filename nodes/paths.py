@@ -24,6 +24,10 @@ KNOWN_VQ_REPOS = ("ai-forever/MoVQGAN",)
 VQ_FROM_MODEL = "from model folder"
 VQ_SUFFIXES = (".safetensors", ".ckpt")   # .ckpt is read by uni1_core without unpickling code
 
+# Longer names are refused before they reach the file system, which would raise OSError
+# ("File name too long") from a mere exists().
+MAX_NAME_CHARS, MAX_PART_CHARS = 1024, 255
+
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 
 
@@ -108,6 +112,10 @@ def check_name(name: str) -> str:
     if not isinstance(name, str) or not name.strip():
         raise ModelPathError("no model name given: pick one from the list")
     name = name.strip()
+    if len(name) > MAX_NAME_CHARS or any(len(p) > MAX_PART_CHARS for p in re.split(r"[\\/]", name)):
+        raise ModelPathError(
+            f"model name {name[:60]!r}... is {len(name)} characters long; a name has at most {MAX_NAME_CHARS} "
+            f"characters and {MAX_PART_CHARS} per folder. Pick a model from the list.")
     if (name.startswith(("/", "\\", "~")) or PurePosixPath(name).is_absolute()
             or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive):
         raise ModelPathError(
@@ -124,20 +132,44 @@ def check_name(name: str) -> str:
 
 def resolve_local(name: str) -> Path | None:
     """The file or folder `name` names inside a `uni1` folder, or None if there is none.
-    Raises if the name is unsafe or resolves (e.g. through a link) outside its folder."""
+    Raises if the name is unsafe or resolves (e.g. through a link) outside the models folders,
+    or if a model folder holds a file that does (a weight file linked to /etc/... is refused)."""
     name = check_name(name)
-    for root in model_roots():
+    roots = model_roots()
+    for root in roots:
         candidate = root.joinpath(*name.split("/"))
-        if not candidate.exists():
-            continue
-        real_root, real = root.resolve(), candidate.resolve()
-        if real != real_root and real_root not in real.parents:
-            raise ModelPathError(
-                f"model name {name!r} resolves to {real}, outside the models folder {real_root}; "
-                f"links out of the folder are refused. Add that location under '{FOLDER}:' in "
-                f"extra_model_paths.yaml instead.")
+        try:
+            if not candidate.exists():
+                continue
+            real_root, real = root.resolve(), candidate.resolve()
+            if not _inside(real, [real_root]):
+                raise ModelPathError(
+                    f"model name {name!r} resolves to {real}, outside the models folder {real_root}; "
+                    f"links out of the folder are refused. Add that location under '{FOLDER}:' in "
+                    f"extra_model_paths.yaml instead.")
+            if real.is_dir():
+                _check_files_stay_inside(real, [r.resolve() for r in roots])
+        except OSError as exc:
+            raise ModelPathError(f"model name {name!r} cannot be looked up ({exc}). Pick a model from "
+                                 f"the list.") from exc
         return real
     return None
+
+
+def _inside(path: Path, roots: list[Path]) -> bool:
+    return any(path == r or r in path.parents for r in roots)
+
+
+def _check_files_stay_inside(folder: Path, real_roots: list[Path]) -> None:
+    """Every file the loaders read from a model folder (its top level: config, tokenizer,
+    weights, MoVQ) must resolve inside a models folder too, not only the folder itself."""
+    for entry in folder.iterdir():
+        real = entry.resolve()
+        if not _inside(real, real_roots):
+            raise ModelPathError(
+                f"{entry} is a link to {real}, outside the models folders; links out of them are refused. "
+                f"Copy the file into the model folder, or add its location under '{FOLDER}:' in "
+                f"extra_model_paths.yaml.")
 
 
 def is_repo_id(name: str) -> bool:

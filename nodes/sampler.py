@@ -5,8 +5,10 @@ import json
 
 import torch
 
+from ..uni1_core.sequence import I2I_PANELS, PIXELS_PER_CODE, PIXELS_PER_GRID_UNIT
 from . import runtime
 from .handles import CATEGORY, UNI1_MODEL, UNI1_PLAN, UNI1_TOKENS, UNI1_VQ, Tokens
+from .plan import AUTO, CONDITIONING_TOOLTIP, conditioning_choices
 from .preflight import check_memory
 from .vq import codes_to_pil
 
@@ -40,6 +42,14 @@ def pick_condition(condition: Tokens | None):
     return condition.codes[0]
 
 
+def pick_source(plan, prompt: str, conditioning: str):
+    """(the plan or the prompt, the conditioning choice or None for the model's default): the
+    sampler's own choice wins; "auto" follows the plan node's."""
+    chosen = getattr(plan, "conditioning", AUTO) if conditioning == AUTO else conditioning
+    source = getattr(plan, "plan", plan) if plan is not None else prompt
+    return source, None if chosen == AUTO else chosen
+
+
 class Uni1SJDSampler:
     DESCRIPTION = ("Draws the image tokens of one or more images, row by row, with speculative Jacobi decoding: "
                    "sjd_coupled (fastest, exact), sjd, or plain ar. Shows progress and, with a VQ connected, "
@@ -56,11 +66,11 @@ class Uni1SJDSampler:
         return {
             "required": {
                 "model": (UNI1_MODEL, {"tooltip": "From Uni1 Model Loader."}),
-                "width": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 32,
+                "width": ("INT", {"default": 0, "min": 0, "max": 2048, "step": PIXELS_PER_GRID_UNIT,
                                   "tooltip": "Image width in pixels, one of the model's sizes (a wrong one fails "
                                              "with the nearest listed). 0: the model's default size (Lumina-mGPT "
                                              "2.0: 768x768, which has 72 siblings of the same area; demo: 64x64)."}),
-                "height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 32,
+                "height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": PIXELS_PER_GRID_UNIT,
                                    "tooltip": "Image height in pixels (see width; 0 for either means the model's "
                                               "default size). Ignored with a condition: the output is then twice "
                                               "the condition's height."}),
@@ -89,9 +99,15 @@ class Uni1SJDSampler:
                                                     "guides its own box. Needs a plan (not raw text)."}),
                 "batch_size": ("INT", {"default": 1, "min": 1, "max": 16,
                                        "tooltip": "Images per run (seeds seed .. seed + batch_size - 1)."}),
+                "compile": ("BOOLEAN", {"default": True,
+                                        "tooltip": "On an NVIDIA GPU, compile the decode step with torch.compile "
+                                                   "(CUDA graphs): the first run of a size compiles for a while, "
+                                                   "later runs are faster. Off, or on a CPU, where it is slower: "
+                                                   "the plain model. Same images either way."}),
             },
             "optional": {
-                "plan": (UNI1_PLAN, {"tooltip": "From Uni1 Reasoning Plan. Wins over the prompt below."}),
+                "plan": (UNI1_PLAN, {"tooltip": "From Uni1 Reasoning Plan (with its conditioning choice). Wins over "
+                                                "the prompt below."}),
                 "prompt": ("STRING", {"multiline": True, "dynamicPrompts": True, "default": "",
                                       "tooltip": "Used when no plan is connected; it is planned automatically."}),
                 "vq": (UNI1_VQ, {"tooltip": "Optional: the VQ used for the live preview of finished rows."}),
@@ -99,18 +115,27 @@ class Uni1SJDSampler:
                                                        "output is a two-panel image whose upper half is it."}),
                 "task": (TASKS, {"default": "depth",
                                  "tooltip": "Omni image-conditioned task (used only with a condition)."}),
+                "conditioning": (conditioning_choices(), {
+                    "default": AUTO, "tooltip": CONDITIONING_TOOLTIP + " Here, auto follows the plan node's "
+                                                "choice when a plan is connected."}),
             },
         }
 
     def sample(self, model, width, height, seed, mode, cfg, temperature, top_k, top_p, window, regional,
-               batch_size, plan=None, prompt="", vq=None, condition=None, task="depth"):
+               batch_size, compile=True, plan=None, prompt="", vq=None, condition=None, task="depth",
+               conditioning=AUTO):
+        from ..uni1_core.limits import batch_seeds
         from ..uni1_core.sampler import DEFAULT_BRANCHES, DEFAULT_WINDOW, Cancelled
         if plan is None and not (prompt and prompt.strip()):
             raise ValueError("nothing to draw: connect a Uni1 Reasoning Plan to 'plan' or type a prompt")
+        # Any seed the widget allows (0 .. 2^64-1, -1 from an API workflow wraps) and a bounded
+        # batch, checked before the model is touched.
+        seeds = batch_seeds(int(seed), int(batch_size))
         cond = pick_condition(condition)
         if cond is not None:
-            width, height = cond.shape[1] * 8, cond.shape[0] * 16
+            width, height = cond.shape[1] * PIXELS_PER_CODE, cond.shape[0] * PIXELS_PER_CODE * I2I_PANELS
 
+        source, choice = pick_source(plan, prompt, conditioning)
         if cond is None and not (width and height):
             width, height = model.pipe.default_size
         pipe = check_memory(model, width, height, int(batch_size), float(cfg) != 1.0,
@@ -118,24 +143,23 @@ class Uni1SJDSampler:
         policy = pipe.with_policy(cfg_scale=float(cfg), temperature=float(temperature),
                                   top_k=int(top_k) or None, top_p=float(top_p) if top_p < 1 else None)
         movq = vq.ready() if vq is not None else None
-        seeds = [(int(seed) + i) % (MAX_SEED + 1) for i in range(int(batch_size))]
-        rows, cols = height // 8, width // 8
+        rows, cols = height // PIXELS_PER_CODE, width // PIXELS_PER_CODE
         total = len(seeds) * (rows * (cols + 1) + 1)     # stream tokens over the batch, as on_progress counts
         progress = runtime.Progress(total, preview_fn=_previewer(movq, rows) if movq else None,
                                     preview_every=PREVIEW_EVERY_S)
         try:
             with torch.inference_mode():
                 result = pipe.sample(
-                    plan if plan is not None else prompt, width, height, mode=mode, policy=policy,
-                    seeds=seeds, window=int(window) or None, regional=bool(regional), use_plan=True,
+                    source, width, height, mode=mode, policy=policy, conditioning=choice,
+                    seeds=seeds, window=int(window) or None, regional=bool(regional),
                     condition=cond, task=task, on_progress=progress.on_progress,
                     on_preview=progress.on_preview if movq is not None else None,
-                    should_cancel=runtime.interrupted)
+                    should_cancel=runtime.interrupted, compile=None if compile else False)
         except Cancelled:
             runtime.raise_interrupt()
         finally:
             runtime.free_cache()
-        stats = dict(result.stats, previews=progress.previews)
+        stats = dict(result.stats.to_dict(), previews=progress.previews)
         text = format_stats(stats, result.width, result.height, len(seeds))
         tokens = Tokens(result.codes, condition_rows=0 if cond is None else cond.shape[0])
         return {"ui": {"uni1_stats": [text]}, "result": (tokens, text)}

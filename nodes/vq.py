@@ -10,10 +10,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..uni1_core.sequence import I2I_PANELS, PIXELS_PER_CODE, PIXELS_PER_GRID_UNIT
 from . import runtime
 from .handles import CATEGORY, UNI1_TOKENS, UNI1_VQ, Tokens
 
-PIXELS_PER_CODE = 8
+# The two-panel image is width x I2I_PANELS*height and its sides count grid units, so the
+# condition's height need only be a multiple of this.
+CONDITION_HEIGHT_STEP = PIXELS_PER_GRID_UNIT // I2I_PANELS
+MAX_CONDITION_WIDTH, MAX_CONDITION_HEIGHT = 2048, 1024
 
 
 def movq_to_image(pixels: torch.Tensor) -> torch.Tensor:
@@ -27,6 +31,9 @@ def image_to_movq(image: torch.Tensor) -> torch.Tensor:
     white and a grey image repeated to RGB, as the reference does with PIL's convert('RGB')."""
     if image.dim() != 4:
         raise ValueError(f"IMAGE must be (batch, height, width, channels), got shape {tuple(image.shape)}")
+    if 0 in image.shape[:3]:
+        raise ValueError(f"the image is empty ({image.shape[0]} images of {image.shape[2]}x{image.shape[1]} "
+                         f"pixels): connect a loaded image with at least one pixel")
     image = image.float()
     channels = image.shape[-1]
     if channels == 4:
@@ -88,6 +95,9 @@ class Uni1VQDecode:
         codes = tokens.codes
         if part == "generated" and tokens.condition_rows:
             codes = codes[:, tokens.condition_rows:]
+        if codes.numel() == 0:
+            raise ValueError(f"the tokens hold no codes to decode (shape {tuple(codes.shape)}, part {part!r}): "
+                             f"connect the tokens of a Uni1 SJD Sampler, or choose part 'full'")
         movq = vq.ready()
         num_codes = getattr(movq, "num_codes", None)
         if num_codes is not None and int(codes.max()) >= num_codes:
@@ -113,9 +123,11 @@ class Uni1VQEncode:
         return {"required": {
             "image": ("IMAGE", {"tooltip": "The conditioning image (a batch gives one condition per image)."}),
             "vq": (UNI1_VQ, {"tooltip": "From Uni1 VQ Loader."}),
-            "width": ("INT", {"default": 512, "min": 32, "max": 2048, "step": 32,
+            "width": ("INT", {"default": 512, "min": PIXELS_PER_GRID_UNIT, "max": MAX_CONDITION_WIDTH,
+                              "step": PIXELS_PER_GRID_UNIT,
                               "tooltip": "Condition width in pixels (multiple of 32). Omni reference: 512."}),
-            "height": ("INT", {"default": 512, "min": 32, "max": 1024, "step": 16,
+            "height": ("INT", {"default": 512, "min": PIXELS_PER_GRID_UNIT, "max": MAX_CONDITION_HEIGHT,
+                               "step": CONDITION_HEIGHT_STEP,
                                "tooltip": "Condition height (the upper panel); the result is twice as tall. "
                                           "Omni reference: 512."}),
         }}
@@ -124,11 +136,13 @@ class Uni1VQEncode:
     def VALIDATE_INPUTS(cls, width, height):
         if not (isinstance(width, int) and isinstance(height, int)):
             return True   # linked from another node: checked when the node runs
-        if not (32 <= width <= 2048 and 16 <= height <= 1024):
-            return f"condition size {width}x{height} is out of range (width 32..2048, height 16..1024)"
-        if width % 32 or (2 * height) % 32:
-            return (f"width {width} must be a multiple of 32 and height {height} a multiple of 16 (the two-panel "
-                    f"image is width x 2*height and its sides count 32-pixel units)")
+        unit, step = PIXELS_PER_GRID_UNIT, CONDITION_HEIGHT_STEP
+        if not (unit <= width <= MAX_CONDITION_WIDTH and step <= height <= MAX_CONDITION_HEIGHT):
+            return (f"condition size {width}x{height} is out of range (width {unit}..{MAX_CONDITION_WIDTH}, "
+                    f"height {step}..{MAX_CONDITION_HEIGHT})")
+        if width % unit or (I2I_PANELS * height) % unit:
+            return (f"width {width} must be a multiple of {unit} and height {height} a multiple of {step} (the "
+                    f"two-panel image is width x {I2I_PANELS}*height and its sides count {unit}-pixel units)")
         return True
 
     def encode(self, image, vq, width, height):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -181,7 +182,7 @@ def test_pickle_checkpoint(tmp_path):
     loaded = load_pickle_checkpoint(tmp_path / "ok.ckpt")
     assert loaded["epoch"] == 3 and torch.equal(loaded["state_dict"]["w"], state["state_dict"]["w"])
     torch.save({"obj": _Custom()}, tmp_path / "code.ckpt")
-    with pytest.raises(CheckpointError, match="code.ckpt cannot be read"):
+    with pytest.raises(CheckpointError, match=r"Refusing to load .*code\.ckpt"):
         load_pickle_checkpoint(tmp_path / "code.ckpt")
     with pytest.raises(CheckpointError, match="does not exist"):
         load_pickle_checkpoint(tmp_path / "absent.ckpt")
@@ -239,3 +240,64 @@ def test_hub_repo_from_cache_dir_offline(pristine, tmp_path, monkeypatch):
     ids = torch.randint(0, 96, (2, 5))
     torch.testing.assert_close(Uni1Model.from_pretrained("tiny/chameleon", dtype=torch.float32, cache_dir=tmp_path)(ids),
                                Uni1Model.from_pretrained(pristine, dtype=torch.float32)(ids), atol=0, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Downloads fetch only what a model folder needs, the config first (issue 16)
+
+def serve_repo(monkeypatch, folder, calls):
+    """snapshot_download over the files of `folder`, honouring allow_patterns, into the cache."""
+    import fnmatch
+
+    import huggingface_hub
+
+    def fake(repo_id, allow_patterns=None, cache_dir=None, local_files_only=False, **options):
+        calls.append(list(allow_patterns))
+        snapshot = Path(cache_dir) / repo_id.replace("/", "--")
+        snapshot.mkdir(parents=True, exist_ok=True)
+        for f in folder.iterdir():
+            if any(fnmatch.fnmatch(f.name, p) for p in allow_patterns):
+                shutil.copy(f, snapshot / f.name)
+        return str(snapshot)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+
+
+def test_a_repo_is_fetched_config_first_then_only_the_named_shards(pristine, tmp_path, monkeypatch):
+    (tmp_path / "repo").mkdir()
+    for f in pristine.iterdir():
+        shutil.copy(f, tmp_path / "repo" / f.name)
+    (tmp_path / "repo" / "pytorch_model.bin").write_bytes(b"a pickle")
+    (tmp_path / "repo" / "unrelated.safetensors").write_bytes(b"x")
+    calls, seen = [], []
+    serve_repo(monkeypatch, tmp_path / "repo", calls)
+    folder = resolve_model_dir("tiny/chameleon", cache_dir=tmp_path / "cache", check_config=seen.append)
+    assert calls[0] == ["config.json"] and seen == [folder / "config.json"]
+    shards = sorted(set(json.loads((pristine / INDEX).read_text())["weight_map"].values()))
+    assert sorted(calls[2]) == sorted(checkpoint.MODEL_METADATA_FILES + shards)
+    assert not (folder / "pytorch_model.bin").exists() and not (folder / "unrelated.safetensors").exists()
+    ids = torch.randint(0, 96, (1, 4))
+    torch.testing.assert_close(Uni1Model.from_pretrained(folder, dtype=torch.float32)(ids),
+                               Uni1Model.from_pretrained(pristine, dtype=torch.float32)(ids), atol=0, rtol=0)
+
+
+def test_a_repo_of_another_model_type_costs_one_file(tmp_path, monkeypatch):
+    import time
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (tmp_path / "repo" / "model.safetensors").write_bytes(b"x" * 1000)
+    calls = []
+    serve_repo(monkeypatch, tmp_path / "repo", calls)
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="model_type 'llama'"):
+        resolve_model_dir("someone/llama", cache_dir=tmp_path / "cache",
+                          check_config=model_module.ModelConfig.from_file)
+    assert time.perf_counter() - start < 1.0
+    assert calls == [["config.json"]]
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/abs/x.safetensors", "sub/x.safetensors",
+                                   "model.bin", ".hidden.safetensors"])
+def test_an_index_may_only_name_plain_safetensors_files(ckpt, shard):
+    edit_index(ckpt, lambda wm: wm.update({next(iter(wm)): shard}))
+    with pytest.raises(CheckpointError, match=r"not plain \*\.safetensors file names"):
+        list_safetensors_dir(ckpt)

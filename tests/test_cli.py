@@ -48,6 +48,21 @@ def test_generate_branches_flag(folder, tmp_path):
     assert data["branches"] == 0 and data["branch_hits"] == 0
 
 
+@pytest.mark.parametrize("flag,expected", [("--compile", True), ("--no-compile", False), (None, None)])
+def test_generate_compile_flag_reaches_the_sampler(folder, tmp_path, monkeypatch, flag, expected):
+    import uni1_core.pipeline as pipeline
+    seen, sample_codes = [], pipeline.sample_codes
+
+    def recording(*args, compile=None, **kwargs):
+        seen.append(compile)
+        return sample_codes(*args, compile=False, **kwargs)       # no real compilation here
+    monkeypatch.setattr(pipeline, "sample_codes", recording)
+    argv = ["generate", "--prompt", "a red circle", "--out", str(tmp_path / "img.png"), "--mode", "ar",
+            "--model", str(folder), "--quiet"]
+    assert main(argv + ([flag] if flag else [])) == 0
+    assert seen == [expected]
+
+
 def test_generate_batch_and_no_plan(folder, tmp_path, capsys):
     out = tmp_path / "b.png"
     assert main(["generate", "--prompt", "a cat", "--out", str(out), "--batch", "2", "--no-plan",
@@ -93,8 +108,12 @@ def test_pipeline_is_deterministic_per_seed_and_batch_independent(pipe):
     a = pipe.sample("a blue square", seeds=[5], mode="sjd")
     b = pipe.sample("a blue square", seeds=[7, 5], mode="sjd")
     assert torch.equal(a.codes[0], b.codes[1])
-    assert a.plan is not None and a.conditioning == a.plan.conditioning_text()
-    assert "Layout:" not in a.conditioning     # this folder declares no grounding
+    # this folder declares no grounding: by default the model reads the prompt (plus the plan's
+    # statements, none here), and "plan" gives the canonical sentence
+    assert pipe.default_conditioning == "prompt+plan"
+    assert a.plan is not None and a.conditioning == "a blue square"
+    c = pipe.sample("a blue square", seeds=[5], mode="sjd", conditioning="plan")
+    assert c.conditioning == a.plan.conditioning_text() == "A blue square."
 
 
 def test_a_grounded_model_gets_the_snapped_layout_in_its_prompt(tmp_path, capsys):
@@ -138,7 +157,7 @@ def test_pipeline_refuses_unknown_mode_and_regional_without_plan(pipe):
 
 def test_pipeline_regional_and_condition(pipe):
     r = pipe.sample("a red circle to the left of a blue square", seeds=[0], regional=True)
-    assert r.stats["regions"] >= 2
+    assert r.stats.regions >= 2
     cond = torch.randint(0, 32, (4, 8))
     out = pipe.sample("a dog", 64, 64, seeds=[0], condition=cond, task="depth")
     assert torch.equal(out.codes[0, :4], cond)
@@ -149,7 +168,7 @@ def test_release_sizes_and_omni_panel_sizes(tmp_path):
     the Omni reference's 512x1024 panel for image-conditioned requests."""
     from uni1_core.sampler import Cancelled
     from uni1_core.sequence import SizeError
-    pipe = Uni1Pipeline.from_pretrained(str(build(tmp_path / "release_like", sizes=None)))
+    pipe = Uni1Pipeline.from_pretrained(str(build(tmp_path / "release_like", sizes=None, max_positions=16384)))
     assert len(pipe.sizes) == 73 and pipe.default_size == (768, 768) and pipe.i2i_sizes == [(512, 1024)]
     stop = dict(should_cancel=lambda: True, use_plan=False)
     with pytest.raises(SizeError, match="512x1024"):

@@ -285,6 +285,25 @@ def test_demo_workflow_makes_an_image(server, comfy_log_on_failure):
     assert "forwards" in stats and "image tokens" in stats
     plan_ui = outputs[node_id(prompt, "Uni1ReasoningPlan")]
     assert plan_ui["uni1_plan_summary"][0] and json.loads(plan_ui["uni1_plan_json"][0])
+    # the model is connected to the plan node: it shows what the demo model reads (sentence and map)
+    assert plan_ui["uni1_conditioning"][0].startswith("Two red circles are to the left of a blue square. Layout:")
+
+
+@pytest.mark.skipif(not (ROOT / "uni1_core" / "demo_model" / "config.json").is_file(),
+                    reason="SKIPPED: uni1_core/demo_model is not in this checkout yet; the demo workflow needs it")
+def test_llm_reasoning_workflow_plans_from_the_answer(server, comfy_log_on_failure):
+    """A primitive stands in for an LLM node: its answer's plan JSON becomes the plan, and the plan
+    node shows the exact text the (grounded) demo model reads: the plan's sentence and map."""
+    prompt = json.loads((WORKFLOWS / "uni1_demo_llm_reasoning.api.json").read_text())
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    outputs = entry["outputs"]
+    (ref,) = outputs[node_id(prompt, "SaveImage")]["images"]
+    assert server.image(ref).size == (64, 64)
+    plan_ui = outputs[node_id(prompt, "Uni1ReasoningPlan")]
+    assert plan_ui["uni1_plan_summary"][0].startswith("2 red circle, 1 blue square | red circle left of blue square")
+    text = plan_ui["uni1_conditioning"][0]
+    assert text.startswith("Two red circles are to the left of a blue square. Layout:") and "think" not in text
 
 
 def test_interrupt_mid_sampling_then_the_next_run_succeeds(server, comfy_log_on_failure):

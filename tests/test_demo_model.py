@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from training.world import random_scene, render_batch
-from uni1_core.geneval import detect, evaluate
+from bench.geneval import detect, evaluate
 from uni1_core.movq import MoVQ, tensor_to_pil
 from uni1_core.pipeline import Uni1Pipeline
 from uni1_core.sequence import ImageGrid, t2i_prompt_ids

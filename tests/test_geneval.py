@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from training.world import Background, WorldObject, random_scene, render, scene_from_objects
-from uni1_core.geneval import HUES, SHAPES, Detection, detect, evaluate, relations_between, score
+from bench.geneval import HUES, SHAPES, Detection, detect, evaluate, relations_between, score
 
 
 def _truth(scene):

@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 
 import uni1_core.movq as movq_mod
-import uni1_core.movq_load as movq_load
 from uni1_core.movq import (
     MoVQ,
     MoVQConfig,
@@ -20,7 +19,7 @@ from uni1_core.movq import (
     pil_to_tensor,
     tensor_to_pil,
 )
-from uni1_core.movq_load import MoVQLoadError
+from uni1_core.checkpoint import CheckpointError
 
 # Three levels, attention on the last (nominal 64 of 256), as the 270M release is laid out.
 TINY = MoVQConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(64,), resolution=256, n_embed=64)
@@ -323,12 +322,12 @@ def test_truncated_files_are_clear_errors(small, tmp_path):
     torch.save(small.state_dict(), tmp_path / "full.ckpt")
     data = (tmp_path / "full.ckpt").read_bytes()
     (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(MoVQLoadError, match=r"cut\.ckpt.*truncated"):
+    with pytest.raises(CheckpointError, match=r"cut\.ckpt.*truncated"):
         MoVQ.from_pretrained(tmp_path / "cut.ckpt")
     convert_ckpt_to_safetensors(tmp_path / "full.ckpt", tmp_path / "full.safetensors")
     data = (tmp_path / "full.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) - 100])
-    with pytest.raises(MoVQLoadError, match=r"cut\.safetensors.*truncated"):
+    with pytest.raises(CheckpointError, match=r"cut\.safetensors.*truncated"):
         MoVQ.from_pretrained(tmp_path / "cut.safetensors")
 
 
@@ -337,17 +336,17 @@ def test_wrong_shape_missing_and_unknown_keys(small, tmp_path):
     key = "decoder.up.0.block.1.conv1.weight"
     bad = {**sd, key: torch.zeros(32, 32, 1, 1)}
     torch.save(bad, tmp_path / "shape.ckpt")
-    with pytest.raises(MoVQLoadError, match=rf"shape\.ckpt.*wrong shapes: {re.escape(key)}"):
+    with pytest.raises(CheckpointError, match=rf"shape\.ckpt.*wrong shapes: {re.escape(key)}"):
         MoVQ.from_pretrained(tmp_path / "shape.ckpt")
     missing = {k: v for k, v in sd.items() if k != "decoder.norm_out.conv_b.bias"}
     torch.save(missing, tmp_path / "missing.ckpt")
-    with pytest.raises(MoVQLoadError, match=r"missing 1 keys: decoder\.norm_out\.conv_b\.bias"):
+    with pytest.raises(CheckpointError, match=r"missing 1 keys: decoder\.norm_out\.conv_b\.bias"):
         MoVQ.from_pretrained(tmp_path / "missing.ckpt")
     torch.save({**sd, "transformer.wte.weight": torch.zeros(2)}, tmp_path / "other.ckpt")
-    with pytest.raises(MoVQLoadError, match=r"transformer\.wte\.weight"):
+    with pytest.raises(CheckpointError, match=r"transformer\.wte\.weight"):
         MoVQ.from_pretrained(tmp_path / "other.ckpt")
     torch.save({**sd, "quantize.embedding.weight": torch.zeros(16, 5)}, tmp_path / "dim.ckpt")
-    with pytest.raises(MoVQLoadError, match=r"dim\.ckpt"):
+    with pytest.raises(CheckpointError, match=r"dim\.ckpt"):
         MoVQ.from_pretrained(tmp_path / "dim.ckpt")
 
 
@@ -365,9 +364,9 @@ def test_pickle_with_code_is_refused_and_never_run(small, tmp_path):
     marker = tmp_path / "payload_ran"
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": dict(small.state_dict()), "hyper_parameters": Payload(marker)}, path)
-    with pytest.raises(MoVQLoadError, match=r"Refusing to load .*evil\.ckpt.*(?s:safetensors)"):
+    with pytest.raises(CheckpointError, match=r"Refusing to load .*evil\.ckpt.*(?s:safetensors)"):
         MoVQ.from_pretrained(path)
-    with pytest.raises(MoVQLoadError, match="Refusing"):
+    with pytest.raises(CheckpointError, match="Refusing"):
         convert_ckpt_to_safetensors(path, tmp_path / "evil.safetensors")
     assert not marker.exists()
     assert not (tmp_path / "evil.safetensors").exists()
@@ -381,10 +380,10 @@ def test_repo_id_goes_through_the_hub_download(small, tmp_path, monkeypatch):
         calls.append((repo_id, filename, cache_dir))
         return tmp_path / filename
 
-    monkeypatch.setattr(movq_load, "download_file", fake_download)
+    monkeypatch.setattr(movq_mod, "download_file", fake_download)
     assert MoVQ.from_pretrained("ai-forever/MoVQGAN", cache_dir="c").cfg == small.cfg
     assert calls == [("ai-forever/MoVQGAN", "movqgan_270M.ckpt", "c")]
-    with pytest.raises(MoVQLoadError, match="neither an existing file"):
+    with pytest.raises(CheckpointError, match="neither an existing file"):
         MoVQ.from_pretrained(str(tmp_path / "nope.ckpt"))
 
 
@@ -468,7 +467,7 @@ def test_decoder_that_disagrees_with_the_encoder_is_refused(small, tmp_path):
     mixed = {k: v for k, v in small.state_dict().items() if not k.startswith("decoder.")}
     mixed.update({k: v for k, v in other.state_dict().items() if k.startswith("decoder.")})
     torch.save(mixed, tmp_path / "mixed.ckpt")
-    with pytest.raises(MoVQLoadError, match=r"mixed\.ckpt do not fit a consistent MoVQGAN.*wrong shapes: decoder\."):
+    with pytest.raises(CheckpointError, match=r"mixed\.ckpt do not fit a consistent MoVQGAN.*wrong shapes: decoder\."):
         MoVQ.from_pretrained(tmp_path / "mixed.ckpt")
 
 
@@ -481,3 +480,56 @@ def test_convert_command(small, tmp_path, capsys):
     torch.save({"x": Payload(tmp_path / "ran")}, tmp_path / "evil.ckpt")
     assert main(["convert-movq", str(tmp_path / "evil.ckpt"), str(tmp_path / "evil.safetensors")]) != 0
     assert "Refusing" in capsys.readouterr().err and not (tmp_path / "ran").exists()
+
+
+def with_stored_config(model: MoVQ, path: Path, **changes) -> Path:
+    """model saved with a config entry edited to `changes` (a hostile or careless file)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    cfg = {**json.loads(json.dumps(model.cfg.__dict__)), **changes}
+    save_file(dict(model.state_dict()), str(path), metadata={"format": "pt", "movq_config": json.dumps(cfg)})
+    return path
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"num_res_blocks": 1000000}, r"does not match its weights: num_res_blocks=1000000 \(weights: 1\)"),
+    ({"ch_mult": [1, 2, 2, 2, 2, 2]}, r"does not match its weights: ch_mult=\(1, 2, 2, 2, 2, 2\)"),
+    ({"resolution": 512}, r"does not match its weights: attention at levels"),
+    ({"norm_groups": 0}, r"unusable movq_config .*norm_groups.*positive integers"),
+    ({"ch": "wide"}, r"unusable movq_config .*'ch': 'wide'"),
+    ({"bogus": 1}, r"unusable movq_config .*bogus"),
+])
+def test_a_stored_config_is_checked_against_the_weights_before_building(small, tmp_path, changes, words):
+    """Issue 16: a config of a million blocks used to build them all (minutes, gigabytes)."""
+    import time
+
+    path = with_stored_config(small, tmp_path / "movq.safetensors", **changes)
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match=words):
+        MoVQ.from_pretrained(path)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_a_stored_config_that_is_not_an_object_is_refused(small, tmp_path):
+    from safetensors.torch import save_file
+
+    save_file(dict(small.state_dict()), str(tmp_path / "m.safetensors"), metadata={"movq_config": "[]"})
+    with pytest.raises(CheckpointError, match=r"m\.safetensors has an unusable movq_config"):
+        MoVQ.from_pretrained(tmp_path / "m.safetensors")
+
+
+def test_config_rejects_zero_and_negative_sizes():
+    for bad in ({"norm_groups": 0}, {"ch": -4}, {"ch_mult": ()}, {"num_res_blocks": 0}, {"n_embed": True}):
+        with pytest.raises(ValueError, match="positive integers"):
+            MoVQConfig(**bad)
+    with pytest.raises(ValueError, match="norm_eps"):
+        MoVQConfig(norm_eps=-1.0)
+
+
+def test_default_source_prefers_the_folders_own_file(tmp_path):
+    assert movq_mod.default_source(tmp_path) == "ai-forever/MoVQGAN"
+    (tmp_path / "movqgan_270M.ckpt").write_bytes(b"")
+    (tmp_path / "movq.safetensors").write_bytes(b"")
+    assert movq_mod.default_source(tmp_path) == str(tmp_path / "movq.safetensors")

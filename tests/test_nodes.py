@@ -150,6 +150,7 @@ def test_sampler_and_plan_widgets(comfy):
     sampler = comfy.pack.NODE_CLASS_MAPPINGS["Uni1SJDSampler"].INPUT_TYPES()
     assert sampler["required"]["seed"][1]["control_after_generate"] is True
     assert sampler["required"]["mode"][0] == ["sjd_coupled", "sjd", "ar"]
+    assert sampler["required"]["compile"][0] == "BOOLEAN" and sampler["required"]["compile"][1]["default"] is True
     plan = comfy.pack.NODE_CLASS_MAPPINGS["Uni1ReasoningPlan"].INPUT_TYPES()
     # JSON must reach the server untouched: dynamic prompts would strip // and resolve {a|b}
     assert plan["optional"]["plan_json"][1]["dynamicPrompts"] is False
@@ -508,10 +509,16 @@ def ui_to_api(ui, object_info):
             inputs[name] = values[i]
             i += 1 + extra
         assert i == len(values), f"node {node['id']} ({node['type']}): {len(values)} widget values, expected {i}"
+        ui_only = {n["id"] for n in ui["nodes"] if n["type"] in UI_ONLY}
         for slot in node.get("inputs", []):
             if slot.get("link") is not None:
                 link = links[slot["link"]]
                 assert link[3] == node["id"], f"link {link[0]} does not end at node {node['id']}"
+                if link[1] in ui_only:      # a primitive feeding a widget: its value is the widget's
+                    source = next(n for n in ui["nodes"] if n["id"] == link[1])
+                    assert slot.get("widget", {}).get("name") == slot["name"] in inputs
+                    assert source["widgets_values"][0] == inputs[slot["name"]]
+                    continue
                 inputs[slot["name"]] = [str(link[1]), link[2]]
         api[str(node["id"])] = {"inputs": inputs, "class_type": node["type"],
                                 "_meta": {"title": node.get("title") or info["display_name"]}}
@@ -528,9 +535,9 @@ def ui_workflows():
     return sorted(p for p in WORKFLOWS.glob("*.json") if not p.name.endswith(".api.json"))
 
 
-def test_there_are_the_three_example_workflows():
+def test_there_are_the_four_example_workflows():
     names = [p.stem for p in ui_workflows()]
-    assert names == ["uni1_demo_text_to_image", "uni1_lumina_mgpt2_text_to_image",
+    assert names == ["uni1_demo_llm_reasoning", "uni1_demo_text_to_image", "uni1_lumina_mgpt2_text_to_image",
                      "uni1_omni_image_conditioned"]
 
 
@@ -567,43 +574,95 @@ def test_ui_workflow_and_api_twin_agree(comfy, path):
 
 def test_plan_node_outputs_plan_text_and_json_and_pins_an_edited_plan(comfy):
     node = comfy.pack.NODE_CLASS_MAPPINGS["Uni1ReasoningPlan"]()
-    out = node.plan("two red circles to the left of a blue square")
-    plan, text, as_json = out["result"]
-    assert text == plan.conditioning_text() and "circle" in text
+    out = node.plan("two red circles to the left of a blue square", "plan")
+    planned, text, as_json = out["result"]
+    plan = planned.plan
+    assert planned.conditioning == "plan" and text == plan.conditioning_text() and "circle" in text
     assert out["ui"]["uni1_plan_summary"] == [plan.summary()]
     assert out["ui"]["uni1_plan_json"] == [as_json] and out["ui"]["uni1_conditioning"] == [text]
     # edit the JSON (blue square -> green square) and pin it: the prompt is then ignored
     edited = json.loads(as_json)
     edited["subjects"][1]["color"] = "green"
-    pinned, pinned_text, _ = node.plan("anything at all", json.dumps(edited))["result"]
+    pinned, pinned_text, _ = node.plan("anything at all", "plan", json.dumps(edited))["result"]
     assert "green square" in pinned_text and "blue" not in pinned_text
-    assert pinned.to_json() == type(plan).from_json(json.dumps(edited)).to_json()
+    assert pinned.plan.to_json() == type(plan).from_json(json.dumps(edited)).to_json()
+
+
+def test_plan_node_shows_the_text_each_conditioning_gives(comfy):
+    node = comfy.pack.NODE_CLASS_MAPPINGS["Uni1ReasoningPlan"]()
+    prompt = "a lamp  over two tables, warm light"
+    texts = {c: node.plan(prompt, c)["result"][1] for c in ("auto", "prompt+plan", "prompt", "plan")}
+    assert texts["prompt"] == "a lamp over two tables, warm light"
+    assert texts["prompt+plan"] == ("a lamp over two tables, warm light. Exactly two tables. "
+                                    "The lamp is above the tables.")
+    assert texts["auto"] == texts["prompt+plan"]          # no model connected: a model without grounding
+    assert texts["plan"] == node.plan(prompt, "plan")["result"][0].plan.conditioning_text()
+    assert node.plan(prompt, "prompt")["ui"]["uni1_conditioning"] == [texts["prompt"]]
+
+
+def test_plan_node_reads_another_models_answer(comfy):
+    node = comfy.pack.NODE_CLASS_MAPPINGS["Uni1ReasoningPlan"]()
+    answer = ('<think>The user wants cats; I will lay them out.</think>\n```json\n{"subjects": '
+              '[{"noun": "cats", "count": "three", "color": "orange"}], "style": "watercolor"}\n```')
+    planned, text, _ = node.plan("some cats", "prompt+plan", "", answer)["result"]
+    assert [(s.noun, s.count, s.color) for s in planned.plan.subjects] == [("cat", 3, "orange")]
+    assert planned.plan.prompt == "some cats" and text == "some cats"    # the user's words, nothing invented
+    assert node.plan("some cats", "plan", "", answer)["result"][1] == "Three orange cats. Watercolor."
+    # a rewritten prompt becomes the prompt (the prompt widget may then be empty)
+    planned, text, _ = node.plan("", "prompt+plan", "", "Sure! Here is an enhanced prompt:\n"
+                                 "**Three red apples on a wooden table, soft light**")["result"]
+    assert planned.plan.prompt == "Three red apples on a wooden table, soft light"
+    assert text.startswith("Three red apples on a wooden table, soft light. ") and "Exactly three red apples." in text
+    # a pinned plan wins over the answer
+    pinned = node.plan("a dog", "plan", make_plan_json("a dog"), answer)["result"][0]
+    assert [s.noun for s in pinned.plan.subjects] == ["dog"]
+
+
+def make_plan_json(prompt):
+    from uni1_core.plan import make_plan
+    return make_plan(prompt).to_json()
 
 
 @pytest.mark.parametrize("prompt, plan_json, words", [
     ("a cat", "{not json", "plan_json input is not a valid Uni1 plan"),
     ("a cat", '{"subjects": 3}', "plan_json input is not a valid Uni1 plan"),
     ("   ", "", "prompt is empty"),
+    (", ".join(["a cat"] * 40), "", "at most 32"),
+    ("a cat", '{"subjects": ' + "[" * 100000 + "]" * 100000 + "}", "nested too deep"),
+    ("a cat", '{"subjects": [{"noun": "cat", "attributes": 5}]}', "attributes must be a list of strings"),
 ])
 def test_plan_node_explains_bad_input(comfy, prompt, plan_json, words):
     node = comfy.pack.NODE_CLASS_MAPPINGS["Uni1ReasoningPlan"]()
     with pytest.raises(ValueError, match=words):
-        node.plan(prompt, plan_json)
+        node.plan(prompt, "auto", plan_json)
+
+
+@pytest.mark.parametrize("reasoning, words", [
+    ('```json\n{"subjects": {"noun": "cat"}}\n```', "subjects must be a list"),
+    ('{"subjects": [{"noun": "cat", "attributes": 5}]}', "attributes must be a list of strings"),
+    ('{"subjects": ' + "[" * 90000 + "]" * 90000 + "}", "nested too deep"),
+    ("```json\n{\"subjects\": [}\n```", "not valid JSON"),
+])
+def test_plan_node_explains_a_bad_reasoning_input(comfy, reasoning, words):
+    node = comfy.pack.NODE_CLASS_MAPPINGS["Uni1ReasoningPlan"]()
+    with pytest.raises(ValueError, match="reasoning input could not be read") as info:
+        node.plan("a cat", "auto", "", reasoning)
+    assert words in str(info.value)
+
+
+def test_plan_node_refuses_prompt_conditioning_for_a_plan_without_a_prompt(comfy):
+    node = comfy.pack.NODE_CLASS_MAPPINGS["Uni1ReasoningPlan"]()
+    with pytest.raises(ValueError, match="needs the user's prompt"):
+        node.plan("", "prompt", "", '{"subjects": [{"noun": "cat"}]}')
 
 
 # ---------------------------------------------------------------------------------------------
 # the whole chain on a complete tiny random model folder (the real file layout, CPU, seconds)
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    from tests.tiny_model_folder import build
-    return build(tmp_path_factory.mktemp("tiny") / "model")
-
-
 @pytest.fixture
-def tiny(comfy, tiny_folder):
+def tiny(comfy, tiny_model_folder):
     import shutil
-    shutil.copytree(tiny_folder, comfy.models / "tiny")
+    shutil.copytree(tiny_model_folder, comfy.models / "tiny")
     M = comfy.pack.NODE_CLASS_MAPPINGS
     assert M["Uni1ModelLoader"].VALIDATE_INPUTS(model_name="tiny") is True
     (model,) = M["Uni1ModelLoader"]().load("tiny", "auto")
@@ -677,37 +736,184 @@ def test_sampler_errors_a_user_can_act_on(comfy, tiny):
         tiny.M["Uni1ModelLoader"]().load("../tiny", "auto")
 
 
-def test_a_repo_id_is_downloaded_once_into_the_models_folder_with_ui_progress(comfy, monkeypatch):
-    import huggingface_hub
-    fetched = []
+CHAMELEON_CONFIG = {"model_type": "chameleon", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
+                    "num_hidden_layers": 1, "num_attention_heads": 4}
 
-    def fake_snapshot_download(repo_id, local_dir, tqdm_class):
-        fetched.append(repo_id)
-        bar = tqdm_class(total=3, desc="Fetching 3 files")
-        for name in ("config.json", "tokenizer.json", "model.safetensors"):
+
+def fake_hub(monkeypatch, repos: dict):
+    """snapshot_download over `repos` ({repo_id: {file: text}}), honouring allow_patterns;
+    returns the list of (repo_id, allow_patterns) calls."""
+    import fnmatch
+
+    import huggingface_hub
+    calls = []
+
+    def fake_snapshot_download(repo_id, allow_patterns=None, cache_dir=None, local_files_only=False,
+                               local_dir=None, tqdm_class=None):
+        calls.append((repo_id, list(allow_patterns or [])))
+        if repo_id not in repos:
+            raise OSError("no network")
+        names = [n for n in repos[repo_id] if allow_patterns is None
+                 or any(fnmatch.fnmatch(n, p) for p in allow_patterns)]
+        bar = tqdm_class(total=len(names), desc=f"Fetching {len(names)} files")
+        for name in names:
             Path(local_dir).mkdir(parents=True, exist_ok=True)
-            (Path(local_dir) / name).write_text("{}")
+            (Path(local_dir) / name).write_text(repos[repo_id][name])
             bar.update(1)
         bar.close()
         return local_dir
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    return calls
+
+
+def test_a_repo_id_is_downloaded_once_into_the_models_folder_with_ui_progress(comfy, monkeypatch):
+    repo = {"config.json": json.dumps(CHAMELEON_CONFIG), "tokenizer.json": "{}", "model.safetensors": "w",
+            "pytorch_model.bin": "pickle", "README.md": "", "extra/huge.safetensors": "w"}
+    calls = fake_hub(monkeypatch, {"Alpha-VLLM/Lumina-mGPT-2.0": repo})
     resolve = comfy.nodes.loaders.resolve_model_source
     path = resolve("Alpha-VLLM/Lumina-mGPT-2.0")
     assert Path(path) == comfy.models / "Alpha-VLLM" / "Lumina-mGPT-2.0"
-    assert [c[:2] for c in comfy.calls["progress"]] == [(1, 3), (2, 3), (3, 3)]
+    # config first, then the metadata, then only the weights a model folder needs
+    assert [c[1][:1] for c in calls] == [["config.json"]] * 3
+    assert "model.safetensors" in calls[2][1] and "model.safetensors" not in calls[1][1]
+    assert sorted(p.name for p in Path(path).iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert [c[:2] for c in comfy.calls["progress"]] == [(1, 1), (1, 2), (2, 2), (1, 3), (2, 3), (3, 3)]
     # next time it is a local folder under the same name: no second download
     assert comfy.nodes.paths.list_models().count("Alpha-VLLM/Lumina-mGPT-2.0") == 1
     assert Path(resolve("Alpha-VLLM/Lumina-mGPT-2.0")) == Path(path).resolve()
-    assert fetched == ["Alpha-VLLM/Lumina-mGPT-2.0"]
+    assert len(calls) == 3
 
     def cancelled(*args, **kwargs):
         raise FakeInterrupt()
+    import huggingface_hub
     monkeypatch.setattr(huggingface_hub, "snapshot_download", cancelled)
     with pytest.raises(FakeInterrupt):          # Cancel is not turned into a download error
         resolve("someone/model")
-
-    def offline(*args, **kwargs):
-        raise OSError("no network")
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    fake_hub(monkeypatch, {})
     with pytest.raises(RuntimeError, match="huggingface-cli download someone/model --local-dir"):
         resolve("someone/model")
+
+
+def test_a_repo_of_another_model_type_is_refused_after_its_config(comfy, monkeypatch):
+    """Issue 16: a shared workflow naming any repo id downloaded all of it."""
+    import time
+    big = {"config.json": json.dumps({"model_type": "llama", "hidden_size": 4096}), "model.safetensors": "w"}
+    calls = fake_hub(monkeypatch, {"someone/llama": big})
+    start = time.perf_counter()
+    with pytest.raises(Exception, match="model_type 'llama'.*uni1_core runs only chameleon, qwen2, qwen3"):
+        comfy.nodes.loaders.resolve_model_source("someone/llama")
+    assert time.perf_counter() - start < 1.0
+    assert calls == [("someone/llama", ["config.json"])]
+    assert not (comfy.models / "someone" / "llama").exists()   # nothing left to be listed as a model
+    assert "someone/llama" not in comfy.nodes.paths.list_models()
+
+
+def test_an_index_naming_files_outside_the_folder_is_refused(comfy, monkeypatch):
+    index = json.dumps({"weight_map": {"model.embed_tokens.weight": "../../evil.safetensors"}})
+    calls = fake_hub(monkeypatch, {"someone/odd": {"config.json": json.dumps(CHAMELEON_CONFIG),
+                                                   "model.safetensors.index.json": index}})
+    with pytest.raises(Exception, match=r"not plain \*\.safetensors file names"):
+        comfy.nodes.loaders.resolve_model_source("someone/odd")
+    assert len(calls) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# careless and hostile node inputs (issue 16): a clear message, at once
+
+def quickly(fn, *args, **kwargs):
+    """fn's exception, asserting it came well under a second."""
+    import time
+    start = time.perf_counter()
+    with pytest.raises(Exception) as info:
+        fn(*args, **kwargs)
+    assert time.perf_counter() - start < 1.0
+    return info.value
+
+
+def test_vq_decode_with_no_codes_says_so(comfy):
+    vq, decode = managed_vq(comfy), comfy.pack.NODE_CLASS_MAPPINGS["Uni1VQDecode"]()
+    err = quickly(comfy.nodes.handles.Tokens, torch.zeros(1, 0, 8, dtype=torch.long))
+    assert isinstance(err, ValueError) and "hold no codes" in str(err) and "Uni1 SJD Sampler" in str(err)
+    only_condition = comfy.nodes.handles.Tokens(torch.zeros(1, 4, 8, dtype=torch.long), condition_rows=4)
+    err = quickly(decode.decode, only_condition, vq, "generated")
+    assert isinstance(err, ValueError) and "no codes to decode" in str(err) and "'full'" in str(err)
+
+
+@pytest.mark.parametrize("shape", [(1, 0, 0, 3), (1, 0, 64, 3), (0, 64, 64, 3)])
+def test_vq_encode_with_an_empty_image_says_so(comfy, shape):
+    encode = comfy.pack.NODE_CLASS_MAPPINGS["Uni1VQEncode"]()
+    err = quickly(encode.encode, torch.zeros(shape), managed_vq(comfy), 64, 32)
+    assert isinstance(err, ValueError) and "the image is empty" in str(err)
+
+
+def test_a_model_name_of_5000_characters_is_a_message_not_an_oserror(comfy):
+    comfy.models.mkdir(parents=True, exist_ok=True)
+    for cls, arg in (("Uni1ModelLoader", "model_name"), ("Uni1VQLoader", "vq_name")):
+        node = comfy.pack.NODE_CLASS_MAPPINGS[cls]
+        for name in ("x" * 5000, "a/" + "y" * 300):
+            message = node.VALIDATE_INPUTS(**{arg: name})
+            assert isinstance(message, str) and "characters" in message and "list" in message
+    err = quickly(comfy.nodes.loaders.resolve_model_source, "x" * 5000)
+    assert isinstance(err, comfy.nodes.paths.ModelPathError) and "5000 characters" in str(err)
+
+
+def test_a_weight_file_linked_out_of_the_models_folders_is_refused(comfy, tmp_path):
+    """Issue 16: only the folder was checked, so models/uni1/m/model.safetensors -> /anywhere loaded."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "model.safetensors").write_bytes(b"secret")
+    folder = make_model_dir(comfy.models / "m")
+    os.symlink(outside / "model.safetensors", folder / "model.safetensors")
+    message = comfy.pack.NODE_CLASS_MAPPINGS["Uni1ModelLoader"].VALIDATE_INPUTS(model_name="m")
+    assert "model.safetensors is a link to" in message and "outside the models folders" in message
+    err = quickly(comfy.nodes.loaders.resolve_model_source, "m")
+    assert isinstance(err, comfy.nodes.paths.ModelPathError)
+    # a link to another registered models folder is fine (extra_model_paths.yaml)
+    other = tmp_path / "more_models"
+    other.mkdir()
+    comfy.fp.folder_names_and_paths["uni1"][0].append(str(other))
+    (outside / "model.safetensors").rename(other / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    os.symlink(other / "model.safetensors", folder / "model.safetensors")
+    assert comfy.nodes.paths.resolve_local("m") == folder.resolve()
+
+
+def test_importing_the_pack_is_cheap():
+    """The pack's import loads no model code, no safetensors and no hub client (a subprocess,
+    so this test's own imports do not count)."""
+    import subprocess
+    code = ("import sys, importlib.util; spec = importlib.util.spec_from_file_location('pack', %r, "
+            "submodule_search_locations=[%r]); pack = importlib.util.module_from_spec(spec); "
+            "sys.modules['pack'] = pack; spec.loader.exec_module(pack); assert len(pack.NODE_CLASS_MAPPINGS) == 6; "
+            "heavy = [m for m in sys.modules if m.split('.')[0] in ('safetensors', 'huggingface_hub', 'einops') "
+            "or m.startswith(('pack.uni1_core.model', 'pack.uni1_core.sampler', 'pack.uni1_core.plan'))]; "
+            "print(heavy)") % (str(ROOT / "__init__.py"), str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_sampler_reads_what_the_plan_node_shows(comfy, tiny, monkeypatch):
+    """One setting: the plan node's choice travels with the plan, the sampler's own wins, and the
+    text the plan node shows (with the model connected) is the text the model is conditioned on."""
+    seen = []
+    original = tiny.model.pipe.sample
+
+    def spy(*args, **kwargs):
+        result = original(*args, **kwargs)
+        seen.append(result.conditioning)
+        return result
+    monkeypatch.setattr(tiny.model.pipe, "sample", spy)
+    node = tiny.M["Uni1ReasoningPlan"]()
+    prompt = "a lamp over two tables"
+    for choice in ("auto", "prompt+plan", "prompt", "plan"):
+        planned, text, _ = node.plan(prompt, choice, model=tiny.model)["result"]
+        run_sampler(tiny, plan=planned)
+        assert seen[-1] == text, choice
+    assert seen[0] == seen[1] == "a lamp over two tables. Exactly two tables. The lamp is above the tables."
+    assert seen[2] == prompt and seen[3] == "A lamp is above two tables."
+    planned = node.plan(prompt, "prompt", model=tiny.model)["result"][0]
+    run_sampler(tiny, plan=planned, conditioning="plan")                  # the sampler's own choice wins
+    assert seen[-1] == "A lamp is above two tables."
+    run_sampler(tiny, prompt=prompt, conditioning="prompt")               # no plan node
+    assert seen[-1] == prompt

@@ -6,6 +6,8 @@ cache), so these tests also check the sampler against the model's call contract.
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -51,7 +53,7 @@ def tiny_model(num_codes: int = 16, seed: int = 0, scale: float = 0.5, layers: i
     model = Uni1Model(cfg).to(torch.float64).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for name, p in model.state_dict().items():     # Hugging Face names and order: views, written in place
             noise = torch.randn(p.shape, generator=g, dtype=torch.float64)
             if "norm" in name:
                 p.copy_(1.0 + 0.1 * noise if name.endswith("weight") else 0.1 * noise)
@@ -111,7 +113,7 @@ def test_greedy_modes_equal_ar(model, vocab, grid):
         out = sample_codes(model, vocab, grid, PROMPTS, mode=mode, coupling=coupling, window=window,
                            policy=greedy, seeds=[5, 6, 7])
         assert torch.equal(out.codes, ar.codes), (mode, coupling, window)
-        assert out.stats["forwards"] < ar.stats["forwards"], "greedy drafts should be accepted in runs"
+        assert out.stats.forwards < ar.stats.forwards, "greedy drafts should be accepted in runs"
 
 
 def test_codes_and_streams_follow_the_grid(model, vocab, grid):
@@ -179,9 +181,9 @@ def test_cache_holds_exactly_the_committed_prefix(model, vocab, grid):
         step = (after - before)[:3]
         active = before[:3] < S
         assert ((step >= 1) & (step <= 6))[active].all() and (step[~active] == 0).all()
-    assert out.stats["forwards"] == len(rec.calls) - 1 and out.stats["prefill_forwards"] == 1
-    hist = out.stats["accepted_hist"]               # a branch hit commits one token more
-    assert sum((a + 1) * c for a, c in enumerate(hist)) + out.stats["branch_hits"] == 3 * S
+    assert out.stats.forwards == len(rec.calls) - 1 and out.stats.prefill_forwards == 1
+    hist = out.stats.accepted_hist               # a branch hit commits one token more
+    assert sum((a + 1) * c for a, c in enumerate(hist)) + out.stats.branch_hits == 3 * S
 
 
 def test_cancel_then_rerun_equals_clean_run(model, vocab, grid):
@@ -209,7 +211,7 @@ def test_condition_rows_are_prefilled_and_kept(model, vocab):
     ar = sample_codes(model, vocab, grid, PROMPTS[:2], mode="ar", policy=greedy, seeds=[0, 1])
     assert torch.equal(ar.codes[:, :2], cond.expand(2, 2, 4))
     free = grid.stream_len - 2 * (grid.cols + 1)
-    assert ar.stats["forwards"] == free and ar.stats["image_tokens"] == free
+    assert ar.stats.forwards == free and ar.stats.image_tokens == free
     for mode, coupling, window in RUNS[1:]:
         out = sample_codes(model, vocab, grid, PROMPTS[:2], mode=mode, coupling=coupling, window=window,
                            policy=greedy, seeds=[0, 1])
@@ -225,7 +227,7 @@ def test_progress_and_preview(model, vocab, grid):
                        on_preview=lambda codes, done: previews.append((codes.clone(), done.clone())))
     total = 2 * grid.stream_len
     assert progress[-1] == (total, total) and all(t == total for _, t in progress)
-    assert [d for d, _ in progress] == sorted(d for d, _ in progress) and len(progress) == out.stats["forwards"]
+    assert [d for d, _ in progress] == sorted(d for d, _ in progress) and len(progress) == out.stats.forwards
     codes, done = previews[-1]
     assert done.all() and torch.equal(codes, out.codes)
     for codes, done in previews:                   # drawn cells already hold their final code
@@ -235,12 +237,17 @@ def test_progress_and_preview(model, vocab, grid):
 def test_statistics(model, vocab, grid):
     ar = sample_codes(model, vocab, grid, PROMPTS, mode="ar", policy=POLICY, seeds=[0, 1, 2])
     s = ar.stats
-    assert s["mode"] == "ar" and s["forwards"] == grid.stream_len and s["forwards_per_token"] == 1.0
-    assert s["image_tokens"] == grid.stream_len and s["accepted_hist"] == [3 * grid.stream_len]
-    assert s["residual_fallbacks"] == 0 and s["seconds"] > 0 and s["per_image_forwards"] == [grid.stream_len] * 3
+    assert s.mode == "ar" and s.forwards == grid.stream_len and s.forwards_per_token == 1.0
+    assert s.image_tokens == grid.stream_len and s.accepted_hist == [3 * grid.stream_len]
+    assert s.residual_fallbacks == 0 and s.seconds > 0 and s.per_image_forwards == [grid.stream_len] * 3
     sjd = sample_codes(model, vocab, grid, PROMPTS, mode="sjd", policy=POLICY, seeds=[0, 1, 2]).stats
-    assert len(sjd["accepted_hist"]) == 16 and sjd["forwards"] == max(sjd["per_image_forwards"])
-    assert sjd["forwards_per_token"] < 1.0
+    assert len(sjd.accepted_hist) == 16 and sjd.forwards == max(sjd.per_image_forwards)
+    assert sjd.forwards_per_token < 1.0
+    # the JSON of --stats-json: every field, in a fixed order, and nothing that json cannot write
+    assert list(json.loads(json.dumps(sjd.to_dict()))) == [
+        "mode", "window", "coupling", "batch", "forwards", "prefill_forwards", "image_tokens", "regions",
+        "branches", "accepted_hist", "residual_fallbacks", "branch_hits", "per_image_forwards",
+        "forwards_per_token", "per_image_forwards_per_token", "seconds", "tokens_per_second"]
 
 
 def test_no_cfg_skips_the_unconditional_rows(model, vocab, grid):
@@ -252,12 +259,12 @@ def test_no_cfg_skips_the_unconditional_rows(model, vocab, grid):
 def test_residual_fallback_is_counted_and_stays_in_support():
     p = torch.tensor([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])
     q = torch.tensor([[0.5, 0.5, 0.0], [0.1, 0.3, 0.6]])
-    law, bad = sampler_mod.residual_law(p, q)
+    law, bad = sampler_mod.residual_distribution(p, q)
     assert bad.tolist() == [True, False]
     assert torch.equal(law[0], p[0])                                   # fell back to p, zero stays zero
     torch.testing.assert_close(law[1], torch.tensor([0.1, 0.0, 0.0]))
     nan = torch.tensor([[float("nan"), 0.5, 0.5]])
-    assert sampler_mod.residual_law(nan, nan)[1].tolist() == [True]
+    assert sampler_mod.residual_distribution(nan, nan)[1].tolist() == [True]
 
 
 def test_sample_from_never_picks_zero_weight():
@@ -308,18 +315,18 @@ def region_model(vocab):
         emb[:, 7] = 1.0                                     # a constant channel for every token
         for tok, ch in [(7, 0), (8, 1), (9, 2)]:
             emb[tok, ch] = 4.0
-        layer = m.model.layers[0]
-        layer.input_layernorm.weight.fill_(1.0)
-        layer.post_attention_layernorm.weight.fill_(1.0)
+        layer = {k.removeprefix("model.layers.0."): v for k, v in m.state_dict().items()}   # views: written in place
+        layer["input_layernorm.weight"].fill_(1.0)
+        layer["post_attention_layernorm.weight"].fill_(1.0)
         # attention: values copy channels 0..2; every query attends mostly to the branch token
-        layer.self_attn.v_proj.weight[:3, :3] = torch.eye(3)
-        layer.self_attn.o_proj.weight[:3, :3] = torch.eye(3) * 8
+        layer["self_attn.v_proj.weight"][:3, :3] = torch.eye(3)
+        layer["self_attn.o_proj.weight"][:3, :3] = torch.eye(3) * 8
         # keys large where a branch channel is set; dimension 3 is the slowest RoPE frequency,
         # so the match barely depends on the distance
-        layer.self_attn.k_proj.weight[3, :3] = 4.0
-        layer.self_attn.q_proj.weight[3, 7] = 4.0
-        layer.self_attn.q_norm.weight.fill_(1.0)
-        layer.self_attn.k_norm.weight.fill_(1.0)
+        layer["self_attn.k_proj.weight"][3, :3] = 4.0
+        layer["self_attn.q_proj.weight"][3, 7] = 4.0
+        layer["self_attn.q_norm.weight"].fill_(1.0)
+        layer["self_attn.k_norm.weight"].fill_(1.0)
         m.model.norm.weight.fill_(1.0)
         head = m.lm_head.weight
         for ch, codes in [(0, range(0, 4)), (1, range(4, 8)), (2, range(8, 12))]:
@@ -366,3 +373,16 @@ def test_bad_inputs_are_clear_errors(model, vocab, grid):
         sample_codes(model, vocab, grid, PROMPTS[:2], regions=[None])
     with pytest.raises(ValueError, match="coupling 'x' is unknown"):
         sample_codes(model, vocab, grid, PROMPTS, mode="sjd_coupled", coupling="x")
+
+
+def test_direct_callers_get_the_request_limits(model, vocab, grid):
+    """sample_codes itself (not only the pipeline) maps every widget seed to its int64 twin,
+    clamps an oversized window and refuses a prompt longer than the model's positions."""
+    from uni1_core.sequence import PromptTooLong
+    run = lambda **kw: sample_codes(model, vocab, grid, [[7, 8]], mode="sjd", policy=SamplingPolicy(cfg_scale=1.0), **kw)
+    top = run(seeds=[2**64 - 1])
+    assert torch.equal(top.codes, run(seeds=[-1]).codes)
+    assert torch.equal(run(seeds=[0], window=10**6).codes, run(seeds=[0], window=grid.stream_len).codes)
+    too_long = [7] * model.config.max_position_embeddings
+    with pytest.raises(PromptTooLong, match="prompt"):
+        sample_codes(model, vocab, grid, [too_long], mode="ar", policy=SamplingPolicy(cfg_scale=1.0))

@@ -128,6 +128,8 @@ EXACT = {
     "coupled_maximal_no_branches": dict(mode="sjd_coupled", coupling="maximal", window=4, branches=0),
     "coupled_gumbel_1_branch": dict(mode="sjd_coupled", coupling="gumbel", window=4, branches=1),
     "sjd_2_branches": dict(mode="sjd", window=4, branches=2),
+    # the decode step through torch.compile (uni1_core/decode.py): static shapes, full windows
+    "coupled_maximal_compiled": dict(mode="sjd_coupled", coupling="maximal", window=4, compile=True),
 }
 
 
@@ -139,9 +141,12 @@ def test_mode_has_the_exact_ar_law(setup, name):
     z, tv, chi2, df = law_z(cells, laws["regional" if kw.get("regional") else "plain"])
     assert z < Z_MAX, f"{name}: chi2 {chi2:.0f} on {df} df (z {z:.1f}), TV {tv:.4f}"
     if name != "ar":
-        assert stats["forwards_per_token"] < 1.0
-    if stats["branches"]:                           # the branches were used, not just scored
-        assert stats["branch_hits"] > N // 10, stats["branch_hits"]
+        assert stats.forwards_per_token < 1.0
+    if stats.branches:                           # the branches were used, not just scored
+        assert stats.branch_hits > N // 10, stats.branch_hits
+    if kw.get("compile"):
+        from uni1_core import decode
+        assert decode.static_forward(model).compiled, "torch.compile fell back: nothing was compiled"
 
 
 def test_regional_law_is_a_different_law(setup):
@@ -201,7 +206,7 @@ def bonus_after_the_draft(original):
 
 
 NEGATIVE = {
-    "lumina2_residual": (dict(mode="sjd", window=4), "residual_law", lambda orig: lumina2_residual),
+    "lumina2_residual": (dict(mode="sjd", window=4), "residual_distribution", lambda orig: lumina2_residual),
     "old_q_labels": (dict(mode="sjd_coupled", coupling="maximal", window=4, branches=0), "verify_window",
                      old_q_for_kept_drafts),
     "batch_min": (dict(mode="sjd", window=4), "verify_window", batch_min_commit),

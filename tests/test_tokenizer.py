@@ -7,6 +7,7 @@ ones), so no fixture file is needed. Every comparison is exact: ids and strings.
 import json
 import random
 import re
+import time
 import unicodedata
 
 import pytest
@@ -425,3 +426,95 @@ def test_tens_of_thousands_of_added_tokens(pair):
         text = "".join(rng.choice([rng.choice(names), rng.choice(names)[:-1], " x", "<reserved", "1>", "<r", "9"])
                        for _ in range(rng.randint(1, 12)))
         _check(ours, hf, text)
+
+
+# ----------------------------------------------------------------------------- hostile input (issue 16)
+
+def _timed(fn, *args, bound=0.5):
+    start = time.perf_counter()
+    result = fn(*args)
+    elapsed = time.perf_counter() - start
+    assert elapsed < bound, f"{elapsed:.2f} s (bound {bound} s)"
+    return result
+
+
+def test_long_added_token_matching_is_linear(pair):
+    """A 2,000-character added token that almost matches at each of 20,000 positions: a trie
+    walked from every start took 19 s; one Aho-Corasick pass takes milliseconds, same ids."""
+    spec = json.loads(json.dumps(pair[2]))
+    long_token = "q" * 2000 + ">"
+    spec["added_tokens"].append({"id": max(t["id"] for t in spec["added_tokens"]) + 1, "content": long_token,
+                                 "special": True, "normalized": False, "single_word": False,
+                                 "lstrip": False, "rstrip": False})
+    ours, hf = TextTokenizer(spec), Tokenizer.from_str(json.dumps(spec))
+    for text in ["q" * 20000, ("q" * 1999 + ">") * 10, long_token * 3 + " x " + long_token[1:]]:
+        ids = _timed(ours.encode, text)
+        assert ids == hf.encode(text, add_special_tokens=False).ids
+
+
+def test_overlapping_added_tokens_match_leftmost_longest(pair):
+    """Tokens that are prefixes, suffixes and infixes of each other (the fail links of the
+    automaton): same splits as `tokenizers`."""
+    hf = Tokenizer.from_str(json.dumps(pair[2]))
+    names = ["abcd", "bc", "bcde", "cdef", "c", "abcdefg", "defx", "xa", "aab"]
+    hf.add_tokens([HFAddedToken(n, special=k % 2 == 0, normalized=False, lstrip=k == 1, rstrip=k == 2)
+                   for k, n in enumerate(names)])
+    ours = TextTokenizer(json.loads(hf.to_str()))
+    rng = random.Random(3)
+    for _ in range(300):
+        text = "".join(rng.choice("abcdefgx ") for _ in range(rng.randint(0, 30)))
+        _check(ours, hf, text)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda s: s.update(normalizer="NFC"), "normalizer must be a JSON object with a 'type'.*got str 'NFC'"),
+    (lambda s: s.update(normalizer={"type": "Sequence", "normalizers": "NFC"}), "'normalizers' must be a JSON list"),
+    (lambda s: s.update(pre_tokenizer="ByteLevel"), "pre_tokenizer must be a JSON object"),
+    (lambda s: s.update(model="BPE"), "model must be a JSON object"),
+    (lambda s: s.update(decoder="ByteLevel"), "decoder must be a JSON object"),
+    (lambda s: s.update(post_processor="x"), "post_processor must be a JSON object"),
+    (lambda s: s["pre_tokenizer"]["pretokenizers"][0].update(pattern={"String": 5}), "unsupported Split pattern"),
+    (lambda s: s["added_tokens"].append({"content": "<zz>"}), r"added token #\d+ \{'content': '<zz>'\} needs an integer 'id'"),
+    (lambda s: s["added_tokens"].append({"content": "<zz>", "id": "7"}), "needs an integer 'id'"),
+    (lambda s: s["added_tokens"].append({"id": 7}), "and a string 'content'"),
+    (lambda s: s["added_tokens"].append("<zz>"), "needs an integer 'id'"),
+    (lambda s: s.update(added_tokens={"<zz>": 7}), "'added_tokens' must be a JSON list"),
+    (lambda s: s["model"].update(merges=[["a", 1]]), r"bad merge \['a', 1\] \(merge #0\)"),
+    (lambda s: s["model"].update(merges=[[["a"], "b"]]), "bad merge"),
+    (lambda s: s["model"].update(merges=[1, 2]), "bad merge 1"),
+    (lambda s: s["model"].update(merges={"a": "b"}), "'merges' is not a list"),
+    (lambda s: s["model"]["vocab"].update(zz="1"), "vocab entry 'zz' has id '1'"),
+    (lambda s: s["model"]["vocab"].update(zz=-1), "vocab entry 'zz' has id -1"),
+    (lambda s: s["model"]["vocab"].update(zz=2 ** 40), "ids must be whole numbers"),
+])
+def test_malformed_files_are_refused_by_name(pair, change, message):
+    spec = json.loads(json.dumps(pair[2]))
+    change(spec)
+    with pytest.raises(TokenizerError, match=message):
+        _timed(TextTokenizer, spec)
+
+
+def test_malformed_file_structure(pair, tmp_path):
+    path = tmp_path / "tokenizer.json"
+    for text, message in [("[]", "top level is a list"), ("[" * 100_000, "nested too deeply"),
+                          ('{"model": ' * 50_000, "nested too deeply"), ("\udcff", "not UTF-8"),
+                          ('{"normalizer": ' + '{"type": "Sequence", "normalizers": [' * 900 + "null"
+                           + "]}" * 900 + "}", "nested too deeply")]:
+        path.write_bytes(text.encode("utf-8", "surrogateescape"))
+        with pytest.raises(TokenizerError, match=message):
+            _timed(TextTokenizer.from_file, path)
+    # 1 GB is refused by its size, before a byte is read (a sparse file: no disk used)
+    with open(path, "wb") as f:
+        f.truncate(1 << 30)
+    with pytest.raises(TokenizerError, match="1024 MiB; tokenizer files are at most 256 MiB"):
+        _timed(TextTokenizer.from_file, path)
+    with pytest.raises(TokenizerError, match="1024 MiB"):
+        _timed(TextTokenizer.from_dir, tmp_path)
+    path.write_text(json.dumps(pair[2]), encoding="utf-8")
+    for name, text, message in [("tokenizer_config.json", "[1]", "expected a JSON object, got a list"),
+                                ("config.json", "[" * 100_000, "nested too deeply"),
+                                ("config.json", '{"bos_token_id": "7"}', "bos_token_id is '7'")]:
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        with pytest.raises(TokenizerError, match=message):
+            _timed(TextTokenizer.from_dir, tmp_path)
+        (tmp_path / name).unlink()

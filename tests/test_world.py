@@ -3,7 +3,7 @@
 import random
 
 from training.world import CELLS, SIZES, random_scene, render
-from uni1_core.geneval import detect, relations_between
+from bench.geneval import detect, relations_between
 
 
 def _scenes(n, seed=11):

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F
 
 from training.world import random_scene, render_batch
-from uni1_core.geneval import detect
+from bench.geneval import detect
 from uni1_core.movq import MoVQ, MoVQConfig, tensor_to_pil
 
 DEMO_MOVQ = MoVQConfig(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1, attn_resolutions=(32,), n_embed=512, embed_dim=4)

@@ -322,7 +322,9 @@ def main(argv=None):
         model.requires_grad_(True)
     else:
         with torch.no_grad():  # small init, as in GPT-2: keeps the first steps of a tiny model stable
-            for name, param in model.named_parameters():
+            # drawn over the Hugging Face names (views of the fused tensors, in transformers'
+            # order), so a seed gives the same start as before q/k/v and gate/up were fused
+            for name, param in model.state_dict(keep_vars=True).items():
                 if param.ndim == 2:
                     param.normal_(0.0, 0.02)
     print(f"transformer: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)

@@ -4,7 +4,7 @@ A scene is one to four flat-coloured shapes (circle, square, triangle) in six sa
 and three sizes, on a pale, low-saturation background (plain or a two-tone gradient). Objects are
 squares of whole MoVQ code cells (2, 3 or 4 of the 8 cells across a 64 x 64 image) placed on
 whole cells, with at least one free cell between any two. So every object is one connected blob
-of one colour, which lets the deterministic evaluator in `uni1_core/geneval.py` find it again,
+of one colour, which lets the deterministic evaluator in `bench/geneval.py` find it again,
 and every code is one part of one shape rather than one of countless sub-cell offsets, which lets
 a tiny transformer trained for minutes on a CPU draw crisp shapes.
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
-from uni1_core.geneval import Detection, relations_between
+from bench.geneval import Detection, relations_between
 from uni1_core.layout import cells_apart
 
 SHAPES = ("circle", "square", "triangle")

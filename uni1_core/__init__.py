@@ -5,6 +5,8 @@ Public API (stable; see README.md):
     TextTokenizer.from_file(path)                                         the model's text tokenizer
     MoVQ.from_pretrained(path_or_repo_id, dtype=..., device=...)          the MoVQGAN image tokenizer
     make_plan(prompt) -> Plan                                             the reasoning plan
+    Plan.from_text(answer) -> Plan                                        a plan from another LLM's answer
+    CONDITIONINGS: "prompt+plan", "prompt", "plan"                        what the model reads
     sample_codes(...), SamplingPolicy, PRESETS                            AR / SJD / coupled-SJD sampling
     Uni1Pipeline                                                          all of the above in one object
 
@@ -19,6 +21,7 @@ _EXPORTS = {
     "MoVQ": "movq",
     "Plan": "plan", "make_plan": "plan", "PlanError": "plan", "Subject": "plan", "Relation": "plan",
     "Style": "plan", "Box": "plan", "parse_llm_output": "plan",
+    "CONDITIONINGS": "conditioning", "read_answer": "llm_answer",
     "SamplingPolicy": "policy", "PRESETS": "policy",
     "sample_codes": "sampler", "SampleResult": "sampler", "Cancelled": "sampler",
     "ImageGrid": "sequence", "ImageVocab": "sequence", "supported_sizes": "sequence",

@@ -23,11 +23,14 @@ and saying what to do.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import safe_open
@@ -50,10 +53,16 @@ MODEL_METADATA_FILES = [
 ]
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SHARD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*\.safetensors$")
 
 
 class CheckpointError(ValueError):
     """A model folder, repo id or weight file that cannot be used; the message says why and how to fix it."""
+
+
+class DownloadError(CheckpointError):
+    """The hub did not deliver a file (offline, unknown repo, no access, network); `__cause__` is
+    the hub's own exception."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,23 +76,26 @@ def hub_offline() -> bool:
     return value.strip().lower() in {"1", "on", "yes", "true"} or bool(hub_constants.HF_HUB_OFFLINE)
 
 
-def _hub_error(repo_id: str, what: str, err: Exception) -> CheckpointError:
+def _hub_error(repo_id: str, what: str, err: Exception) -> DownloadError:
     if hub_offline():
         how = ("HF_HUB_OFFLINE is set and the local cache does not hold it: unset HF_HUB_OFFLINE "
                "to download it once, or pass a local folder")
     else:
         how = ("check the repo id and your connection (a gated or private repo also needs "
                "`huggingface-cli login`), or pass a local folder")
-    return CheckpointError(f"could not get {what} from the Hugging Face repo {repo_id!r}: "
+    return DownloadError(f"could not get {what} from the Hugging Face repo {repo_id!r}: "
                            f"{type(err).__name__}: {err}. Fix: {how}.")
 
 
-def _snapshot(repo_id: str, allow_patterns: list[str], cache_dir) -> Path:
+def _snapshot(repo_id: str, allow_patterns: list[str], cache_dir=None, local_dir=None, tqdm_class=None) -> Path:
     from huggingface_hub import snapshot_download
 
+    options = {"local_dir": str(local_dir)} if local_dir is not None else {}
+    if tqdm_class is not None:
+        options["tqdm_class"] = tqdm_class
     try:
         folder = snapshot_download(repo_id, allow_patterns=allow_patterns, cache_dir=cache_dir,
-                                   local_files_only=hub_offline())
+                                   local_files_only=hub_offline(), **options)
     except Exception as err:  # the hub raises many types (offline, 404, auth, network)
         raise _hub_error(repo_id, f"the files {allow_patterns}", err) from err
     return Path(folder)
@@ -100,12 +112,40 @@ def download_file(repo_id: str, filename: str, cache_dir: str | os.PathLike | No
     return Path(path)
 
 
+def download_model(repo_id: str, cache_dir: str | os.PathLike | None = None, local_dir: str | os.PathLike | None = None,
+                   tqdm_class=None, check_config: Callable[[Path], object] | None = None) -> Path:
+    """Fetch exactly the files a model folder needs, never the whole repo, in three steps:
+
+    1. config.json, passed to `check_config` (e.g. `ModelConfig.from_file`, which refuses a
+       model of another type): a repo that is not a model we run costs one small file;
+    2. the tokenizer files and the weight index;
+    3. the weight files the index names (plain `*.safetensors` names in the folder), or
+       model.safetensors. Pickled weights (.bin, .pt) are never downloaded.
+
+    Into `local_dir` when given (ComfyUI's models folder), else the Hugging Face cache.
+    """
+    fetch = functools.partial(_snapshot, repo_id, cache_dir=cache_dir, local_dir=local_dir, tqdm_class=tqdm_class)
+    if check_config is not None:
+        fresh = local_dir is not None and not Path(local_dir).exists()
+        folder = fetch(["config.json"])
+        try:
+            check_config(_check_model_dir(folder) / "config.json")
+        except Exception:
+            if fresh:   # leave no half-downloaded folder that would be listed as a model
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+    folder = fetch(MODEL_METADATA_FILES)
+    folder = fetch(MODEL_METADATA_FILES + weight_file_names(folder))
+    return _check_model_dir(folder)
+
+
 def resolve_model_dir(path_or_repo_id: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
-                      allow_patterns: list[str] | None = None) -> Path:
+                      allow_patterns: list[str] | None = None,
+                      check_config: Callable[[Path], object] | None = None) -> Path:
     """The local folder holding a model: a folder as given, the demo model, or a hub snapshot.
 
-    With a repo id and `allow_patterns=None`, the metadata files are fetched first and then
-    exactly the weight files that the index names (or model.safetensors).
+    With a repo id and `allow_patterns=None`, `download_model` fetches the config (checked
+    with `check_config`), the metadata files, and then exactly the weight files the index names.
     """
     name = os.fspath(path_or_repo_id)
     path = Path(name).expanduser()
@@ -126,13 +166,22 @@ def resolve_model_dir(path_or_repo_id: str | os.PathLike, cache_dir: str | os.Pa
                               "such as 'Alpha-VLLM/Lumina-mGPT-2.0'.")
     if allow_patterns is not None:
         return _check_model_dir(_snapshot(name, list(allow_patterns), cache_dir))
-    folder = _snapshot(name, MODEL_METADATA_FILES, cache_dir)
-    if (folder / INDEX_FILE).is_file():
-        shards = sorted(set(_read_index(folder / INDEX_FILE).values()))
-    else:
-        shards = [SINGLE_FILE]
-    folder = _snapshot(name, MODEL_METADATA_FILES + shards, cache_dir)
-    return _check_model_dir(folder)
+    return download_model(name, cache_dir=cache_dir, check_config=check_config)
+
+
+def weight_file_names(folder: Path) -> list[str]:
+    """The weight files a model folder needs: the shards its index names, else model.safetensors.
+    A shard name must be a plain `*.safetensors` file name: an index is downloaded data, and a
+    name with a path in it could point a download (or a read) outside the folder."""
+    if not (folder / INDEX_FILE).is_file():
+        return [SINGLE_FILE]
+    names = sorted(set(_read_index(folder / INDEX_FILE).values()))
+    bad = [n for n in names if not _SHARD_NAME.match(n)]
+    if bad:
+        raise CheckpointError(f"{folder / INDEX_FILE} names weight files {bad[:3]}, which are not plain "
+                              "*.safetensors file names in the folder. Fix: use the checkpoint's own index; "
+                              "only safetensors shards are read.")
+    return names
 
 
 def _check_model_dir(folder: Path) -> Path:
@@ -194,7 +243,7 @@ def list_safetensors_dir(folder: str | os.PathLike) -> dict[str, TensorEntry]:
     index_path = folder / INDEX_FILE
     if index_path.is_file():
         weight_map = _read_index(index_path)
-        headers = {name: _read_header(folder / name) for name in sorted(set(weight_map.values()))}
+        headers = {name: _read_header(folder / name) for name in weight_file_names(folder)}
         entries = {}
         for key, name in weight_map.items():
             if key not in headers[name]:
@@ -236,14 +285,69 @@ def read_tensors(entries: dict[str, TensorEntry], device: str | torch.device = "
     return tensors
 
 
-def load_pickle_checkpoint(path: str | os.PathLike) -> dict:
-    """A PyTorch .ckpt/.pt/.bin file read with weights_only=True: tensors and plain containers, no code."""
+def read_metadata(file: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a safetensors file's header (no tensor data is read)."""
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as err:
+        raise CheckpointError(f"weight file {file} cannot be read ({type(err).__name__}: {err}); it is probably "
+                              "truncated or not a safetensors file. Fix: delete it and download it again.") from err
+
+
+def list_safetensors_file(file: str | os.PathLike) -> dict[str, TensorEntry]:
+    """Every tensor of one safetensors file -> its shape and dtype, from the header only."""
+    return _read_header(Path(file))
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], dst: str | os.PathLike, metadata: dict[str, str]) -> None:
+    """Write `tensors` to `dst`, through a temporary name, so an interrupted write never leaves a
+    truncated file under the real name."""
+    from safetensors.torch import save_file
+
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".partial")
+    save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(tmp),
+              metadata={"format": "pt", **metadata})
+    os.replace(tmp, dst)
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch pickles (.ckpt, .pt, .bin)
+
+def load_pickle_checkpoint(path: str | os.PathLike) -> object:
+    """A PyTorch pickle read with `torch.load(weights_only=True)`: PyTorch's restricted unpickler,
+    which builds tensors and plain containers and refuses anything that would import or call
+    code. A file it refuses is reported, never retried unrestricted. Memory-mapped when the
+    file format allows it (the zip format; older files are read whole)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {path} does not exist. Fix: check the path or download it again.")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap can only be used" not in str(err):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)   # legacy (pre-zip) format
     except Exception as err:
-        raise CheckpointError(f"{path} cannot be read as a tensors-only PyTorch checkpoint "
-                              f"({type(err).__name__}: {err}). It may be truncated, or it may need code "
-                              "to unpickle, which we refuse. Fix: download it again.") from err
+        # The pickle module stays out of run-time code, so its error is recognised by name.
+        if type(err).__name__ != "UnpicklingError" or "Weights only load failed" not in str(err):
+            raise CheckpointError(f"{path} cannot be read as a PyTorch checkpoint: it is truncated, corrupt or "
+                                  f"not a checkpoint ({type(err).__name__}: {err}). Fix: download it again.") from err
+        raise CheckpointError(_refusal(path, err)) from err
+
+
+def _refusal(path: Path, err: Exception) -> str:
+    reason = next((line.strip() for line in str(err).splitlines()
+                   if re.search(r"unsupported|GLOBAL|not allowed", line, re.I)),
+                  str(err).strip().splitlines()[-1])
+    return (f"Refusing to load {path}: its pickle asks to import or call code, not just to build tensors "
+            f"({reason}). Loading it would run that code, so it is not loaded. If you trust where the file "
+            f"came from, convert it once, in a throwaway environment, to safetensors, e.g.\n"
+            f"  python -c \"import torch; from safetensors.torch import save_file; "
+            f"sd = torch.load('{path}', map_location='cpu', weights_only=False); sd = sd.get('state_dict', sd); "
+            f"save_file({{k: v.contiguous() for k, v in sd.items() if isinstance(v, torch.Tensor)}}, "
+            f"'{path.stem}.safetensors')\"\n"
+            f"and load {path.stem}.safetensors instead.")

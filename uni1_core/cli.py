@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
+
+from .conditioning import CONDITIONINGS
+from .limits import (MAX_BATCH, RequestError, batch_seeds, check_batch, check_branches, check_window,
+                     is_out_of_memory, resolve_device)
 
 
 class ProgressBar:
@@ -34,7 +39,85 @@ def _size(text: str):
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"size must look like 768x768, got {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise argparse.ArgumentTypeError(f"size {text!r} has a side of 0 or less; give WxH in pixels, "
+                                         "e.g. 768x768 (leave --size out for the model's default)")
     return w, h
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+def _check_args(args) -> None:
+    """Refuse a bad command line before anything is loaded or sampled: every check is instant,
+    so a typo never costs a model load, and a bad output path never costs a finished image."""
+    if args.command in ("generate", "plan") and not args.prompt.strip():
+        raise RequestError("the prompt is empty: say what to draw, e.g. --prompt \"a red circle\"")
+    if args.command == "convert-movq":
+        if not Path(args.src).is_file():
+            raise RequestError(f"convert-movq: {args.src} is not a file (give the MoVQGAN .ckpt)")
+        _check_output(args.dst, "convert-movq destination")
+    if args.command != "generate":
+        return
+    from .policy import PRESETS
+    check_batch(args.batch)
+    batch_seeds(args.seed, args.batch)                  # the seed's range
+    check_window(args.window)                          # >= 1; clamped to the image's stream later
+    check_branches(args.branches)
+    if args.regional and args.no_plan:
+        raise RequestError("--regional guides each planned object's box, so it needs the plan: drop --no-plan")
+    if args.preset is not None and args.preset not in PRESETS:
+        raise RequestError(f"unknown preset {args.preset!r}: choose one of {', '.join(PRESETS)}")
+    _policy(args, PRESETS[args.preset or "uni1"])     # cfg, temperature, top-k, top-p in range
+    args.device = resolve_device(args.device)
+    _check_output(args.out, "--out", image=True)
+    if args.stats_json:
+        _check_output(args.stats_json, "--stats-json")
+    if args.movq is not None:
+        _check_movq(args.movq)
+
+
+def _policy(args, base):
+    """The sampling policy: the preset (or the model's default) with the flags' changes."""
+    changes = {k: v for k, v in (("cfg_scale", args.cfg), ("temperature", args.temperature),
+                                 ("top_k", args.top_k), ("top_p", args.top_p)) if v is not None}
+    return base.replace(**changes)
+
+
+def _check_output(name: str, flag: str, image: bool = False) -> None:
+    """A file we will be able to write: not a folder, in a folder we can create and write to,
+    and (for images) with an extension PIL can save."""
+    path = Path(name)
+    if path.is_dir() or name.endswith(("/", os.sep)):
+        raise RequestError(f"{flag} {name} is a folder; give a file name, e.g. {path / 'image.png'}")
+    if image:
+        from PIL import Image
+        Image.init()
+        formats = Image.registered_extensions()
+        if formats.get(path.suffix.lower()) not in Image.SAVE:
+            raise RequestError(f"{flag} {name}: cannot save a {path.suffix or 'extension-less'} image; "
+                               "end the name in .png (or .jpg, .webp)")
+    folder = path.parent if str(path.parent) else Path(".")
+    existing = next(p for p in [folder, *folder.parents, Path(".")] if p.exists() or p == Path("."))
+    if not existing.is_dir():
+        raise RequestError(f"{flag} {name}: {existing} is a file, so no folder can be made there")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RequestError(f"{flag} {name}: the folder {existing} is not writable")
+
+
+def _check_movq(name: str) -> None:
+    """A MoVQ weights file that exists (a Hugging Face repo id is resolved when loaded, which
+    also happens before sampling)."""
+    path = Path(name)
+    if path.exists():
+        if not path.is_file():
+            raise RequestError(f"--movq {name} is a folder; give the weights file "
+                               "(movq.safetensors or movqgan_270M.ckpt)")
+        return
+    repo_id = (name.count("/") == 1 and not name.startswith((".", "/", "~"))
+               and path.suffix not in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"))
+    if not repo_id:
+        raise RequestError(f"--movq file {name} does not exist (give a weights file, or a Hugging Face "
+                           "repo id such as ai-forever/MoVQGAN)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="prompt -> plan -> image tokens -> PNG")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--out", required=True, help="PNG path (batch > 1 appends _0, _1, ...)")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--batch", type=int, default=1, help="images per call, seeds seed, seed+1, ...")
+    gen.add_argument("--seed", type=int, default=0, help="-2^63 .. 2^64-1; -1 and 2^64-1 are the same seed")
+    gen.add_argument("--batch", type=int, default=1,
+                     help=f"images per call (1 to {MAX_BATCH}), seeds seed, seed+1, ... (mod 2^64)")
     gen.add_argument("--mode", choices=("ar", "sjd", "sjd_coupled"), default="sjd_coupled")
     gen.add_argument("--window", type=int, default=None, help="draft window (default per mode)")
     gen.add_argument("--coupling", choices=("maximal", "gumbel"), default="maximal")
@@ -57,17 +141,25 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=None)
     gen.add_argument("--top-p", type=float, default=None)
     gen.add_argument("--size", type=_size, default=None, help="WxH, e.g. 768x768 (default: the model's)")
-    gen.add_argument("--no-plan", action="store_true", help="condition on the raw prompt")
+    gen.add_argument("--conditioning", choices=CONDITIONINGS, default=None,
+                     help="what the model reads: prompt+plan (the prompt, then what the plan is sure of), plan "
+                          "(the plan's sentence), prompt (unplanned). Default: the model's (demo: plan, "
+                          "Lumina-mGPT 2.0: prompt+plan)")
+    gen.add_argument("--no-plan", action="store_true", help="same as --conditioning prompt")
     gen.add_argument("--regional", action="store_true", help="plan-guided regional guidance")
     gen.add_argument("--model", default="demo", help="model folder, Hugging Face repo id, or 'demo'")
     gen.add_argument("--movq", default=None, help="MoVQGAN weights (default: beside the model)")
     gen.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     gen.add_argument("--device", default=None, help="cpu, cuda, mps (default: cuda if available)")
+    gen.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                     help="compile the decode step with torch.compile (default: on for CUDA, off on CPU)")
     gen.add_argument("--stats-json", default=None, help="write sampling statistics here")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
 
     plan = sub.add_parser("plan", help="print the reasoning plan of a prompt as JSON")
     plan.add_argument("--prompt", required=True)
+    plan.add_argument("--conditioning", choices=CONDITIONINGS, default=None,
+                      help="print the text a model without grounding reads for this choice instead of the JSON")
 
     conv = sub.add_parser("convert-movq", help="MoVQGAN .ckpt -> .safetensors (read without unpickling code)")
     conv.add_argument("src")
@@ -87,40 +179,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _generate(args) -> int:
-    import dataclasses
-
     import torch
 
     from .movq import tensor_to_pil
     from .pipeline import Uni1Pipeline
     from .policy import PRESETS
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
-    pipe = Uni1Pipeline.from_pretrained(args.model, dtype=dtype, device=device,
+    pipe = Uni1Pipeline.from_pretrained(args.model, dtype=dtype, device=args.device,
                                         quantize=None if args.quantize == "none" else args.quantize,
                                         group_size=args.group_size, kv_cache=args.kv_cache)
-    policy = PRESETS[args.preset] if args.preset else pipe.default_policy
-    changes = {k: v for k, v in (("cfg_scale", args.cfg), ("temperature", args.temperature),
-                                 ("top_k", args.top_k), ("top_p", args.top_p)) if v is not None}
-    policy = dataclasses.replace(policy, **changes)
+    policy = _policy(args, PRESETS[args.preset] if args.preset else pipe.default_policy)
     width, height = args.size or pipe.default_size
 
-    if not args.no_plan:
+    conditioning = "prompt" if args.no_plan else (args.conditioning or pipe.default_conditioning)
+    if conditioning != "prompt" or args.regional:
         plan = pipe.plan(args.prompt)
         print(f"plan: {plan.summary()}")
         prompt = plan
     else:
         prompt = args.prompt
-    seeds = [args.seed + i for i in range(args.batch)]
+    seeds = batch_seeds(args.seed, args.batch)
+    movq = pipe.load_movq(args.movq)          # before sampling: a bad file costs no sampling
     result = pipe.sample(prompt, width, height, mode=args.mode, policy=policy, seeds=seeds,
                          window=args.window, coupling=args.coupling, branches=args.branches,
-                         regional=args.regional,
+                         regional=args.regional, conditioning=conditioning, compile=args.compile,
                          use_plan=not args.no_plan,
                          on_progress=None if args.quiet else ProgressBar(f"{args.mode} {width}x{height}"))
-    if result.plan is not None:
-        print(f"conditioning: {result.conditioning}")
-    movq = pipe.load_movq(args.movq)
+    print(f"conditioning: {result.conditioning}")
     with torch.no_grad():
         pixels = movq.decode(result.codes.to(pipe.device))
     out = Path(args.out)
@@ -129,10 +215,10 @@ def _generate(args) -> int:
     for path, image in zip(paths, pixels):
         tensor_to_pil(image).save(path)
     stats = result.stats
-    print(f"{stats['image_tokens']} image tokens, {stats['forwards']} forwards "
-          f"({stats['forwards_per_token']:.3f} per token), {stats['seconds']:.2f} s")
+    print(f"{stats.image_tokens} image tokens, {stats.forwards} forwards "
+          f"({stats.forwards_per_token:.3f} per token), {stats.seconds:.2f} s")
     if args.stats_json:
-        Path(args.stats_json).write_text(json.dumps(stats, indent=2))
+        Path(args.stats_json).write_text(json.dumps(stats.to_dict(), indent=2))
     for path in paths:
         print(f"wrote {path}")
     return 0
@@ -141,11 +227,16 @@ def _generate(args) -> int:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_args(args)
         if args.command == "generate":
             return _generate(args)
         if args.command == "plan":
+            from .conditioning import model_text
             from .plan import make_plan
-            print(make_plan(args.prompt).to_json())
+            if args.conditioning:
+                print(model_text(args.prompt, args.conditioning)[1])
+            else:
+                print(make_plan(args.prompt).to_json())
             return 0
         if args.command == "memory":
             from .memory import run
@@ -163,5 +254,12 @@ def main(argv=None) -> int:
         return 130
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        print(f"error: out of memory ({detail}). Fix: a smaller --batch, size or --window, no "
+              "--regional, or --dtype bfloat16", file=sys.stderr)
         return 2
     return 1

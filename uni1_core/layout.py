@@ -99,8 +99,12 @@ def _edges(bounds: list[tuple[float, float]], min_width: float = 0.02) -> list[f
     for c in range(n, 0, -1):
         upper[c] = min(upper[c], bounds[c - 1][1], upper[c + 1] - min_width if c < n else 1.0)
     upper[0] = min(upper[0], upper[1] - min_width) if n else 1.0
-    return [min(max(c / max(n, 1), lower[c]), upper[c]) if lower[c] <= upper[c] else c / max(n, 1)
-            for c in range(n + 1)]
+    equal = [c / max(n, 1) for c in range(n + 1)]
+    if any(lower[c] > upper[c] for c in range(n + 1)):
+        # the positions cannot all hold: the equal split (clamping only some edges could cross
+        # them, giving a column of negative width)
+        return equal
+    return [min(max(equal[c], lower[c]), upper[c]) for c in range(n + 1)]
 
 
 def _bounds(n: int, members: dict[int, list[int]], regions: list[int | None]) -> list[tuple[float, float]]:
@@ -142,65 +146,92 @@ def _grid_boxes(cell: Box, n: int, scale: float, max_aspect: float | None = 1.5)
     return boxes
 
 
-def compute_layout(counts: list[int], relations: list[tuple[int, int, str, int | None]],
-                   positions: list[tuple[int | None, int | None]],
+RelationTuple = tuple[int, int, str, "int | None"]     # (subject, object, relation, object2)
+Position = tuple["int | None", "int | None"]           # (column 0/1/2, row 0/1/2), None where free
+
+
+class _Groups:
+    """Which subject lives inside which (a contained subject is placed in its container's cell,
+    so it follows its root container), and which roots share a column (on, under, in front of,
+    behind): a union-find over roots."""
+
+    def __init__(self, n: int, relations: list[RelationTuple]):
+        self.parent: list[int | None] = [None] * n
+        for s, o, rel, _ in relations:
+            if rel == "inside" and self.parent[s] is None:
+                p = o
+                while p is not None and p != s:
+                    p = self.parent[p]
+                if p is None:                  # no containment cycle
+                    self.parent[s] = o
+        self.group = list(range(n))
+        for s, o, rel, _ in relations:
+            if rel in SAME_COLUMN:
+                a, b = self.find(self.root(s)), self.find(self.root(o))
+                if a != b:
+                    self.group[max(a, b)] = min(a, b)
+
+    def root(self, s: int) -> int:
+        while self.parent[s] is not None:
+            s = self.parent[s]
+        return s
+
+    def find(self, s: int) -> int:
+        while self.group[s] != s:
+            self.group[s] = self.group[self.group[s]]
+            s = self.group[s]
+        return s
+
+
+def compute_layout(counts: list[int], relations: list[RelationTuple], positions: list[Position],
                    attributes: list[list[str]] | None = None) -> list[list[Box]]:
     """Boxes for every instance of every subject: result[s][k] is instance k of subject s."""
     n = len(counts)
     attributes = attributes or [[] for _ in range(n)]
-    # containers first: a subject inside another lives in its container's cell
-    parent: list[int | None] = [None] * n
-    for s, o, rel, _ in relations:
-        if rel == "inside" and parent[s] is None:
-            p = o
-            while p is not None and p != s:
-                p = parent[p]
-            if p is None:
-                parent[s] = o
+    g = _Groups(n, relations)
+    positions = _inherit_positions(g, positions)
+    horiz, vert, related = _orders(n, relations, positions, g)
+    tops = [s for s in range(n) if g.parent[s] is None]
+    positioned = {g.root(s) for s in range(n) if positions[s] != (None, None)}
+    free = [s for s in tops if s not in related and s not in positioned]
+    constrained = [s for s in tops if s not in set(free)]
+    cells = _constrained_cells(constrained, free, positions, g, horiz, vert) if constrained else _grid_cells(free)
+    _pull_into_positions(cells, tops, positions)
+    _share_columns(cells, relations, g)
+    return _instance_boxes(cells, counts, relations, attributes, g, tops)
 
-    def root(s: int) -> int:
-        while parent[s] is not None:
-            s = parent[s]
-        return s
 
-    # a contained subject's absolute position is its container's ("a cat in a box on the left")
+def _inherit_positions(g: _Groups, positions: list[Position]) -> list[Position]:
+    """A contained subject's absolute position is its container's ("a cat in a box on the left")."""
     positions = list(positions)
-    for s in range(n):
-        r = root(s)
+    for s in range(len(positions)):
+        r = g.root(s)
         if r != s and positions[s] != (None, None):
             h, v = positions[r]
             positions[r] = (positions[s][0] if h is None else h, positions[s][1] if v is None else v)
+    return positions
 
-    # subjects on/under/in front of/behind each other share a column (union-find on roots)
-    group = list(range(n))
 
-    def find(s: int) -> int:
-        while group[s] != s:
-            group[s] = group[group[s]]
-            s = group[s]
-        return s
-
-    for s, o, rel, _ in relations:
-        if rel in SAME_COLUMN:
-            a, b = find(root(s)), find(root(o))
-            if a != b:
-                group[max(a, b)] = min(a, b)
-
+def _orders(n: int, relations: list[RelationTuple], positions: list[Position],
+            g: _Groups) -> tuple[_Dag, _Dag, set[int]]:
+    """The left-to-right order of column groups and the top-to-bottom order of roots that the
+    relations and positions ask for (an edge that would close a cycle is refused: the earlier
+    relation wins), and the roots that take part in a relation."""
     horiz, vert = _Dag(n), _Dag(n)
     related = set()
     for s, o, rel, o2 in relations:
-        rs, ro = root(s), root(o)
+        rs, ro = g.root(s), g.root(o)
         related |= {rs, ro}
         if rs == ro:
             continue
-        gs, go = find(rs), find(ro)
+        gs, go = g.find(rs), g.find(ro)
         if rel == "left of" and gs != go:
             horiz.add(gs, go)
         elif rel == "right of" and gs != go:
             horiz.add(go, gs)
         elif rel == "between" and o2 is not None:
-            g2 = find(root(o2))
-            related.add(root(o2))
+            g2 = g.find(g.root(o2))
+            related.add(g.root(o2))
             if len({gs, go, g2}) == 3 and horiz.add(go, gs):    # object, subject, object2 from left to right
                 horiz.add(gs, g2)
         elif rel in ("above", "on", "behind"):
@@ -213,106 +244,119 @@ def compute_layout(counts: list[int], relations: list[tuple[int, int, str, int |
         for b in placed:
             ha, va = positions[a]
             hb, vb = positions[b]
-            ra, rb = root(a), root(b)
+            ra, rb = g.root(a), g.root(b)
             if ra == rb:
                 continue
-            if ha is not None and hb is not None and ha < hb and find(ra) != find(rb):
-                horiz.add(find(ra), find(rb))
+            if ha is not None and hb is not None and ha < hb and g.find(ra) != g.find(rb):
+                horiz.add(g.find(ra), g.find(rb))
             if va is not None and vb is not None and va < vb:
                 vert.add(ra, rb)
     # "next to" only asks for a side: reading order unless something else decides
     for s, o, rel, _ in relations:
         if rel == "next to":
-            gs, go = find(root(s)), find(root(o))
+            gs, go = g.find(g.root(s)), g.find(g.root(o))
             if gs != go and not horiz.reaches(go, gs):
                 horiz.add(gs, go)
+    return horiz, vert, related
 
-    tops = [s for s in range(n) if parent[s] is None]
-    col_level = horiz.levels()
-    row_level = vert.levels()
-    v_touched = vert.touched()
-    positioned = {root(s) for s in range(n) if positions[s] != (None, None)}
-    free = [s for s in tops if s not in related and s not in positioned]
-    free_set = set(free)
-    constrained = [s for s in tops if s not in free_set]
+
+def _grid_cells(free: list[int]) -> dict[int, Box]:
+    """Nothing related: a near-square grid of subjects in reading order."""
+    cells = {}
+    k = len(free)
+    gcols = math.ceil(math.sqrt(k)) if k else 1
+    grows = math.ceil(k / gcols) if k else 1
+    for idx, s in enumerate(free):
+        r, c = divmod(idx, gcols)
+        in_row = min(gcols, k - r * gcols)
+        off = (gcols - in_row) / gcols / 2
+        cells[s] = (off + c / gcols, r / grows, off + (c + 1) / gcols, (r + 1) / grows)
+    return cells
+
+
+def _constrained_cells(constrained: list[int], free: list[int], positions: list[Position], g: _Groups,
+                       horiz: _Dag, vert: _Dag) -> dict[int, Box]:
+    """A cell per top-level subject: columns from the horizontal order, rows from the vertical one
+    (a subject in no vertical relation spans all rows); free subjects get columns of their own."""
+    col_level, row_level, v_touched = horiz.levels(), vert.levels(), vert.touched()
     n_rows = 1 + max([row_level[s] for s in constrained if s in v_touched] or [0])
-    n_cols = 1 + max([col_level[find(s)] for s in constrained] or [-1])
-
+    n_cols = 1 + max([col_level[g.find(s)] for s in constrained] or [-1])
+    col_of = _columns(constrained, free, positions, {s: col_level[g.find(s)] for s in constrained}, n_cols)
+    by_col: dict[int, list[int]] = {}
+    for s in constrained:
+        by_col.setdefault(col_of[s], []).append(s)
+    col_x = _edges(_bounds(n_cols + len(free), by_col, [p[0] for p in positions]))
+    span = {s: (row_level[s], row_level[s]) if s in v_touched else (0, n_rows - 1) for s in constrained}
+    span.update({s: (0, n_rows - 1) for s in free})
+    by_row: dict[int, list[int]] = {}
+    for s in constrained:
+        if s in v_touched:
+            by_row.setdefault(row_level[s], []).append(s)
+    row_y = _edges(_bounds(n_rows, by_row, [p[1] for p in positions]))
+    members_of: dict[int, list[int]] = {}
+    for s in col_of:
+        members_of.setdefault(col_of[s], []).append(s)
     cells: dict[int, Box] = {}
-    if not constrained:
-        # nothing related: a near-square grid of subjects in reading order
-        k = len(free)
-        gcols = math.ceil(math.sqrt(k)) if k else 1
-        grows = math.ceil(k / gcols) if k else 1
-        for idx, s in enumerate(free):
-            r, c = divmod(idx, gcols)
-            in_row = min(gcols, k - r * gcols)
-            off = (gcols - in_row) / gcols / 2
-            cells[s] = (off + c / gcols, r / grows, off + (c + 1) / gcols, (r + 1) / grows)
-    else:
-        total_cols = n_cols + len(free)
-        col_of = {s: col_level[find(s)] for s in constrained}
-        # free subjects go after the related ones, but right of anything placed "on the left"
-        # and left of anything placed "on the right"
-        lefts = [col_of[s] for s in constrained if positions[s][0] == 0]
-        rights = [col_of[s] for s in constrained if positions[s][0] == 2]
-        centred = any(positions[s][0] == 1 for s in constrained)
-        if lefts or rights or not centred:
-            insert = max(lefts) + 1 if lefts else (0 if rights else n_cols)
-            for s in constrained:
-                if col_of[s] >= insert:
-                    col_of[s] += len(free)
-            for idx, s in enumerate(free):
-                col_of[s] = insert + idx
-        else:   # something "in the center": free subjects on both sides of it
-            before = len(free) // 2
-            for s in constrained:
-                col_of[s] += before
-            for idx, s in enumerate(free):
-                col_of[s] = idx if idx < before else n_cols + idx
-        by_col: dict[int, list[int]] = {}
-        for s in constrained:
-            by_col.setdefault(col_of[s], []).append(s)
-        col_x = _edges(_bounds(total_cols, by_col, [p[0] for p in positions]))
-        span = {}
-        for s in constrained:
-            span[s] = (row_level[s], row_level[s]) if s in v_touched else (0, n_rows - 1)
-        for s in free:
-            span[s] = (0, n_rows - 1)
-        by_row: dict[int, list[int]] = {}
-        for s in constrained:
-            if s in v_touched:
-                by_row.setdefault(row_level[s], []).append(s)
-        row_y = _edges(_bounds(n_rows, by_row, [p[1] for p in positions]))
-        for c in range(total_cols):
-            members = sorted((s for s in col_of if col_of[s] == c), key=lambda s: (span[s][0], s))
-            # interval colouring: subjects whose rows overlap sit side by side in the column
-            slots: list[list[int]] = []
-            slot_of = {}
-            for s in members:
-                for k, slot in enumerate(slots):
-                    if all(span[t][1] < span[s][0] or span[s][1] < span[t][0] for t in slot):
-                        slot.append(s)
-                        slot_of[s] = k
-                        break
-                else:
-                    slots.append([s])
-                    slot_of[s] = len(slots) - 1
-            n_slots = max(1, len(slots))
-            for s in members:
-                first = last = slot_of[s]
-                # widen into free neighbouring slots (a table under two cups spans both)
-                while last + 1 < n_slots and all(span[t][1] < span[s][0] or span[s][1] < span[t][0]
-                                                  for t in slots[last + 1]):
-                    last += 1
-                cw = col_x[c + 1] - col_x[c]
-                x0 = col_x[c] + first / n_slots * cw
-                x1 = col_x[c] + (last + 1) / n_slots * cw
-                y0 = row_y[span[s][0]]
-                y1 = row_y[span[s][1] + 1]
-                cells[s] = (x0, y0, x1, y1)
+    for c in range(n_cols + len(free)):
+        members = sorted(members_of.get(c, []), key=lambda s: (span[s][0], s))
+        cells.update(_column_cells(members, span, col_x[c], col_x[c + 1], row_y))
+    return cells
 
-    # absolute positions pull a cell into that part of the image
+
+def _columns(constrained: list[int], free: list[int], positions: list[Position], col_of: dict[int, int],
+             n_cols: int) -> dict[int, int]:
+    """The column of every top-level subject. Free subjects go after the related ones, but right
+    of anything placed "on the left" and left of anything placed "on the right"; around
+    something "in the center" they go on both sides of it."""
+    col_of = dict(col_of)
+    lefts = [col_of[s] for s in constrained if positions[s][0] == 0]
+    rights = [col_of[s] for s in constrained if positions[s][0] == 2]
+    centred = any(positions[s][0] == 1 for s in constrained)
+    if lefts or rights or not centred:
+        insert = max(lefts) + 1 if lefts else (0 if rights else n_cols)
+        for s in constrained:
+            if col_of[s] >= insert:
+                col_of[s] += len(free)
+        for idx, s in enumerate(free):
+            col_of[s] = insert + idx
+    else:
+        before = len(free) // 2
+        for s in constrained:
+            col_of[s] += before
+        for idx, s in enumerate(free):
+            col_of[s] = idx if idx < before else n_cols + idx
+    return col_of
+
+
+def _column_cells(members: list[int], span: dict[int, tuple[int, int]], x0: float, x1: float,
+                  row_y: list[float]) -> dict[int, Box]:
+    """Cells of one column's subjects: interval colouring, so that subjects whose rows overlap
+    sit side by side; each widens into free neighbouring slots (a table under two cups spans both)."""
+    def apart(s: int, t: int) -> bool:
+        return span[t][1] < span[s][0] or span[s][1] < span[t][0]
+
+    slots: list[list[int]] = []
+    slot_of = {}
+    for s in members:
+        k = next((k for k, slot in enumerate(slots) if all(apart(s, t) for t in slot)), len(slots))
+        if k == len(slots):
+            slots.append([])
+        slots[k].append(s)
+        slot_of[s] = k
+    n_slots = max(1, len(slots))
+    cells = {}
+    for s in members:
+        first = last = slot_of[s]
+        while last + 1 < n_slots and all(apart(s, t) for t in slots[last + 1]):
+            last += 1
+        cw = x1 - x0
+        cells[s] = (x0 + first / n_slots * cw, row_y[span[s][0]], x0 + (last + 1) / n_slots * cw,
+                    row_y[span[s][1] + 1])
+    return cells
+
+
+def _pull_into_positions(cells: dict[int, Box], tops: list[int], positions: list[Position]) -> None:
+    """Absolute positions pull a cell into that part of the image (when enough of it is there)."""
     for s in tops:
         h, v = positions[s]
         x0, y0, x1, y1 = cells[s]
@@ -326,26 +370,33 @@ def compute_layout(counts: list[int], relations: list[tuple[int, int, str, int |
                 y0, y1 = max(y0, a), min(y1, b)
         cells[s] = (x0, y0, x1, y1)
 
-    # a subject on, under, in front of or behind another stays within its horizontal extent
+
+def _share_columns(cells: dict[int, Box], relations: list[RelationTuple], g: _Groups) -> None:
+    """A subject on, under, in front of or behind another stays within its horizontal extent."""
     for s, o, rel, _ in relations:
-        rs, ro = root(s), root(o)
+        rs, ro = g.root(s), g.root(o)
         if rel in SAME_COLUMN and rs != ro and rs in cells and ro in cells:
             a0, a1 = max(cells[rs][0], cells[ro][0]), min(cells[rs][2], cells[ro][2])
             if a1 - a0 >= 0.05:
                 cells[rs] = (a0, cells[rs][1], a1, cells[rs][3])
 
+
+def _instance_boxes(cells: dict[int, Box], counts: list[int], relations: list[RelationTuple],
+                    attributes: list[list[str]], g: _Groups, tops: list[int]) -> list[list[Box]]:
+    """Each subject's instances in a small grid inside its cell; a contained subject in the
+    middle of its container's first instance (parents first)."""
+    n = len(counts)
     boxes: list[list[Box] | None] = [None] * n
-    supports = {root(o) for _, o, rel, _ in relations if rel in ("on", "under", "in front of", "behind")}
-    supports |= {root(s) for s, _, rel, _ in relations if rel in ("under", "in front of")}
+    supports = {g.root(o) for _, o, rel, _ in relations if rel in ("on", "under", "in front of", "behind")}
+    supports |= {g.root(s) for s, _, rel, _ in relations if rel in ("under", "in front of")}
     for s in tops:
         aspect = None if s in supports else 1.5
         boxes[s] = _grid_boxes(cells[s], counts[s], _size_scale(attributes[s]), aspect)
-    # contained subjects, parents first: the middle of the container's first instance
-    pending = [s for s in range(n) if parent[s] is not None]
+    pending = [s for s in range(n) if g.parent[s] is not None]
     while pending:
         rest = []
         for s in pending:
-            p = parent[s]
+            p = g.parent[s]
             if boxes[p] is None:
                 rest.append(s)
                 continue
@@ -387,24 +438,30 @@ def _x_overlap(subject: list[Box], obj: list[Box]) -> bool:
     return all(b[0] < hi and lo < b[2] for b in subject)
 
 
+def _before(a: list[Box], b: list[Box], end: int, start: int) -> bool:
+    """Every box of `a` ends (coordinate `end`) before every box of `b` starts (`start`): for
+    all pairs at once, compare the extremes (linear in the instances, not quadratic)."""
+    return not a or not b or max(x[end] for x in a) <= min(x[start] for x in b) + EPS
+
+
 def relation_holds(rel: str, subject: list[Box], obj: list[Box], obj2: list[Box] | None = None) -> bool:
     """The meaning of a relation between all instances of two subjects."""
     if rel == "left of":
-        return all(a[2] <= b[0] + EPS for a in subject for b in obj)
+        return _before(subject, obj, 2, 0)
     if rel == "right of":
         return relation_holds("left of", obj, subject)
     if rel == "above":
-        return all(a[3] <= b[1] + EPS for a in subject for b in obj)
+        return _before(subject, obj, 3, 1)
     if rel == "below":
         return relation_holds("above", obj, subject)
     if rel == "on":
         return relation_holds("above", subject, obj) and _x_overlap(subject, obj)
     if rel == "under":
         return relation_holds("above", obj, subject) and _x_overlap(subject, obj)
-    if rel == "behind":   # further away: higher in the picture, in the same column
-        return all(_cy(a) < _cy(b) for a in subject for b in obj) and _x_overlap(subject, obj)
-    if rel == "in front of":
-        return all(_cy(a) > _cy(b) for a in subject for b in obj) and _x_overlap(subject, obj)
+    if rel in ("behind", "in front of"):   # behind: further away, higher in the picture, same column
+        back, front = (subject, obj) if rel == "behind" else (obj, subject)
+        return ((not back or not front or max(map(_cy, back)) < min(map(_cy, front)))
+                and _x_overlap(subject, obj))
     if rel == "next to":
         side = all(a[2] <= b[0] + EPS or b[2] <= a[0] + EPS for a in subject for b in obj)
         lo = max(min(b[1] for b in subject), min(b[1] for b in obj))

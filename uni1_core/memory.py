@@ -160,16 +160,12 @@ def movq_config_in(folder) -> object | None:
     header only; None when it ships none (then ai-forever/MoVQGAN, the 270M release, is used)."""
     from pathlib import Path
 
-    import torch
-
     from .checkpoint import _read_header
-    from .movq_load import config_for
-    from .pipeline import MOVQ_FILES
-    for name in MOVQ_FILES:
+    from .movq import FOLDER_CANDIDATES, config_for
+    for name in FOLDER_CANDIDATES:
         path = Path(folder) / name
         if path.is_file() and path.suffix == ".safetensors":
-            shapes = {k: torch.empty(e.shape, device="meta") for k, e in _read_header(path).items()}
-            return config_for(shapes, path)
+            return config_for({k: tuple(e.shape) for k, e in _read_header(path).items()}, path)
     return None
 
 

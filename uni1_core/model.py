@@ -1,4 +1,5 @@
-"""The Lumina-mGPT 2.0 transformer: a Chameleon-family decoder, with a static KV cache.
+"""The decoder of Lumina-mGPT 2.0 (Chameleon family) and of Qwen2 / Qwen3 text models: one
+network, one forward path, chosen by config.json's model_type; with a static KV cache.
 
     model = Uni1Model.from_pretrained("Alpha-VLLM/Lumina-mGPT-2.0", dtype=torch.bfloat16, device="cuda")
     logits = model(input_ids)                           # (B, T) -> (B, T, vocab) float32, no cache
@@ -17,46 +18,64 @@ t then sits at RoPE position lengths[b] + depth(t) and sees the cache and its ow
 A chain (parents t-1) is the plain window. The sampler hangs alternative tokens off the chain this
 way, to get in the same forward the law after each alternative (see sampler.py, "branches").
 
-Per layer (pre-norm; `swin_norm` moves the norms after the sublayers):
+Per layer (pre-norm; Chameleon's `swin_norm` moves the norms after the sublayers):
 
     h   = x + Attn(RMSNorm(x))           swin:  h   = x + RMSNorm(Attn(x))
     out = h + SwiGLU(RMSNorm(h))                out = h + RMSNorm(SwiGLU(h))
 
-Attention is GQA with Chameleon's qk-norm: q and k are LayerNorm-ed over head_dim only, then
-an affine per head (weights (heads, head_dim)), then rotated by RoPE (rotate-half layout).
-Checkpoints of the release store that affine per model-parallel shard, (model_parallel_size,
-head_dim); `from_pretrained` expands it to one row per head, as the reference does.
+Attention is GQA; q and k are normalised per head over head_dim, then rotated by RoPE
+(rotate-half layout). The qk-norm depends on the family:
+  - chameleon: LayerNorm without affine, then an affine per head (weights (heads, head_dim)).
+    Checkpoints of the release store that affine per model-parallel shard, (model_parallel_size,
+    head_dim); `from_pretrained` expands it to one row per head, as the reference does.
+  - qwen3: RMSNorm with one weight (head_dim,) for all query heads and one for all key heads.
+  - qwen2: none; q/k/v have biases instead.
+Config also gives head_dim (else hidden_size // heads), tied embeddings and the RoPE base.
+Chameleon's image-logit masking and its `model.vqmodel.*` keys concern Chameleon only.
 
-Speed: a small model's decode step costs kernel launches, not arithmetic. So without autograd
-the layers run in inference mode, RoPE angles come from a table made once per device and dtype,
-GQA is left to SDPA (enable_gqa) instead of copying the cached keys per head, the cache mask is
-made once per call (and skipped for one token per row at equal lengths), and models with
-hidden_size <= FUSE_MAX_HIDDEN run DecoderLayer.fused_forward on concatenated q/k/v and gate/up
-weights. With autograd on (training) every layer runs its submodules, as written above.
+Layout: gpt-fast's. Each layer holds `attention.wqkv` (q, k, v rows), `attention.wo`,
+`attention.qk_norm`, `feed_forward.w13` (gate, up rows) and `feed_forward.w2`: plain nn.Linear
+modules (a weight-only quantiser swaps them; a fused matrix quantises as one). state_dict() and
+load_state_dict() speak the Hugging Face names (`model.layers.0.self_attn.q_proj.weight`, ...),
+so checkpoint folders load and save as they are (see hf_layout).
 
-Parameter names are the Hugging Face ones (`model.layers.0.self_attn.q_proj.weight`, ...), so a
-checkpoint folder loads as it is. Spec: shared/specs/lumina_mgpt2.md section 1.
+Speed: a small model's decode step costs kernel launches, not arithmetic. Hence the fused
+matmuls; q and k normalised and rotated as one tensor; fp32 RMSNorm in three kernels
+(rms_norm_mirrored); without autograd, the layers run in inference mode; RoPE angles come from a
+table made once per device and dtype; GQA is left to SDPA (enable_gqa) instead of copying the
+cached keys per head; the cache mask is made once per call (and skipped for one token per row at
+equal lengths). Training (autograd) runs the same code.
 """
 from __future__ import annotations
 
 import functools
 import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .limits import resolve_device
 from .checkpoint import CheckpointError, list_safetensors_dir, read_tensors, resolve_model_dir
 
-QK_NORM_EPS = 1e-5                      # fixed in Chameleon, not in the config
+QK_NORM_EPS = 1e-5                      # Chameleon's qk LayerNorm: fixed, not in the config
 IGNORED_KEY_PREFIXES = ("model.vqmodel.",)   # Chameleon's unused VQ-VAE: belongs to nothing here
-SUPPORTED_MODEL_TYPES = ("chameleon",)
+SUPPORTED_MODEL_TYPES = ("chameleon", "qwen2", "qwen3")
+QK_NORMS = ("layernorm", "rmsnorm", "none")
+# What each family fixes that its config.json does not say: (qk-norm, q/k/v bias, o bias);
+# None means "attention_bias".
+FAMILY_DEFAULTS = {"chameleon": ("layernorm", None, None),      # per-head LayerNorm with affine
+                   "qwen2": ("none", True, False),              # biased q/k/v, no qk-norm
+                   "qwen3": ("rmsnorm", None, None)}            # per-head RMSNorm over head_dim
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "half": torch.float16, "fp16": torch.float16}
+FIX_CONFIG = " Fix: use the checkpoint's own config.json."
+_COUNTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+           "num_key_value_heads", "head_dim", "max_position_embeddings", "model_parallel_size")
 
 
 @dataclass
@@ -67,6 +86,7 @@ class ModelConfig:
     num_hidden_layers: int
     num_attention_heads: int
     num_key_value_heads: int
+    head_dim: int | None = None           # None: hidden_size // num_attention_heads
     max_position_embeddings: int = 4096
     rope_theta: float = 10000.0
     rope_scaling: str | None = None       # None, "linear" or "dynamic"
@@ -74,8 +94,12 @@ class ModelConfig:
     rms_norm_eps: float = 1e-5
     model_parallel_size: int = 1
     swin_norm: bool = False
-    mask_image_logits: bool = True
+    model_type: str = "chameleon"
+    qk_norm: str | None = None            # "layernorm", "rmsnorm" or "none"; None: the family's
+    mask_image_logits: bool = True        # Chameleon only: mask the IMGIMG ids' logits
     attention_bias: bool = False
+    qkv_bias: bool | None = None          # None: the family's (attention_bias, or True for Qwen2)
+    o_bias: bool | None = None            # None: the family's (attention_bias, or False for Qwen2)
     mlp_bias: bool = False
     tie_word_embeddings: bool = False
     vocabulary_map: dict = field(default_factory=dict)
@@ -85,14 +109,57 @@ class ModelConfig:
     torch_dtype: str | None = None
     raw: dict = field(default_factory=dict, repr=False)   # the whole config.json, for extra sections ("uni1")
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+    def __post_init__(self):
+        if self.model_type not in SUPPORTED_MODEL_TYPES:
+            raise unsupported_model_type(self.model_type)
+        qk_norm, qkv_bias, o_bias = FAMILY_DEFAULTS[self.model_type]
+        self.qk_norm = self.qk_norm or qk_norm
+        self.qkv_bias = bool(_first(self.qkv_bias, qkv_bias, self.attention_bias))
+        self.o_bias = bool(_first(self.o_bias, o_bias, self.attention_bias))
+        self._check_counts()
+        if self.head_dim is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise CheckpointError(f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
+                                      f"{self.num_attention_heads}, and the config gives no head_dim. Fix: use "
+                                      "the checkpoint's own config.json.")
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        self._check_shapes()
+
+    def _check_counts(self) -> None:
+        """Counts positive, numbers finite: a clear error instead of a traceback later."""
+        for name in _COUNTS:
+            value = getattr(self, name)
+            if name == "head_dim" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise CheckpointError(f"config {name} must be a positive whole number, got {value!r}. Fix: use "
+                                      "the checkpoint's own config.json.")
+        for name in ("rms_norm_eps", "rope_theta", "rope_factor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise CheckpointError(f"config {name} must be a positive number, got {value!r}. Fix: use the "
+                                      "checkpoint's own config.json.")
+
+    def _check_shapes(self) -> None:
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise CheckpointError(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
+                                  f"num_key_value_heads {self.num_key_value_heads}." + FIX_CONFIG)
+        if self.head_dim % 2:
+            raise CheckpointError(f"head_dim {self.head_dim} is odd; rotary embeddings need an even head_dim."
+                                  + FIX_CONFIG)
+        if self.qk_norm not in QK_NORMS:
+            raise CheckpointError(f"qk_norm {self.qk_norm!r} is not one of {QK_NORMS}." + FIX_CONFIG)
+        if not isinstance(self.vocabulary_map, dict):
+            raise CheckpointError(f"config vocabulary_map must map token names to ids, got "
+                                  f"{type(self.vocabulary_map).__name__}. Fix: use the checkpoint's own config.json.")
 
     @property
     def masked_token_ids(self) -> list[int]:
-        """Ids whose logits the reference sets to the dtype minimum: names starting with IMGIMG."""
-        return sorted(int(i) for name, i in self.vocabulary_map.items() if name.startswith("IMGIMG"))
+        """Chameleon: ids whose logits the reference sets to the dtype minimum (names starting with IMGIMG)."""
+        if self.model_type != "chameleon" or not self.mask_image_logits:
+            return []
+        return sorted(int(i) for name, i in self.vocabulary_map.items()
+                      if isinstance(name, str) and name.startswith("IMGIMG") and isinstance(i, int))
 
     def to_dict(self) -> dict:
         """The config.json form: the raw dict with this dataclass's fields written over it."""
@@ -101,7 +168,6 @@ class ModelConfig:
         for f in fields(self):
             if f.name not in ("raw", "rope_scaling", "rope_factor"):
                 out[f.name] = getattr(self, f.name)
-        out["model_type"] = SUPPORTED_MODEL_TYPES[0]
         out["rope_scaling"] = {"type": self.rope_scaling, "factor": self.rope_factor} if self.rope_scaling else None
         return out
 
@@ -110,7 +176,7 @@ class ModelConfig:
         path = Path(path)
         try:
             raw = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RecursionError) as err:
             raise CheckpointError(f"{path} is not readable JSON ({type(err).__name__}: {err}). Fix: download "
                                   "config.json of the checkpoint again.") from err
         try:
@@ -120,65 +186,118 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, raw: dict) -> ModelConfig:
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"config must be a JSON object of settings, got {type(raw).__name__} "
+                                  f"{_short(raw)}. Fix: use the checkpoint's own config.json.")
         model_type = raw.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
-            raise CheckpointError(
-                f"config has model_type {model_type!r}, but uni1_core runs only Chameleon-family checkpoints "
-                f"(model_type {SUPPORTED_MODEL_TYPES[0]!r}) such as Alpha-VLLM/Lumina-mGPT-2.0. Fix: pass the "
-                "folder or repo id of such a checkpoint.")
+            raise unsupported_model_type(model_type)
         required = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"]
         missing = [k for k in required if k not in raw]
         if missing:
             raise CheckpointError(f"config lacks {missing}. Fix: use the checkpoint's own config.json.")
         if raw.get("hidden_act", "silu") != "silu":
-            raise CheckpointError(f"hidden_act {raw['hidden_act']!r} is not supported (Chameleon uses 'silu').")
-        heads = int(raw["num_attention_heads"])
-        kv_heads = int(raw.get("num_key_value_heads") or heads)
+            raise CheckpointError(f"hidden_act {raw['hidden_act']!r} is not supported (these families use 'silu')."
+                                  + FIX_CONFIG)
+        _check_full_attention(raw)
+        heads = _whole(raw, "num_attention_heads")
         scaling, factor, theta = _rope_settings(raw)
-        cfg = cls(
-            vocab_size=int(raw["vocab_size"]),
-            hidden_size=int(raw["hidden_size"]),
-            intermediate_size=int(raw["intermediate_size"]),
-            num_hidden_layers=int(raw["num_hidden_layers"]),
+        return cls(
+            vocab_size=_whole(raw, "vocab_size"),
+            hidden_size=_whole(raw, "hidden_size"),
+            intermediate_size=_whole(raw, "intermediate_size"),
+            num_hidden_layers=_whole(raw, "num_hidden_layers"),
             num_attention_heads=heads,
-            num_key_value_heads=kv_heads,
-            max_position_embeddings=int(raw.get("max_position_embeddings", 4096)),
+            num_key_value_heads=_whole(raw, "num_key_value_heads", heads),
+            head_dim=_whole(raw, "head_dim", None),
+            max_position_embeddings=_whole(raw, "max_position_embeddings", 4096),
             rope_theta=theta, rope_scaling=scaling, rope_factor=factor,
-            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-5)),
-            model_parallel_size=int(raw.get("model_parallel_size") or 1),
+            rms_norm_eps=_number(raw, "rms_norm_eps", 1e-5),
+            model_parallel_size=_whole(raw, "model_parallel_size", 1),
             swin_norm=bool(raw.get("swin_norm", False)),
+            model_type=model_type,
+            qk_norm=raw.get("qk_norm"),
             mask_image_logits=bool(raw.get("mask_image_logits", True)),
             attention_bias=bool(raw.get("attention_bias", False)),
+            qkv_bias=raw.get("qkv_bias"),
+            o_bias=raw.get("o_bias"),
             mlp_bias=bool(raw.get("mlp_bias", False)),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-            vocabulary_map=dict(raw.get("vocabulary_map") or {}),
+            vocabulary_map=raw.get("vocabulary_map") or {},
             bos_token_id=raw.get("bos_token_id"),
             eos_token_id=raw.get("eos_token_id"),
             pad_token_id=raw.get("pad_token_id"),
             torch_dtype=raw.get("torch_dtype") or raw.get("dtype"),
             raw=raw,
         )
-        if cfg.hidden_size % heads:
-            raise CheckpointError(f"hidden_size {cfg.hidden_size} is not a multiple of num_attention_heads {heads}.")
-        if heads % kv_heads:
-            raise CheckpointError(f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}.")
-        if cfg.head_dim % 2:
-            raise CheckpointError(f"head_dim {cfg.head_dim} is odd; rotary embeddings need an even head_dim.")
-        return cfg
+
+
+def unsupported_model_type(model_type) -> CheckpointError:
+    return CheckpointError(
+        f"config has model_type {model_type!r:.60}, but uni1_core runs only {', '.join(SUPPORTED_MODEL_TYPES)} "
+        "checkpoints: Chameleon-family image models such as Alpha-VLLM/Lumina-mGPT-2.0, and Qwen2 / Qwen2.5 / "
+        "Qwen3 text models. Fix: pass the folder or repo id of such a checkpoint.")
+
+
+def _first(*values):
+    return next(v for v in values if v is not None)
+
+
+def _short(value) -> str:
+    """A config value as config.json writes it, cut to a readable length."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _whole(raw: dict, key: str, default=...):
+    """raw[key] as an int (JSON may write 32.0), or the default when absent or null."""
+    value = raw.get(key)
+    if value is None:
+        if default is ...:
+            raise CheckpointError(f"config {key} is null; it must be a positive whole number." + FIX_CONFIG)
+        return default
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CheckpointError(f"config {key} must be a positive whole number, got {_short(value)}. Fix: use the "
+                              "checkpoint's own config.json.")
+    return value
+
+
+def _number(raw: dict, key: str, default: float) -> float:
+    value = raw.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CheckpointError(f"config {key} must be a number, got {_short(value)}." + FIX_CONFIG)
+    return float(value)
+
+
+def _check_full_attention(raw: dict) -> None:
+    """Qwen configs may ask for sliding-window layers, which this network does not have."""
+    kinds = raw.get("layer_types") or []
+    windowed = raw.get("use_sliding_window") or any(k != "full_attention" for k in kinds if isinstance(k, str))
+    if windowed:
+        raise CheckpointError("config asks for sliding-window attention (use_sliding_window / layer_types), "
+                              "which uni1_core does not implement; every layer attends to the whole context. "
+                              "Fix: use a checkpoint with full attention (use_sliding_window: false).")
 
 
 def _rope_settings(raw: dict) -> tuple[str | None, float, float]:
     """(scaling type, factor, theta) from either the classic keys (rope_theta, rope_scaling)
     or the newer transformers form (rope_parameters: {rope_type, rope_theta, factor})."""
     params = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
-    theta = float(params.get("rope_theta", raw.get("rope_theta", 10000.0)))
+    if not isinstance(params, dict):
+        raise CheckpointError(f"config rope_parameters / rope_scaling must be an object, got {_short(params)}."
+                              + FIX_CONFIG)
+    theta = _number(params, "rope_theta", None) or _number(raw, "rope_theta", 10000.0)
     kind = params.get("rope_type", params.get("type", "default"))
     if kind in (None, "default"):
         return None, 1.0, theta
     if kind in ("linear", "dynamic"):
-        return kind, float(params["factor"]), theta
-    raise CheckpointError(f"rope scaling {kind!r} is not supported; Chameleon checkpoints use none, 'linear' "
-                          "or 'dynamic'.")
+        return kind, _number(params, "factor", 1.0), theta
+    raise CheckpointError(f"rope scaling {kind!r} is not supported; uni1_core implements none, 'linear' and "
+                          "'dynamic'. Fix: use a checkpoint whose config has no other rope scaling.")
 
 
 def parse_dtype(dtype: str | torch.dtype | None, config: ModelConfig | None = None) -> torch.dtype:
@@ -203,6 +322,12 @@ class KVCache:
     0 .. lengths[b]-1, and slot number = RoPE position. Rolling back is assigning smaller
     lengths: the attention mask never looks above a query's own slot, so stale slots are
     invisible until they are overwritten.
+
+    dtype torch.int8 stores each key and value vector (one token, one head) as int8 with one
+    fp32 scale, symmetric (scale = max |x| / 127), in k_scale, v_scale (layers, batch, kv_heads,
+    max_len, 1), and dequantises on read: half the memory of bf16 at head_dim 128, plus 3 % for
+    the scales (the layout of torchao's quantised KV cache). Rollback, ragged rows and tree
+    windows work unchanged: a slot's scale is written and moved with its vector.
     """
 
     def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, max_len: int, head_dim: int,
@@ -210,7 +335,56 @@ class KVCache:
         shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.k_scale = self.v_scale = None
+        if dtype == torch.int8:
+            self.k_scale = torch.zeros(shape[:-1] + (1,), dtype=torch.float32, device=device)
+            self.v_scale = torch.zeros(shape[:-1] + (1,), dtype=torch.float32, device=device)
+        elif not dtype.is_floating_point:
+            raise ValueError(f"a KV cache holds a float dtype or torch.int8, not {dtype}.")
         self._lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+
+    @property
+    def quantized(self) -> bool:
+        return self.k_scale is not None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the keys, values and scales."""
+        return sum(t.numel() * t.element_size() for t in self._tensors())
+
+    def _tensors(self) -> list[torch.Tensor]:
+        return [self.k, self.v] + ([self.k_scale, self.v_scale] if self.quantized else [])
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, rows, slots, start: int | None) -> None:
+        """Store new keys and values (B, T, kv_heads, head_dim) of one layer: row b's token t in slot
+        slots[b, t] (rows: arange(B)[:, None]), or, when every row starts at slot `start`, in
+        start .. start+T-1 (a slice copy, several times cheaper than the scatter)."""
+        if not self.quantized:
+            _put(self.k[layer], k, rows, slots, start)
+            _put(self.v[layer], v, rows, slots, start)
+            return
+        for x, store, scales in ((k, self.k, self.k_scale), (v, self.v, self.v_scale)):
+            q, scale = quantize_per_vector(x)
+            _put(store[layer], q, rows, slots, start)
+            _put(scales[layer], scale, rows, slots, start)
+
+    def read(self, layer: int, key_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of slots 0 .. key_len-1 of one layer, (B, kv_heads, key_len, head_dim), in dtype."""
+        k, v = self.k[layer, :, :, :key_len], self.v[layer, :, :, :key_len]
+        if self.quantized:                  # dequantise in fp32, then round once to the compute dtype
+            k = (k.float() * self.k_scale[layer, :, :, :key_len]).to(dtype)
+            v = (v.float() * self.v_scale[layer, :, :, :key_len]).to(dtype)
+        elif k.dtype != dtype:              # a cache of another float dtype (new_cache(dtype=...))
+            k, v = k.to(dtype), v.to(dtype)
+        return k, v
+
+    def move_slots(self, rows_mask: torch.Tensor, dst: torch.Tensor, src: torch.Tensor) -> None:
+        """Copy every layer's key and value (and scale) at slot src[r] to slot dst[r], for the rows
+        where rows_mask (B,) bool; no host sync (other rows copy a slot onto itself)."""
+        src = torch.where(rows_mask, src, dst)
+        r = torch.arange(len(dst), device=dst.device)
+        for t in self._tensors():
+            t[:, r, :, dst] = t[:, r, :, src]
 
     @property
     def batch_size(self) -> int:
@@ -240,6 +414,21 @@ class KVCache:
 
     def reset(self) -> None:
         self._lengths.zero_()
+
+
+def _put(store: torch.Tensor, x: torch.Tensor, rows, slots, start: int | None) -> None:
+    """store (B, kv_heads, max_len, d) <- x (B, T, kv_heads, d) at the slots of KVCache.write."""
+    if start is not None:
+        store[:, :, start : start + x.shape[1]] = x.transpose(1, 2)
+    else:
+        store[rows, :, slots] = x.to(store.dtype)           # store[rows, :, slots]: (B, T, kv_heads, d)
+
+
+def quantize_per_vector(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 over the last dimension: x ~= q * scale, |q| <= 127, scale (..., 1) fp32."""
+    x = x.float()
+    scale = x.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny) / 127
+    return (x / scale).round().clamp_(-127, 127).to(torch.int8), scale
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,30 +500,57 @@ def _negate_first_half(sin: torch.Tensor) -> torch.Tensor:
     return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
 
 
+class HeadRMSNorm(nn.Module):
+    """Qwen3's qk-norm: RMSNorm over head_dim, one weight for all query heads and one for all key
+    heads. weight: (2, head_dim), rows q and k (Hugging Face: self_attn.q_norm / k_norm.weight)."""
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, eps: float):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.eps = num_heads, num_kv_heads, eps
+        self.weight = nn.Parameter(torch.ones(2, head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, T, heads + kv_heads, head_dim)
+        w = self.weight
+        rows = torch.cat((w[:1].expand(self.num_heads, -1), w[1:].expand(self.num_kv_heads, -1)))
+        # statistics in fp32, back to the activation dtype before the weight (as Qwen3RMSNorm)
+        return F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype) * rows
+
+
+def make_qk_norm(cfg: ModelConfig) -> nn.Module | None:
+    """The qk-norm of one layer, over the query and key heads together, or None."""
+    H, KV, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    if cfg.qk_norm == "layernorm":
+        return HeadLayerNorm(H + KV, D)
+    if cfg.qk_norm == "rmsnorm":
+        return HeadRMSNorm(H, KV, D, cfg.rms_norm_eps)
+    return None
+
+
 class Attention(nn.Module):
+    """GQA with q, k and v as one matmul (wqkv), an optional qk-norm, RoPE and SDPA."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
-        bias = cfg.attention_bias
-        self.q_proj = nn.Linear(cfg.hidden_size, self.num_heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=bias)
-        self.q_norm = HeadLayerNorm(self.num_heads, self.head_dim)
-        self.k_norm = HeadLayerNorm(self.num_kv_heads, self.head_dim)
+        H, KV, D = self.num_heads, self.num_kv_heads, self.head_dim
+        self.wqkv = nn.Linear(cfg.hidden_size, (H + 2 * KV) * D, bias=cfg.qkv_bias)
+        self.wo = nn.Linear(H * D, cfg.hidden_size, bias=cfg.o_bias)
+        self.qk_norm = make_qk_norm(cfg)
 
     def forward(self, x, rope, layer_cache=None):
         # Token-major (B, T, heads, head_dim) until SDPA: the qk-norm, RoPE and the cache write
-        # all want that layout, so nothing is transposed back and forth.
+        # all want that layout. q and k stay one tensor through the norm and RoPE (one call each).
         B, T, _ = x.shape
         H, KV, D = self.num_heads, self.num_kv_heads, self.head_dim
-        q = self.q_norm(self.q_proj(x).view(B, T, H, D))
-        k = self.k_norm(self.k_proj(x).view(B, T, KV, D))
-        v = self.v_proj(x).view(B, T, KV, D)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)       # rope: cos, signed sin (B or 1, T, 1, D)
-        return self.o_proj(self.attend(q, k, v, layer_cache))
+        qkv = self.wqkv(x)
+        qk = qkv[..., :(H + KV) * D].view(B, T, H + KV, D)
+        if self.qk_norm is not None:
+            qk = self.qk_norm(qk)
+        qk = apply_rope(qk, *rope)                      # rope: cos, signed sin (B or 1, T, 1, D)
+        v = qkv[..., (H + KV) * D:].view(B, T, KV, D)
+        return self.wo(self.attend(qk[:, :, :H], qk[:, :, H:], v, layer_cache))
 
     def attend(self, q, k, v, layer_cache):
         """(B, T, heads or kv_heads, head_dim) queries, new keys and values -> (B, T, heads * head_dim);
@@ -343,16 +559,9 @@ class Attention(nn.Module):
         if layer_cache is None:
             k, v, mask = k.transpose(1, 2), v.transpose(1, 2), None
         else:
-            k_cache, v_cache, rows, slots, key_len, mask, start = layer_cache
-            if start is not None:       # every row writes slots start .. start+T-1: a plain copy
-                k_cache[:, :, start : start + T] = k.transpose(1, 2)
-                v_cache[:, :, start : start + T] = v.transpose(1, 2)
-            else:
-                k_cache[rows, :, slots] = k.to(k_cache.dtype)   # k_cache[rows, :, slots]: (B, T, KV, D)
-                v_cache[rows, :, slots] = v.to(v_cache.dtype)
-            k, v = k_cache[:, :, :key_len], v_cache[:, :, :key_len]
-            if k.dtype != q.dtype:              # a cache of another dtype (new_cache(dtype=...))
-                k, v = k.to(q.dtype), v.to(q.dtype)
+            cache, layer, rows, slots, key_len, mask, start = layer_cache
+            cache.write(layer, k, v, rows, slots, start)
+            k, v = cache.read(layer, key_len, q.dtype)
         q = q.transpose(1, 2)
         if _SDPA_HAS_GQA:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=layer_cache is None,
@@ -371,124 +580,106 @@ class Attention(nn.Module):
         return x[:, :, None].expand(B, H, n_rep, L, D).reshape(B, H * n_rep, L, D)
 
 
-class MLP(nn.Module):
+class FeedForward(nn.Module):
+    """SwiGLU with gate and up as one matmul (w13, rows gate then up), then down (w2)."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+        self.w13 = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.w2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
 
 
-# Small models (the demo, tests, the benchmark's tiny one) decode at the speed of kernel launches,
-# not of arithmetic: for them, a layer runs on concatenated copies of its q/k/v and gate/up weights
-# (see DecoderLayer.fused_forward). Larger models skip the copies: their matmuls dominate, and
-# Lumina-mGPT 2.0 (hidden 4096) would pay gigabytes for them.
-FUSE_MAX_HIDDEN = 1024
-
-
-@dataclass
-class FusedWeights:
-    qkv: torch.Tensor                   # (heads * head_dim + 2 * kv_heads * head_dim, hidden)
-    qkv_bias: torch.Tensor | None
-    qk_norm: torch.Tensor               # (heads + kv_heads, head_dim)
-    qk_norm_bias: torch.Tensor
-    o: torch.Tensor                     # the rest: the parameters themselves, no copies
-    o_bias: torch.Tensor | None
-    gate_up: torch.Tensor               # (2 * intermediate, hidden)
-    gate_up_bias: torch.Tensor | None
-    down: torch.Tensor
-    down_bias: torch.Tensor | None
-    norm1: torch.Tensor
-    norm2: torch.Tensor
-    norm1_twice: torch.Tensor           # cat(norm1, norm1): for rms_norm_mirrored
-    norm2_twice: torch.Tensor
-    eps: float
+def layer_norm_call(x: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
+    """A decoder layer's RMSNorm: in fp32 the three-kernel form (rms_norm_mirrored), which a small
+    model's decode step notices; in bf16/fp16 the reference's fp32 statistics."""
+    if x.dtype == torch.float32:
+        return rms_norm_mirrored(x, torch.cat((norm.weight, norm.weight)), norm.eps)
+    return rms_norm(x, norm.weight, norm.eps)
 
 
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.swin_norm = cfg.swin_norm
-        self.self_attn = Attention(cfg)
-        self.mlp = MLP(cfg)
+        self.attention = Attention(cfg)
+        self.feed_forward = FeedForward(cfg)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-
-        self.fuse = cfg.hidden_size <= FUSE_MAX_HIDDEN
-        self._fused = None          # (key, FusedWeights): see fused_weights
+        hf = hf_layout(cfg)
+        self._register_state_dict_hook(functools.partial(_to_hf_names, layout=hf))
+        self._register_load_state_dict_pre_hook(functools.partial(_from_hf_names, layout=hf))
 
     def forward(self, x, rope, layer_cache=None):
-        if self.fuse and not torch.is_grad_enabled():
-            return self.fused_forward(x, rope, layer_cache)
+        norm1, norm2 = self.input_layernorm, self.post_attention_layernorm
         if self.swin_norm:
-            h = x + self.input_layernorm(self.self_attn(x, rope, layer_cache))
-            return h + self.post_attention_layernorm(self.mlp(h))
-        h = x + self.self_attn(self.input_layernorm(x), rope, layer_cache)
-        return h + self.mlp(self.post_attention_layernorm(h))
+            h = x + layer_norm_call(self.attention(x, rope, layer_cache), norm1)
+            return h + layer_norm_call(self.feed_forward(h), norm2)
+        h = x + self.attention(layer_norm_call(x, norm1), rope, layer_cache)
+        return h + self.feed_forward(layer_norm_call(h, norm2))
 
-    def fused_forward(self, x, rope, layer_cache=None):
-        """The same layer with q/k/v as one matmul, gate/up as one, and the qk-norm and RoPE of
-        q and k as one call each: about half the kernel launches of `forward`, which is what a
-        small model's decode step costs. Plain functions on the weights, not submodule calls, for
-        the same reason."""
-        w, attn = self.fused_weights(), self.self_attn
-        B, T, _ = x.shape
-        H, KV, D = attn.num_heads, attn.num_kv_heads, attn.head_dim
 
-        def attention(h):
-            qkv = F.linear(h, w.qkv, w.qkv_bias)
-            qk = head_layer_norm(qkv[..., :(H + KV) * D].view(B, T, H + KV, D), w.qk_norm, w.qk_norm_bias)
-            qk = apply_rope(qk, *rope)
-            v = qkv[..., (H + KV) * D:].view(B, T, KV, D)
-            return F.linear(attn.attend(qk[:, :, :H], qk[:, :, H:], v, layer_cache), w.o, w.o_bias)
+# ---------------------------------------------------------------------------------------------
+# Hugging Face names. A layer stores q/k/v, gate/up and the two qk-norms fused (one matmul, one
+# quantised matrix each); checkpoints keep the Hugging Face names and layout. state_dict() splits
+# the fused tensors into views named as there, and load_state_dict() accepts those names and
+# concatenates them. Only float `weight`/`bias` entries are mapped: a module a quantiser swapped
+# in keeps its own entries under the internal name.
 
-        def feed_forward(h):
-            gate, up = F.linear(h, w.gate_up, w.gate_up_bias).chunk(2, dim=-1)
-            return F.linear(F.silu(gate) * up, w.down, w.down_bias)
+def hf_layout(cfg: ModelConfig) -> dict[str, tuple[tuple[str, ...], tuple[int, ...] | None]]:
+    """internal module -> (Hugging Face modules, rows of each along dim 0; None: a plain rename),
+    in Hugging Face's order. A row count of 0 marks a 1-D tensor stored as one row (Qwen3's
+    qk-norm weights)."""
+    H, KV, D, I = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.intermediate_size
+    qk_norm = {"layernorm": (H, KV), "rmsnorm": (0, 0)}.get(cfg.qk_norm)
+    layout = {
+        "attention.wqkv": (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), (H * D, KV * D, KV * D)),
+        "attention.wo": (("self_attn.o_proj",), None),
+        "attention.qk_norm": (("self_attn.q_norm", "self_attn.k_norm"), qk_norm),
+        "feed_forward.w13": (("mlp.gate_proj", "mlp.up_proj"), (I, I)),
+        "feed_forward.w2": (("mlp.down_proj",), None),
+    }
+    if qk_norm is None:
+        del layout["attention.qk_norm"]
+    return layout
 
-        def norm(h, weight, weight_twice):
-            if h.dtype == torch.float32:
-                return rms_norm_mirrored(h, weight_twice, w.eps)
-            return rms_norm(h, weight, w.eps)       # bf16 / fp16: statistics in fp32
 
-        if self.swin_norm:
-            h = x + norm(attention(x), w.norm1, w.norm1_twice)
-            return h + norm(feed_forward(h), w.norm2, w.norm2_twice)
-        h = x + attention(norm(x, w.norm1, w.norm1_twice))
-        return h + feed_forward(norm(h, w.norm2, w.norm2_twice))
+def _to_hf_names(module, state_dict, prefix, local_metadata, layout):
+    # This layer's entries are the last ones; they are put back in Hugging Face's order (the
+    # order of transformers' own state_dict), renamed and split, then the rest (the norms).
+    mine = {k: state_dict.pop(k) for k in [k for k in state_dict if k.startswith(prefix)]}
+    for internal, (names, rows) in layout.items():
+        parts = {}
+        for param in ("weight", "bias"):
+            t = mine.get(f"{prefix}{internal}.{param}")
+            if t is None or not t.is_floating_point():
+                continue
+            del mine[f"{prefix}{internal}.{param}"]
+            if rows is None:
+                parts[param] = [t]
+            else:
+                parts[param] = [part if n else part[0] for part, n in zip(t.split([n or 1 for n in rows]), rows)]
+        for i, name in enumerate(names):
+            for param, split in parts.items():
+                state_dict[f"{prefix}{name}.{param}"] = split[i]
+    state_dict.update(mine)
 
-    def fused_weights(self) -> FusedWeights:
-        """The layer's weights for fused_forward, remade whenever a parameter changes: a new tensor
-        (load_state_dict(assign=True), .to(), .half()) or an in-place write (an optimiser step,
-        load_state_dict) moves its data pointer or its version counter."""
-        # read straight from the modules' parameter dicts: this runs every layer of every step
-        modules = (*self._modules.values(), *self.self_attn._modules.values(), *self.mlp._modules.values())
-        # Weights created under inference mode (ComfyUI runs nodes, loaders included, in it) have
-        # no version counter; they cannot be written in place outside inference mode anyway.
-        key = tuple((p.data_ptr(), 0 if p.is_inference() else p._version)
-                    for m in modules for p in m._parameters.values() if p is not None)
-        if self._fused is None or self._fused[0] != key:
-            a, m = self.self_attn, self.mlp
 
-            def cat(*ts):
-                return None if ts[0] is None else torch.cat(ts)
-            with torch.inference_mode(False), torch.no_grad():   # kept across calls: ordinary tensors
-                fused = FusedWeights(
-                    qkv=cat(a.q_proj.weight, a.k_proj.weight, a.v_proj.weight),
-                    qkv_bias=cat(a.q_proj.bias, a.k_proj.bias, a.v_proj.bias),
-                    qk_norm=cat(a.q_norm.weight, a.k_norm.weight), qk_norm_bias=cat(a.q_norm.bias, a.k_norm.bias),
-                    o=a.o_proj.weight, o_bias=a.o_proj.bias,
-                    gate_up=cat(m.gate_proj.weight, m.up_proj.weight), gate_up_bias=cat(m.gate_proj.bias, m.up_proj.bias),
-                    down=m.down_proj.weight, down_bias=m.down_proj.bias,
-                    norm1=self.input_layernorm.weight, norm2=self.post_attention_layernorm.weight,
-                    norm1_twice=cat(self.input_layernorm.weight, self.input_layernorm.weight),
-                    norm2_twice=cat(self.post_attention_layernorm.weight, self.post_attention_layernorm.weight),
-                    eps=self.input_layernorm.eps)
-            self._fused = (key, fused)
-        return self._fused[1]
+def _from_hf_names(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs, layout):
+    for internal, (names, rows) in layout.items():
+        for param in ("weight", "bias"):
+            keys = [f"{prefix}{name}.{param}" for name in names]
+            if not all(k in state_dict for k in keys):
+                continue        # internal names (or nothing): load_state_dict reports what is missing
+            parts = [state_dict.pop(k) for k in keys]
+            if rows is None:
+                fused = parts[0]
+            else:
+                fused = torch.cat([p if n else p[None] for p, n in zip(parts, rows)])
+            state_dict[f"{prefix}{internal}.{param}"] = fused
 
 
 class Decoder(nn.Module):
@@ -514,11 +705,9 @@ class Uni1Model(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
         # Plain attributes, not buffers: the model is built on the meta device and only the
         # checkpoint's tensors are materialised. Both follow the logits' device lazily.
-        masked_ids = config.masked_token_ids if config.mask_image_logits else []
-        self._logit_mask = None             # (vocab,) bool: the logits the reference sets to the minimum
-        if masked_ids:
-            self._logit_mask = torch.zeros(config.vocab_size, dtype=torch.bool, device="cpu")
-            self._logit_mask[masked_ids] = True
+        masked_ids = config.masked_token_ids
+        # the ids whose logits the reference sets to the minimum (Chameleon's IMGIMG names), or None
+        self._masked_ids = torch.tensor(masked_ids, device="cpu") if masked_ids else None
         self._rope_tables = {}              # (device, dtype) -> (cos, signed sin), (positions, head_dim)
 
     @property
@@ -529,11 +718,19 @@ class Uni1Model(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.lm_head.weight.dtype
 
-    def new_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None,
+    def new_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | str | None = None,
                   device: torch.device | str | None = None) -> KVCache:
+        """A cache for batch_size rows of up to max_len tokens. dtype: None (the model's), a float
+        dtype, or torch.int8 / "int8" (int8 vectors with one scale per token and head)."""
         cfg = self.config
+        if dtype is None:
+            dtype = self.dtype
+        elif dtype in ("int8", torch.int8):
+            dtype = torch.int8
+        else:
+            dtype = parse_dtype(dtype)
         return KVCache(cfg.num_hidden_layers, batch_size, cfg.num_key_value_heads, max_len, cfg.head_dim,
-                       dtype=dtype or self.dtype, device=device or self.device)
+                       dtype=dtype, device=device or self.device)
 
     def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape (B, 1, T, head_dim) for integer positions (B, T); angles in fp32."""
@@ -606,10 +803,10 @@ class Uni1Model(nn.Module):
             last = (n_valid - 1).clamp(min=0) if cache is not None else torch.full((B,), T - 1)
             x = x[torch.arange(B, device=x.device), last.to(x.device)][:, None]
         logits = self.lm_head(self.model.norm(x)).float()
-        if self._logit_mask is not None:
-            if self._logit_mask.device != logits.device:
-                self._logit_mask = self._logit_mask.to(logits.device)
-            logits.masked_fill_(self._logit_mask, torch.finfo(logits.dtype).min)
+        if self._masked_ids is not None:
+            if self._masked_ids.device != logits.device:
+                self._masked_ids = self._masked_ids.to(logits.device)
+            logits.index_fill_(-1, self._masked_ids, torch.finfo(logits.dtype).min)
         if cache is not None:
             cache.lengths.add_(n_valid)
         return logits
@@ -661,8 +858,7 @@ class Uni1Model(nn.Module):
         # rows of one length (plain AR without guidance, a lone image) write their new keys with a
         # slice copy, several times cheaper than the scatter that ragged rows need
         start = shortest if shortest == longest else None
-        layer_caches = [(k, v, rows, slots, key_len, mask, start)
-                        for k, v in zip(cache.k.unbind(0), cache.v.unbind(0))]
+        layer_caches = [(cache, layer, rows, slots, key_len, mask, start) for layer in range(cache.k.shape[0])]
         return n_valid, layer_caches, positions, key_len
 
     # -----------------------------------------------------------------------------------------
@@ -673,21 +869,22 @@ class Uni1Model(nn.Module):
                         device: str | torch.device = "cpu", cache_dir: str | os.PathLike | None = None) -> Uni1Model:
         """Load a checkpoint folder, 'demo' or a Hugging Face repo id.
 
-        The network is built on the meta device and every tensor is read from its file straight
-        onto `device` and put in place, so the weights exist once. Everything is checked before
-        anything is read: a missing, unexpected or wrongly shaped key is an error naming the file
-        and the key.
+        The config is checked against the weight files' headers first (layer count, and every
+        shape of one layer, the embedding and the head), so a config that does not belong to the
+        weights fails in milliseconds, before any network exists. Then the network is built on the
+        meta device, every key is checked (a missing, unexpected or wrongly shaped key is an error
+        naming the file and the key), and every tensor is read from its file straight onto
+        `device` and put in place, so the weights exist once.
         """
-        folder = resolve_model_dir(path_or_repo_id, cache_dir=cache_dir)
+        device = resolve_device(device)          # a missing CUDA named as such, before any read
+        folder = resolve_model_dir(path_or_repo_id, cache_dir=cache_dir, check_config=ModelConfig.from_file)
         config = ModelConfig.from_file(folder / "config.json")
         dtype = parse_dtype(dtype, config)
-        device = torch.device(device)
+        entries = list_safetensors_dir(folder)
+        _check_config_against_headers(entries, config, folder)
         with torch.device("meta"):
             model = cls(config)
-        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        if config.tie_word_embeddings:
-            expected.pop("lm_head.weight", None)
-        entries = list_safetensors_dir(folder)
+        expected = _expected_shapes(model)
         plan = _check_keys(entries, expected, config, folder)
         tensors = read_tensors(plan, device=device, dtype=dtype)
         state = {key: _expand_qk_norm(key, t, expected[key]) for key, t in tensors.items()}
@@ -696,7 +893,6 @@ class Uni1Model(nn.Module):
             model.lm_head.weight = model.model.embed_tokens.weight
         model.requires_grad_(False)
         return model.eval()
-
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write config.json (the raw config) and model.safetensors: a folder `from_pretrained` reads."""
@@ -708,7 +904,9 @@ class Uni1Model(nn.Module):
         config.pop("dtype", None)
         config["torch_dtype"] = str(self.dtype).removeprefix("torch.")
         (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        # q/k/v and gate/up are views of the fused weights: safetensors wants tensors of their own
+        state = {k: v.detach().clone() if v._base is not None else v.detach().contiguous()
+                 for k, v in self.state_dict().items()}
         if self.config.tie_word_embeddings:
             state.pop("lm_head.weight")          # the same tensor as the embedding
         save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
@@ -735,6 +933,59 @@ def _tree_layout(parents: tuple[int, ...], T: int) -> tuple[torch.Tensor, torch.
     return torch.tensor(depth), sees
 
 
+def _expected_shapes(model: Uni1Model) -> dict[str, tuple]:
+    """Hugging Face key -> shape, of every tensor a checkpoint of this network holds."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        expected.pop("lm_head.weight", None)       # the embedding's; a file need not hold a copy
+    return expected
+
+
+def _check_config_against_headers(entries, config: ModelConfig, folder: Path) -> None:
+    """The config's counts and shapes against the weight headers, before any network is built: a
+    network of one layer on the meta device gives the expected shapes (costs nothing), and the
+    layer count is read off the key names."""
+    layers = set()
+    for key in entries:
+        if key.startswith("model.layers."):
+            index = key.split(".", 3)[2]
+            if index.isdigit():
+                layers.add(int(index))
+    n = config.num_hidden_layers
+    if len(layers) != n or (layers and max(layers) != n - 1):
+        held = f"layers 0..{max(layers)} ({len(layers)} in all)" if layers else "no decoder layer"
+        first_missing = next((i for i in range(n) if i not in layers), n)
+        what = (f"they lack 'model.layers.{first_missing}.*'" if first_missing < n
+                else f"'model.layers.{n}.*' and above are unexpected")
+        raise CheckpointError(f"config.json says num_hidden_layers {n}, but the weights in {folder} hold {held}: "
+                              f"{what}. Fix: use the config.json that came with these weights.")
+    with torch.device("meta"):
+        probe = Uni1Model(replace(config, num_hidden_layers=1))
+    for key, shape in _expected_shapes(probe).items():
+        entry = entries.get(key)
+        if entry is not None and not _shape_accepted(key, entry.shape, shape, config):
+            raise _shape_error(key, entry, shape, config)
+        # a missing key is reported by _check_keys, with the full count
+
+
+def _shape_error(key: str, entry, shape: tuple, config: ModelConfig) -> CheckpointError:
+    mp = config.model_parallel_size
+    accepted = f"{shape} or ({mp}, {shape[1]})" if _is_qk_norm(key) and len(shape) == 2 else f"{shape}"
+    return CheckpointError(f"{entry.file}: {key!r} has shape {entry.shape}, expected {accepted} from config.json "
+                           f"(vocab_size {config.vocab_size}, hidden_size {config.hidden_size}, intermediate_size "
+                           f"{config.intermediate_size}, {config.num_attention_heads} heads, "
+                           f"{config.num_key_value_heads} kv heads, head_dim {config.head_dim}). Fix: check that "
+                           "config.json belongs to these weights.")
+
+
+def _shape_accepted(key: str, got: tuple, shape: tuple, config: ModelConfig) -> bool:
+    mp = config.model_parallel_size
+    if got == shape:
+        return True
+    # Chameleon's per-shard qk-norm affine (model_parallel_size, head_dim), expanded at load time
+    return (_is_qk_norm(key) and len(shape) == 2 and got == (mp, shape[1]) and shape[0] % mp == 0)
+
+
 def _is_qk_norm(key: str) -> bool:
     return key.endswith(("self_attn.q_norm.weight", "self_attn.q_norm.bias",
                          "self_attn.k_norm.weight", "self_attn.k_norm.bias"))
@@ -742,12 +993,13 @@ def _is_qk_norm(key: str) -> bool:
 
 def _check_keys(entries, expected: dict, config: ModelConfig, folder: Path) -> dict:
     """The entries to load, after checking names and shapes against the network."""
+    ignored = IGNORED_KEY_PREFIXES if config.model_type == "chameleon" else ()
     for key, entry in entries.items():
-        if key in expected or key.startswith(IGNORED_KEY_PREFIXES):
+        if key in expected or (ignored and key.startswith(ignored)):
             continue
         if key == "lm_head.weight" and config.tie_word_embeddings:
             continue          # tied to the embedding: the file may hold a copy
-        raise CheckpointError(f"{entry.file} holds {key!r}, which is not a parameter of the Chameleon "
+        raise CheckpointError(f"{entry.file} holds {key!r}, which is not a parameter of the {config.model_type} "
                               "network described by config.json. Fix: check that config.json belongs to "
                               "these weights (layer count, biases, tie_word_embeddings).")
     missing = [k for k in expected if k not in entries]
@@ -755,16 +1007,11 @@ def _check_keys(entries, expected: dict, config: ModelConfig, folder: Path) -> d
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise CheckpointError(f"the weights in {folder} lack {missing[0]!r}{more}. Fix: download every shard "
                               "of the checkpoint again; config.json and the weights must belong together.")
-    mp = config.model_parallel_size
     for key, shape in expected.items():
         got = entries[key].shape
-        if got == shape:
+        if _shape_accepted(key, got, shape, config):
             continue
-        if _is_qk_norm(key) and got == (mp, shape[1]) and shape[0] % mp == 0:
-            continue          # per-shard qk-norm affine, expanded at load time
-        accepted = f"{shape} or ({mp}, {shape[1]})" if _is_qk_norm(key) else f"{shape}"
-        raise CheckpointError(f"{entries[key].file}: {key!r} has shape {got}, expected {accepted} from "
-                              "config.json. Fix: check that config.json belongs to these weights.")
+        raise _shape_error(key, entries[key], shape, config)
     return {k: entries[k] for k in expected}
 
 

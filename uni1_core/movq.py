@@ -1,5 +1,6 @@
 """MoVQGAN, the image tokenizer of Lumina-mGPT 2.0: encoder, vector quantiser, and a decoder whose
-every GroupNorm is modulated by the codes (SpatialNorm). See ../shared/specs/movqgan_tokenizer.md.
+every GroupNorm is modulated by the codes (SpatialNorm). docs/format.md describes the network
+and its checkpoint.
 
     movq = MoVQ.from_pretrained("ai-forever/MoVQGAN", dtype=torch.bfloat16, device="cuda")
     codes = movq.encode(images)     # (B, 3, H, W) in [-1, 1] -> (B, H/8, W/8) long
@@ -9,36 +10,53 @@ Parameter names are those of the original release (`encoder.*`, `decoder.*`, `qu
 `post_quant_conv.*`, `quantize.embedding.weight`), so its state dict loads without renaming.
 The module is a plain nn.Module and trainable: `encode_latents`, `quantize` (straight-through
 when gradients are on) and `decode_latents` are the pieces of `forward`.
+
+Loading (the end of this file) reads the shape from the weights' headers, checks the config
+stored with them against those shapes, and only then builds the network, on the meta device.
+Reading files is checkpoint.py's job: a `.ckpt` goes through its restricted unpickler.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from PIL import Image
 from torch import nn
 
-from .movq_load import (
-    check_state_dict,
-    config_for,
-    convert_ckpt_to_safetensors,
-    infer_config,
-    load_state_dict,
-    resolve_movq_file,
-    write_safetensors,
-)
+from .checkpoint import (CheckpointError, download_file, list_safetensors_file, load_pickle_checkpoint, read_metadata,
+                         read_tensors, save_safetensors)
 
-__all__ = ["MoVQ", "MoVQConfig", "convert_ckpt_to_safetensors", "pil_to_tensor", "tensor_to_pil", "center_crop"]
+__all__ = ["MoVQ", "MoVQConfig", "convert_ckpt_to_safetensors", "default_source", "pil_to_tensor", "tensor_to_pil",
+           "center_crop"]
 
 # Cap on the number of query positions per attention call and on positions per quantiser
 # distance block: bounds the (queries x keys) and (positions x codes) scratch matrices, which
 # at 768 x 768 would otherwise be 9216 x 9216 and 9216 x 16384.
 ATTN_QUERY_CHUNK = 4096
 QUANT_POSITION_CHUNK = 1024
+
+DEFAULT_REPO = "ai-forever/MoVQGAN"
+DEFAULT_FILENAME = "movqgan_270M.ckpt"
+# The MoVQ of a model folder, by preference: the demo model ships movq.safetensors; a release
+# folder may hold the converted or the original file.
+FOLDER_CANDIDATES = ("movq.safetensors", "movqgan_270M.safetensors", "movqgan_270M.ckpt", "movq.ckpt")
+
+# Keys of the model, by prefix; `quantize.embedding.weight` is the whole quantiser.
+MODEL_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.", "quantize.embedding.weight")
+# Training-only state that release checkpoints may carry next to the model (the reference loads
+# with strict=False): the perceptual/GAN loss with its discriminator, and EMA copies.
+TRAINING_ONLY_PREFIXES = ("loss.", "discriminator.", "ema_", "model_ema.")
+# safetensors metadata entry holding the MoVQConfig as JSON (written by save_pretrained and
+# convert): it carries what shapes cannot tell, such as the norm group count of a small model.
+CONFIG_METADATA_KEY = "movq_config"
 
 
 @dataclass(frozen=True)
@@ -61,6 +79,15 @@ class MoVQConfig:
     def __post_init__(self):
         object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
         object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
+        sizes = {f.name: getattr(self, f.name) for f in fields(self) if f.type == "int"}
+        sizes.update({f"ch_mult[{i}]": m for i, m in enumerate(self.ch_mult)})
+        bad = {k: v for k, v in sizes.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
+        if bad or not self.ch_mult:
+            raise ValueError(f"MoVQConfig: {bad or 'ch_mult'} must be positive integers")
+        if not all(isinstance(r, int) for r in self.attn_resolutions):
+            raise ValueError(f"MoVQConfig: attn_resolutions {self.attn_resolutions} must be integers")
+        if isinstance(self.norm_eps, bool) or not isinstance(self.norm_eps, (int, float)) or not self.norm_eps > 0:
+            raise ValueError(f"MoVQConfig: norm_eps {self.norm_eps!r} must be a positive number")
         for c in [self.ch * m for m in self.ch_mult] + [self.ch]:
             if c % self.norm_groups:
                 raise ValueError(f"MoVQConfig: {c} channels are not divisible by norm_groups={self.norm_groups}")
@@ -82,9 +109,10 @@ class MoVQConfig:
 
     @classmethod
     def from_state_dict(cls, sd: dict, norm_groups: int = 32) -> "MoVQConfig":
-        """Read the shape from original-layout weights. Only shapes are inspected; the caller checks
-        every key and shape against a model built from the result (see `check_state_dict`)."""
-        return infer_config(sd, norm_groups=norm_groups)
+        """Read the shape from original-layout weights (tensors or shapes). Only shapes are
+        inspected; the caller checks every key against the result (see `check_shapes`)."""
+        return config_from_shapes({k: tuple(v.shape) if hasattr(v, "shape") else tuple(v) for k, v in sd.items()},
+                                  norm_groups=norm_groups)
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -115,13 +143,13 @@ class SpatialNorm(nn.Module):
             scale = F.interpolate(scale, size=(H, W), mode="nearest")
             shift = F.interpolate(shift, size=(H, W), mode="nearest")
             return h * scale + shift
-        h = h.unflatten(3, (zw, W // zw)).unflatten(2, (zh, H // zh))  # B, C, zh, sh, zw, sw
-        scale, shift = scale[:, :, :, None, :, None], shift[:, :, :, None, :, None]
+        h = rearrange(h, "b c (zh sh) (zw sw) -> b c zh sh zw sw", zh=zh, zw=zw)   # a view: no copy
+        scale, shift = (rearrange(t, "b c zh zw -> b c zh 1 zw 1") for t in (scale, shift))
         if torch.is_grad_enabled():
             h = h * scale + shift
         else:
             h = h.mul_(scale).add_(shift)
-        return h.flatten(4, 5).flatten(2, 3)
+        return rearrange(h, "b c zh sh zw sw -> b c (zh sh) (zw sw)")
 
 
 def make_norm(channels: int, cfg: MoVQConfig, zq_channels: int | None) -> nn.Module:
@@ -164,16 +192,15 @@ class AttnBlock(nn.Module):
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor, zq: torch.Tensor | None = None) -> torch.Tensor:
-        B, C, H, W = x.shape
         h = apply_norm(self.norm, x, zq)
-        # (B, 1 head, H*W, C), contiguous: the fused SDPA kernels want unit stride on the last dim
-        q, k, v = (conv(h).flatten(2).transpose(1, 2).unsqueeze(1).contiguous() for conv in (self.q, self.k, self.v))
+        # One head over the H*W positions; contiguous: the fused SDPA kernels want unit stride on the last dim
+        q, k, v = (rearrange(conv(h), "b c h w -> b 1 (h w) c").contiguous() for conv in (self.q, self.k, self.v))
         # Softmax is per query row, so splitting the queries is exact; it bounds the score
         # matrix when SDPA falls back to its plain kernel (head dim C is too wide for flash).
         out = torch.cat(
             [F.scaled_dot_product_attention(qc, k, v) for qc in q.split(ATTN_QUERY_CHUNK, dim=2)], dim=2
         )
-        out = out.squeeze(1).transpose(1, 2).reshape(B, C, H, W)
+        out = rearrange(out, "b 1 (h w) c -> b c h w", h=x.shape[2])
         return x + self.proj_out(out)
 
 
@@ -304,19 +331,19 @@ class VectorQuantizer(nn.Module):
 
     def codes(self, z: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) latents -> (B, h, w) long codes."""
-        B, D, h, w = z.shape
-        flat = z.detach().float().permute(0, 2, 3, 1).reshape(-1, D)
+        b, _, h, w = z.shape
+        flat = rearrange(z.detach().float(), "b d h w -> (b h w) d")
         book = self.embedding.weight.detach().float()
         book_sq = (book * book).sum(1)
         out = []
         for part in flat.split(QUANT_POSITION_CHUNK):
             dist = (part * part).sum(1, keepdim=True) + book_sq - 2.0 * part @ book.t()
             out.append(dist.argmin(1))
-        return torch.cat(out).view(B, h, w)
+        return torch.cat(out).view(b, h, w)
 
     def embed(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, h, w) codes -> (B, D, h, w) codebook vectors."""
-        return self.embedding(codes).permute(0, 3, 1, 2).contiguous()
+        return rearrange(self.embedding(codes), "b h w d -> b d h w").contiguous()
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         codes = self.codes(z)
@@ -440,7 +467,7 @@ class MoVQ(nn.Module):
     @classmethod
     def from_pretrained(
         cls,
-        path_or_repo_id: str | os.PathLike = "ai-forever/MoVQGAN",
+        path_or_repo_id: str | os.PathLike = DEFAULT_REPO,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
         cache_dir: str | os.PathLike | None = None,
@@ -449,21 +476,211 @@ class MoVQ(nn.Module):
         """Load from a .ckpt (read with torch.load(weights_only=True): no code runs), a .safetensors
         file, a folder holding one, or a Hugging Face repo id (default file movqgan_270M.ckpt).
         The shape is read from the weights (or from the config that save_pretrained stored with
-        them), then every key and shape is checked. The codebook stays fp32 (distances are fp32)."""
+        them, checked against the weights), then every key and shape is checked, all before
+        the network is built. The codebook stays fp32 (distances are computed in fp32)."""
         path = resolve_movq_file(path_or_repo_id, cache_dir=cache_dir, filename=filename)
-        sd = load_state_dict(path)
-        cfg = config_for(sd, path)
+        weights = read_weights(path)           # tensors, or for safetensors header entries only
+        shapes = {k: tuple(v.shape) for k, v in weights.items()}
+        cfg = config_for(shapes, path)
         with torch.device("meta"):
             model = cls(cfg)
-        check_state_dict(model, sd, path)
-        model.load_state_dict(sd, strict=True, assign=True)
+        check_shapes(model, shapes, path)
+        if path.suffix == ".safetensors":
+            weights = read_tensors(weights)
+        model.load_state_dict(weights, strict=True, assign=True)
         for name, child in model.named_children():  # the codebook keeps its stored precision, in fp32
             child.to(device=device, dtype=torch.float32 if name == "quantize" else dtype)
         return model.eval().requires_grad_(False)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Weights (original key names) and config to one .safetensors file that from_pretrained reads."""
-        write_safetensors(self.state_dict(), self.cfg, path)
+        save_safetensors(self.state_dict(), path, {CONFIG_METADATA_KEY: json.dumps(asdict(self.cfg))})
+
+
+# ----------------------------------------------------------------------------- finding the weights
+
+
+def default_source(model_dir: str | os.PathLike) -> str:
+    """The MoVQ that belongs to a model folder: its own file if it holds one, else the release's
+    tokenizer on the hub. The one place this choice is made (the pipeline and the nodes ask)."""
+    local = [Path(model_dir) / f for f in FOLDER_CANDIDATES if (Path(model_dir) / f).is_file()]
+    return str(local[0]) if local else DEFAULT_REPO
+
+
+def resolve_movq_file(path_or_repo_id: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+                      filename: str | None = None) -> Path:
+    """A file, a folder holding one checkpoint, or a Hugging Face repo id -> a local file path."""
+    p = Path(path_or_repo_id).expanduser()
+    if p.is_file():
+        return p
+    if p.is_dir():
+        return find_in_folder(p, filename)
+    text = str(path_or_repo_id)
+    if os.path.isabs(text) or text.startswith(".") or text.count("/") != 1:
+        raise CheckpointError(f"MoVQ weights: {text!r} is neither an existing file or folder nor a Hugging Face "
+                              f"repo id like {DEFAULT_REPO!r}. Fix: check the path.")
+    return download_file(text, filename or DEFAULT_FILENAME, cache_dir=cache_dir)
+
+
+def find_in_folder(folder: Path, filename: str | None) -> Path:
+    if filename is not None:
+        if not (folder / filename).is_file():
+            raise CheckpointError(f"MoVQ weights: {folder / filename} does not exist")
+        return folder / filename
+    for name in FOLDER_CANDIDATES:
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.ckpt"))
+    if len(found) == 1:
+        return found[0]
+    listing = ", ".join(sorted(x.name for x in folder.iterdir())) or "nothing"
+    raise CheckpointError(f"MoVQ weights: the folder {folder} holds {listing}; expected one of "
+                          f"{', '.join(FOLDER_CANDIDATES)} (or a single *.safetensors / *.ckpt file)")
+
+
+# ----------------------------------------------------------------------------- reading and checking them
+
+
+def read_weights(path: Path) -> dict:
+    """The model's entries of a .safetensors file (header entries: no data read yet) or of a
+    .ckpt (tensors, through the restricted unpickler; a plain state dict or a Lightning
+    checkpoint {"state_dict": ...}). Training-only keys are dropped; any other key is an error."""
+    if path.suffix == ".safetensors":
+        raw = list_safetensors_file(path)
+    else:
+        raw = load_pickle_checkpoint(path)
+        if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
+            raw = raw["state_dict"]
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"MoVQ weights: {path} holds a {type(raw).__name__}, not a state dict")
+    weights, unknown = {}, []
+    for key, value in raw.items():
+        if key.startswith(MODEL_PREFIXES):
+            if not hasattr(value, "shape"):
+                raise CheckpointError(f"MoVQ weights: {path}: {key} is a {type(value).__name__}, not a tensor")
+            weights[key] = value
+        elif not key.startswith(TRAINING_ONLY_PREFIXES):
+            unknown.append(key)
+    if unknown:
+        raise CheckpointError(
+            f"MoVQ weights: {path} has keys that belong neither to MoVQGAN nor to its known training-only state "
+            f"({', '.join(p + '*' for p in TRAINING_ONLY_PREFIXES)}): {', '.join(unknown[:8])}"
+            f"{' ...' if len(unknown) > 8 else ''}. Is this a MoVQGAN checkpoint?")
+    if not weights:
+        raise CheckpointError(f"MoVQ weights: {path} contains no MoVQGAN keys (encoder.*, decoder.*, quantize.*)")
+    return weights
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The model's tensors from a .safetensors or .ckpt file, training-only keys dropped."""
+    weights = read_weights(Path(path))
+    return read_tensors(weights) if Path(path).suffix == ".safetensors" else weights
+
+
+def indices(shapes: dict, prefix: str) -> list[int]:
+    """Sorted distinct integers i of keys `prefix{i}.`"""
+    found = {int(m.group(1)) for k in shapes if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
+    return sorted(found)
+
+
+def shape_of(shapes: dict, key: str) -> tuple[int, ...]:
+    if key not in shapes:
+        raise CheckpointError(f"MoVQ weights: missing {key}, needed to tell the network's shape")
+    return tuple(shapes[key])
+
+
+def config_from_shapes(shapes: dict[str, tuple[int, ...]], norm_groups: int = 32) -> MoVQConfig:
+    """MoVQConfig from original-layout weight shapes (the nominal resolution is taken as 256)."""
+    ch, in_channels = shape_of(shapes, "encoder.conv_in.weight")[:2]
+    levels = indices(shapes, "encoder.down.")
+    if not levels or levels != list(range(len(levels))):
+        raise CheckpointError(f"MoVQ weights: encoder levels are {levels[:8]}, expected 0..n-1")
+    ch_mult = []
+    for i in levels:
+        cout = shape_of(shapes, f"encoder.down.{i}.block.0.conv1.weight")[0]
+        if cout % ch:
+            raise CheckpointError(f"MoVQ weights: level {i} has {cout} channels, not a multiple of ch={ch}")
+        ch_mult.append(cout // ch)
+    resolution = 256
+    z_channels = shape_of(shapes, "encoder.conv_out.weight")[0]
+    n_embed, embed_dim = shape_of(shapes, "quantize.embedding.weight")
+    if shape_of(shapes, "quant_conv.weight")[1] != z_channels:
+        raise CheckpointError(f"MoVQ weights: encoder.conv_out gives {z_channels} channels but quant_conv takes "
+                              f"{shape_of(shapes, 'quant_conv.weight')[1]} (double_z encoders are not MoVQGAN)")
+    try:
+        return MoVQConfig(
+            ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=len(indices(shapes, "encoder.down.0.block.")),
+            attn_resolutions=tuple(resolution // 2**i for i in levels if indices(shapes, f"encoder.down.{i}.attn.")),
+            resolution=resolution, in_channels=in_channels, out_ch=shape_of(shapes, "decoder.conv_out.weight")[0],
+            z_channels=z_channels, embed_dim=embed_dim, n_embed=n_embed, norm_groups=norm_groups)
+    except ValueError as e:
+        raise CheckpointError(f"MoVQ weights describe an impossible network: {e}") from e
+
+
+# What the weights' shapes fix; the stored config must agree on each before anything is built.
+SHAPE_FIELDS = ("ch", "ch_mult", "num_res_blocks", "in_channels", "out_ch", "z_channels", "embed_dim", "n_embed")
+
+
+def config_for(shapes: dict[str, tuple[int, ...]], path: Path) -> MoVQConfig:
+    """The MoVQConfig stored in a safetensors file's metadata, checked against the shapes (so a
+    config of a million blocks is refused before a single block is built); else the one the
+    shapes imply."""
+    text = read_metadata(path).get(CONFIG_METADATA_KEY) if path.suffix == ".safetensors" else None
+    if text is None:
+        return config_from_shapes(shapes)
+    try:
+        stored = json.loads(text)
+        cfg = MoVQConfig(**stored) if isinstance(stored, dict) else None
+    except (TypeError, ValueError) as e:
+        cfg, stored = None, e
+    if cfg is None:
+        raise CheckpointError(f"MoVQ weights: {path} has an unusable {CONFIG_METADATA_KEY} metadata entry "
+                              f"({stored}). Fix: write the file again with MoVQ.save_pretrained or convert-movq.")
+    implied = config_from_shapes(shapes, norm_groups=cfg.norm_groups)
+    differ = [f"{f}={getattr(cfg, f)} (weights: {getattr(implied, f)})" for f in SHAPE_FIELDS
+              if getattr(cfg, f) != getattr(implied, f)]
+    attention = [cfg.has_attention(i) for i in range(cfg.num_levels)]
+    if not differ and attention != [bool(indices(shapes, f"encoder.down.{i}.attn.")) for i in range(cfg.num_levels)]:
+        differ.append(f"attention at levels {attention}")
+    if differ:
+        raise CheckpointError(f"MoVQ weights: the config stored in {path} does not match its weights: "
+                              f"{', '.join(differ)}. Fix: write the file again with MoVQ.save_pretrained.")
+    return cfg
+
+
+def check_shapes(model: nn.Module, shapes: dict[str, tuple[int, ...]], path) -> None:
+    """Every model key present with its exact shape, nothing else: a checkpoint that fits no
+    consistent MoVQGAN (e.g. the decoder disagrees with the encoder) is reported key by key."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = [k for k in expected if k not in shapes]
+    extra = [k for k in shapes if k not in expected]
+    wrong = [f"{k}: file {shapes[k]}, network {v}" for k, v in expected.items() if k in shapes and shapes[k] != v]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} keys: {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
+    if extra:
+        hint = (" (norm `.conv` keys mean add_conv=True, which no MoVQGAN release uses)"
+                if any(".conv." in k and "norm" in k for k in extra) else "")
+        problems.append(f"unexpected {len(extra)} keys{hint}: {', '.join(extra[:6])}{' ...' if len(extra) > 6 else ''}")
+    if wrong:
+        problems.append(f"wrong shapes: {'; '.join(wrong[:6])}{' ...' if len(wrong) > 6 else ''}")
+    if problems:
+        raise CheckpointError(f"MoVQ weights {path} do not fit a consistent MoVQGAN (shape read from the "
+                              f"encoder: {getattr(model, 'cfg', None)}): " + "; ".join(problems))
+
+
+def convert_ckpt_to_safetensors(src: str | os.PathLike, dst: str | os.PathLike) -> MoVQConfig:
+    """Read `src` restrictedly, check it is a complete MoVQGAN, write its model tensors to `dst`
+    (safetensors, original key names and dtype, the config as metadata). Returns the MoVQConfig."""
+    src = Path(src)
+    sd = load_state_dict(src)
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    cfg = config_for(shapes, src)
+    with torch.device("meta"):
+        model = MoVQ(cfg)
+    check_shapes(model, shapes, src)
+    save_safetensors(sd, dst, {CONFIG_METADATA_KEY: json.dumps(asdict(cfg))})
+    return cfg
 
 
 # ----------------------------------------------------------------------------- pixels

@@ -25,12 +25,17 @@ import json
 from dataclasses import dataclass, field, fields, replace
 
 from .layout import compute_layout, position_holds, relation_holds, snap_to_cells
+from .llm_answer import STYLE_FIELDS, LLMAnswerError, read_answer
 from .plan_parse import (BASIC_COLORS, COLOR_ALIASES, MAX_COUNT, OTHER_COLOR_WORDS, POSITIONS, PRE_COLOR_WORDS,
-                         LLMAnswerError, RELATION_TEXT, RELATIONS, article, extract_llm_payload, number_word,
-                         parse_prompt, plural)
+                         RELATION_TEXT, RELATIONS, article, number_word, parse_prompt, plural)
 
 PLAN_VERSION = 1
-STYLE_FIELDS = ("medium", "lighting", "camera", "mood")
+# Limits that keep planning fast and the layout readable whatever the input (a picture with more
+# objects than this is not one the layout, or a model's attention, can keep apart anyway).
+MAX_PROMPT_CHARS = 4000
+MAX_SUBJECTS = 32
+MAX_RELATIONS = 64
+MAX_INSTANCES = 128    # boxes in a layout: the sum of the counts
 SUMMARY_MAX = 200   # characters; the node UI shows one line
 # Attributes starting with these words follow the noun: "a dog with a red collar".
 POST_NOUN_LEADERS = {"with", "wearing", "holding", "carrying", "of", "made", "in", "at", "on",
@@ -47,9 +52,14 @@ class PlanError(ValueError):
 @dataclass
 class Subject:
     noun: str                      # singular: "circle", "traffic light"
-    count: int = 1
+    count: int | None = 1          # None: a plural whose number the prompt does not give ("cats")
     color: str | None = None       # one of BASIC_COLORS or None
     attributes: list[str] = field(default_factory=list)   # "small", "wooden", "with a red collar", "on the left"
+
+    @property
+    def instances(self) -> int:
+        """Boxes in the layout: one per counted instance; one region for a plural without a number."""
+        return 1 if self.count is None else self.count
 
 
 @dataclass
@@ -92,6 +102,7 @@ class Plan:
     composition: str = ""
     negatives: list[str] = field(default_factory=list)
     unparsed: list[str] = field(default_factory=list)
+    prompt: str = ""               # the user's words this plan was made from ("" for a structured plan)
     version: int = PLAN_VERSION
 
     def __post_init__(self):
@@ -105,19 +116,29 @@ class Plan:
         _check(self.version <= PLAN_VERSION,
                lambda: f"version {self.version} is newer than this planner understands ({PLAN_VERSION}); update ComfyUI-Uni1")
         _check(isinstance(self.subjects, list), "subjects must be a list")
+        _check(len(self.subjects) <= MAX_SUBJECTS,
+               lambda: f"the plan has {len(self.subjects)} subjects; at most {MAX_SUBJECTS} can be laid out: "
+                       "merge repeated objects into one subject with a count")
+        _check(isinstance(self.relations, list) and len(self.relations) <= MAX_RELATIONS,
+               lambda: f"relations must be a list of at most {MAX_RELATIONS}; remove some")
         for i, s in enumerate(self.subjects):
             where = f"subjects[{i}]"
             _check(isinstance(s, Subject), lambda: f"{where} must be an object with noun, count, color, attributes")
             _check(isinstance(s.noun, str) and s.noun.strip() != "", lambda: f"{where}.noun must be a non-empty string")
-            _check(isinstance(s.count, int) and not isinstance(s.count, bool) and 1 <= s.count <= MAX_COUNT,
-                   lambda: f"{where}.count must be a positive integer (1 to {MAX_COUNT}), got {s.count!r}")
+            _check(s.count is None or (isinstance(s.count, int) and not isinstance(s.count, bool)
+                                       and 1 <= s.count <= MAX_COUNT),
+                   lambda: f"{where}.count must be a positive integer (1 to {MAX_COUNT}) or null (a plural "
+                           f"without a number), got {s.count!r}")
             _check(s.color is None or s.color in BASIC_COLORS,
                    lambda: f"{where}.color must be null or one of {', '.join(BASIC_COLORS)}; got {s.color!r} "
                    "(put other colour words in attributes)")
             _check(isinstance(s.attributes, list) and all(isinstance(a, str) and a.strip() for a in s.attributes),
                    lambda: f"{where}.attributes must be a list of non-empty strings")
         n = len(self.subjects)
-        _check(isinstance(self.relations, list), "relations must be a list")
+        instances = sum(s.instances for s in self.subjects)
+        _check(instances <= MAX_INSTANCES,
+               lambda: f"the plan has {instances} object instances (the sum of the counts); at most "
+                       f"{MAX_INSTANCES} can be laid out: lower the counts")
         for i, r in enumerate(self.relations):
             where = f"relations[{i}]"
             _check(isinstance(r, Relation), lambda: f"{where} must be an object with subject, object, relation")
@@ -139,11 +160,11 @@ class Plan:
         if self.layout:
             seen = {(b.subject, b.instance) for b in self.layout}
             _check(len(seen) == len(self.layout), "layout has two boxes for the same subject instance")
-            want = {(i, k) for i, s in enumerate(self.subjects) for k in range(s.count)}
+            want = {(i, k) for i, s in enumerate(self.subjects) for k in range(s.instances)}
             missing = sorted(want - seen)
             _check(not missing, lambda: f"layout has no box for subjects[{missing[0][0]}] instance {missing[0][1]} "
                                 if missing else "")
-        for name in ("scene", "composition"):
+        for name in ("scene", "composition", "prompt"):
             _check(isinstance(getattr(self, name), str), lambda: f"{name} must be a string")
         _check(isinstance(self.style, Style), "style must be an object with medium, lighting, camera, mood")
         for name in STYLE_FIELDS:
@@ -210,6 +231,7 @@ class Plan:
             return d
         return {
             "version": self.version,
+            "prompt": self.prompt,
             "subjects": [{"noun": s.noun, "count": s.count, "color": s.color, "attributes": list(s.attributes)}
                          for s in self.subjects],
             "relations": [rel(r) for r in self.relations],
@@ -250,8 +272,11 @@ class Plan:
                 data = json.loads(data)
             except json.JSONDecodeError as exc:
                 raise PlanError(f"the plan is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+            except RecursionError:
+                raise PlanError("the plan JSON is nested too deep to be a plan (a plan is at most four levels "
+                                "deep); check what produced it") from None
         _check(isinstance(data, dict), "the plan must be a JSON object with subjects, relations, layout, ...")
-        known = {"version", "subjects", "relations", "layout", "scene", "style", "composition", "negatives", "unparsed"}
+        known = {"version", "prompt", "subjects", "relations", "layout", "scene", "style", "composition", "negatives", "unparsed"}
         unknown = sorted(set(data) - known)
         _check(not unknown, lambda: f"unknown field {unknown[0]!r} in the plan (fields: {', '.join(sorted(known))})"
                if unknown else "")
@@ -269,17 +294,19 @@ class Plan:
         plan = cls(subjects=subjects, relations=relations, layout=[], scene=_string(data.get("scene", ""), "scene"),
                    style=style_obj, composition=_string(data.get("composition", ""), "composition"),
                    negatives=_strings(data.get("negatives", []), "negatives"),
-                   unparsed=_strings(data.get("unparsed", []), "unparsed"), version=version)
-        want = {(i, k) for i, s in enumerate(subjects) for k in range(s.count)}
+                   unparsed=_strings(data.get("unparsed", []), "unparsed"),
+                   prompt=_string(data.get("prompt", ""), "prompt"), version=version)
+        # every box is checked, even one for an instance that no longer exists (a count was
+        # edited), so that a typo is caught
+        for i, b in enumerate(layout):
+            _check_box(b, i, subjects, check_instance=False)
+        want = {(i, k) for i, s in enumerate(subjects) for k in range(s.instances)}
         have = [(b.subject, b.instance) for b in layout]
         if layout and len(set(have)) == len(have) == len(want) and set(have) == want:
             given = replace(plan, layout=layout)
             if not given.violations():
                 return given
             # the boxes no longer fit the relations (a relation was edited): lay out again below
-        # a box for an instance that no longer exists is still checked, so that a typo is caught
-        for i, b in enumerate(layout):
-            _check_box(b, i, subjects, check_instance=False)
         return plan.with_layout()
 
     @classmethod
@@ -290,11 +317,11 @@ class Plan:
         edited one; anything else is planned like a prompt.
         """
         try:
-            payload = extract_llm_payload(text)
+            payload = read_answer(text)
         except LLMAnswerError as exc:
             raise PlanError(str(exc)) from None
         if isinstance(payload, dict):
-            data = _lenient(payload)
+            data = payload
             try:
                 return cls.from_json(data)
             except PlanError as exc:
@@ -327,9 +354,9 @@ class Plan:
             lead = "the"
         elif count == 1:
             lead = article(words[0])
-        else:
-            lead = number_word(count)
-        return " ".join([lead] + words + post)
+        else:     # no number word when the prompt gave none: "red circles"
+            lead = number_word(count) if count else ""
+        return " ".join(filter(None, [lead] + words + post))
 
     def describe_relation(self, i: int) -> str:
         r = self.relations[i]
@@ -412,7 +439,7 @@ class Plan:
 
         for r in self.relations:
             s = ref(r.subject)
-            verb = "are" if self.subjects[r.subject].count > 1 else "is"
+            verb = "is" if self.subjects[r.subject].count == 1 else "are"
             if s.split()[-1].endswith(("ing", "ed")):     # "a cat sitting on a table" needs no verb
                 verb = ""
             o = ref(r.object)
@@ -442,7 +469,7 @@ class Plan:
 
     def summary(self) -> str:
         """One short line for the node UI."""
-        parts = [", ".join(f"{s.count} {' '.join(filter(None, [s.color, s.noun]))}" for s in self.subjects)
+        parts = [", ".join(f"{s.count or 'some'} {' '.join(filter(None, [s.color, s.noun]))}" for s in self.subjects)
                  or "no subjects"]
         if self.relations:
             parts.append("; ".join(
@@ -464,7 +491,9 @@ class Plan:
     def regions(self) -> list[tuple[str, tuple[float, float, float, float]]]:
         """(text, (x0, y0, x1, y1)) for every subject instance, for regional guidance."""
         plan = self._laid_out()
-        return [(plan.subject_phrase(b.subject, one=True, with_position=False), b.xyxy)
+        # one box per instance; a plural without a number has one box for the group ("robots")
+        return [(plan.subject_phrase(b.subject, one=plan.subjects[b.subject].count is not None,
+                                     with_position=False), b.xyxy)
                 for b in sorted(plan.layout, key=lambda b: (b.subject, b.instance))]
 
 
@@ -476,21 +505,19 @@ def make_plan(prompt: str) -> Plan:
     """
     if not isinstance(prompt, str):
         raise PlanError(f"the prompt must be a string, got {type(prompt).__name__}")
+    prompt = " ".join(prompt.split())
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise PlanError(f"the prompt has {len(prompt):,} characters; the planner reads at most {MAX_PROMPT_CHARS:,}. "
+                        "Shorten it, or set conditioning to 'prompt' to give it to the model unplanned")
     data, rel_texts = parse_prompt(prompt)
     subjects = [Subject(s["noun"], s["count"], s["color"], s["attributes"]) for s in data["subjects"]]
-    relations = [Relation(r["subject"], r["object"], r["relation"], r.get("object2")) for r in data["relations"]]
+    relations, rel_texts = _distinct_relations(data["relations"], rel_texts)
+    _check_prompt_size(subjects, relations)
     plan = Plan(subjects=subjects, relations=relations, scene=data["scene"], style=Style(**data["style"]),
-                composition=data["composition"], negatives=data["negatives"], unparsed=data["unparsed"])
+                composition=data["composition"], negatives=data["negatives"], unparsed=data["unparsed"],
+                prompt=prompt)
     dropped: list[str] = []
-    while True:
-        plan = replace(plan, layout=_layout_boxes(plan))
-        bad = plan.violations()
-        if not bad:
-            break
-        i = bad[-1]
-        dropped.append(rel_texts[i])
-        del rel_texts[i]
-        plan = replace(plan, relations=plan.relations[:i] + plan.relations[i + 1:])
+    plan = _drop_contradictions(plan, rel_texts, dropped)
     # an absolute position the relations rule out ("a cat left of a dog, the cat on the right")
     # goes the same way
     for i in plan.position_violations():
@@ -504,6 +531,58 @@ def make_plan(prompt: str) -> Plan:
     return plan
 
 
+def _distinct_relations(found: list[dict], texts: list[str]) -> tuple[list[Relation], list[str]]:
+    """The parser's relations as Relation objects, each stated once ("a cat left of a dog, the
+    cat left of the dog" says one thing twice; a repeat adds nothing to lay out)."""
+    relations, kept, seen = [], [], set()
+    for r, text in zip(found, texts):
+        key = (r["subject"], r["object"], r["relation"], r.get("object2"))
+        if key not in seen:
+            seen.add(key)
+            relations.append(Relation(*key))
+            kept.append(text)
+    return relations, kept
+
+
+def _check_prompt_size(subjects: list[Subject], relations: list[Relation]) -> None:
+    """A prompt that names more objects than a layout can hold gets a message, not a slow plan."""
+    if len(subjects) > MAX_SUBJECTS:
+        raise PlanError(f"the prompt names {len(subjects)} separate objects; the planner lays out at most "
+                        f"{MAX_SUBJECTS}. Merge repeats into counts ('five cats'), describe fewer objects, or "
+                        "set conditioning to 'prompt' to give the prompt to the model unplanned")
+    if len(relations) > MAX_RELATIONS:
+        raise PlanError(f"the prompt states {len(relations)} spatial relations; the planner keeps at most "
+                        f"{MAX_RELATIONS}. State fewer, or set conditioning to 'prompt' to give the prompt to "
+                        "the model unplanned")
+    instances = sum(s.instances for s in subjects)
+    if instances > MAX_INSTANCES:
+        raise PlanError(f"the prompt asks for {instances} objects in all; the planner lays out at most "
+                        f"{MAX_INSTANCES}. Lower the counts")
+
+
+# After this many layouts that each drop the last contradicting relation, all the relations that
+# still fail are dropped at once: a prompt that contradicts itself a little keeps as much as it
+# can, and one that contradicts itself everywhere still costs only a few layouts.
+ONE_BY_ONE_DROPS = 3
+
+
+def _drop_contradictions(plan: Plan, rel_texts: list[str], dropped: list[str]) -> Plan:
+    """`plan` laid out, without the relations that cannot hold together with the earlier ones
+    (their source text is appended to `dropped`, last first)."""
+    rel_texts, passes = list(rel_texts), 0
+    while True:
+        plan = replace(plan, layout=_layout_boxes(plan))
+        bad = plan.violations()
+        if not bad:
+            return plan
+        drop = bad[-1:] if passes < ONE_BY_ONE_DROPS else bad
+        passes += 1
+        for i in reversed(drop):
+            dropped.append(rel_texts.pop(i))
+        gone = set(drop)
+        plan = replace(plan, relations=[r for i, r in enumerate(plan.relations) if i not in gone])
+
+
 def parse_llm_output(text: str) -> Plan:
     """Same as `Plan.from_text`."""
     return Plan.from_text(text)
@@ -513,92 +592,8 @@ def parse_llm_output(text: str) -> Plan:
 # helpers
 # ---------------------------------------------------------------------------------------------
 
-def _lenient(data: dict) -> dict:
-    """Another model's plan JSON, put into this schema where its meaning is clear.
-
-    Plural or capitalised nouns, counts as strings or words, colour names outside the basic
-    set, relation phrasings ("to the left of", "left_of"), subjects named instead of indexed, a
-    style given as one string: all are normalised. Fields this schema does not have (often the
-    model's reasoning) are left out, so they never reach the conditioning text.
-    """
-    from .plan_parse import RELATION_PHRASES, _match, parse_count, singular, tokenize
-
-    out: dict = {k: data[k] for k in ("version", "scene", "composition", "layout") if k in data}
-    subjects = []
-    for s in data.get("subjects") or []:
-        if isinstance(s, str):
-            s = {"noun": s}
-        if not isinstance(s, dict):
-            subjects.append(s)      # from_json names the problem
-            continue
-        s = {k: s[k] for k in ("noun", "count", "color", "attributes") if k in s}
-        attributes = s.get("attributes", [])
-        attributes = [attributes] if isinstance(attributes, str) else list(attributes or [])
-        color = s.get("color")
-        if isinstance(color, str):
-            color = COLOR_ALIASES.get(color.strip().lower(), color.strip().lower()) or None
-            if color is not None and color not in BASIC_COLORS:
-                attributes.insert(0, color)
-                color = None
-        noun = s.get("noun")
-        if isinstance(noun, str):
-            words = noun.strip().lower().split()
-            while words and words[0] in ("a", "an", "the"):
-                words = words[1:]
-            while len(words) > 1 and COLOR_ALIASES.get(words[0], words[0]) in BASIC_COLORS and color is None:
-                color = COLOR_ALIASES.get(words[0], words[0])
-                words = words[1:]
-            if words:
-                words[-1] = singular(words[-1])
-            noun = " ".join(words)
-        count = s.get("count", 1)
-        if isinstance(count, str):
-            toks = tokenize(count)
-            parsed = parse_count(toks, 0) if toks else None
-            count = parsed[0] if parsed and parsed[1] == len(toks) else count
-        elif isinstance(count, float) and count.is_integer():
-            count = int(count)
-        subjects.append({"noun": noun, "count": count, "color": color, "attributes": attributes})
-    out["subjects"] = subjects
-    nouns = [s.get("noun") if isinstance(s, dict) else None for s in subjects]
-    relations = []
-    for r in data.get("relations") or []:
-        if isinstance(r, dict):
-            r = {k: r[k] for k in ("subject", "object", "relation", "object2") if k in r}
-            for key in ("subject", "object", "object2"):
-                v = r.get(key)
-                if isinstance(v, str) and v.strip().isdigit():
-                    r[key] = int(v)
-                elif isinstance(v, str) and singular(v.strip().lower().split()[-1] if v.strip() else "") in [
-                        (n or "").split()[-1] if n else None for n in nouns]:
-                    head = singular(v.strip().lower().split()[-1])
-                    r[key] = [(n or "").split()[-1] if n else None for n in nouns].index(head)
-            rel = r.get("relation")
-            if isinstance(rel, str):
-                toks = tokenize(rel.replace("_", " "))
-                m = _match(toks, 0, RELATION_PHRASES) if toks else None
-                if m and m[0] == len(toks):
-                    r["relation"] = m[1]
-                elif rel.replace("_", " ").strip().lower() in RELATIONS:
-                    r["relation"] = rel.replace("_", " ").strip().lower()
-        relations.append(r)
-    out["relations"] = relations
-    style = data.get("style")
-    if isinstance(style, str):
-        style = {"medium": style}
-    if isinstance(style, dict):
-        out["style"] = {k: v for k, v in style.items() if k in STYLE_FIELDS}
-    for key in ("negatives", "unparsed"):
-        v = data.get(key)
-        if isinstance(v, str):
-            v = [x.strip() for x in v.split(",") if x.strip()]
-        if v is not None:
-            out[key] = v
-    return out
-
-
 def _layout_boxes(plan: Plan) -> list[Box]:
-    counts = [s.count for s in plan.subjects]
+    counts = [s.instances for s in plan.subjects]
     rels = [(r.subject, r.object, r.relation, r.object2) for r in plan.relations]
     boxes = compute_layout(counts, rels, plan.positions(), [s.attributes for s in plan.subjects])
     return [Box(i, k, *b) for i, bs in enumerate(boxes) for k, b in enumerate(bs)]
@@ -609,7 +604,7 @@ def _check_box(b, i: int, subjects: list[Subject], check_instance: bool = True) 
     _check(isinstance(b, Box), lambda: f"{where} must be an object with subject, instance, x0, y0, x1, y1")
     _check(isinstance(b.subject, int) and not isinstance(b.subject, bool) and 0 <= b.subject < n,
            lambda: f"{where}.subject must be the index of a subject (0 to {n - 1}); got {b.subject!r}")
-    cnt = subjects[b.subject].count
+    cnt = subjects[b.subject].instances
     _check(isinstance(b.instance, int) and not isinstance(b.instance, bool)
            and 0 <= b.instance < (cnt if check_instance else MAX_COUNT),
            lambda: f"{where}.instance must be 0 to {cnt - 1} (subjects[{b.subject}].count is {cnt}); got {b.instance!r}")
@@ -632,8 +627,20 @@ def _list(data: dict, key: str) -> list:
     v = data.get(key, [])
     if v is None:
         v = []
-    _check(isinstance(v, list), lambda: f"{key} must be a list")
+    _check(isinstance(v, list), lambda: f"{key} must be a list [...] of {LIST_ITEMS[key]}, got {_json_kind(v)}")
     return v
+
+
+LIST_ITEMS = {"subjects": 'subjects, e.g. [{"noun": "cat", "count": 2}]',
+              "relations": 'relations, e.g. [{"subject": 0, "object": 1, "relation": "left of"}]',
+              "layout": "boxes (or [] to lay out afresh)"}
+
+
+def _json_kind(v) -> str:
+    """What a JSON value is, in the words of a JSON reader: "an object", "a number"."""
+    kinds = ((dict, "an object"), (str, "a string"), (bool, "true/false"), ((int, float), "a number"),
+             (list, "a list"), (type(None), "null"))
+    return next((name for t, name in kinds if isinstance(v, t)), type(v).__name__)
 
 
 def _string(v, where: str) -> str:
@@ -666,7 +673,8 @@ def _subject(obj, i: int) -> Subject:
     if isinstance(color, str):
         color = COLOR_ALIASES.get(color.strip().lower(), color.strip().lower()) or None
     attrs = d.get("attributes", [])
-    _check(isinstance(attrs, list), lambda: f"subjects[{i}].attributes must be a list of strings")
+    _check(isinstance(attrs, list), lambda: f"subjects[{i}].attributes must be a list of strings, e.g. "
+                                            f'["small", "wooden"]; got {_json_kind(attrs)}')
     return Subject(noun=d["noun"], count=d.get("count", 1), color=color, attributes=list(attrs))
 
 

@@ -1,486 +1,41 @@
 """Prompt text -> plan dictionary: a small, deterministic grammar of English image prompts.
 
-The parser reads a prompt left to right and recognises, in this order of priority at each word:
-clause ends, style phrases ("oil painting", "cinematic lighting", "35mm"), a leading "a photo of" or
-"an image showing", negation ("no people", "without text"), joiners ("together with"), framing
-("in the picture"), absolute positions ("on the left"), spatial relations ("to the left of",
-"on top of", "beneath"), scene phrases ("on a beach", "at night"), phrases that qualify the
-previous object ("with a red collar", "in a red dress"), and finally noun phrases
-("two small red cubes"), which become subjects with their own count, colour and attributes, so
-that adjectives never bleed from one object to the next.
+The parser splits a prompt into clauses (at . ; ! ? and line breaks) and reads each clause left to
+right. At each word the first rule of `_Parser.CLAUSE_RULES` that reads something wins, in this
+order: style phrases ("oil painting", "cinematic lighting", "35mm") and a leading "a photo of";
+negation ("no people"); order phrases ("from left to right"); joiners ("together with"); "by
+itself"; framing ("in the picture"); a pronoun that starts a clause ("He stands ..."); an adverb
+before a relation ("just left of"); absolute positions ("on the left"); spatial relations ("to
+the left of", "on top of"); scene phrases ("at night"); phrases that qualify the previous subject
+("with a red collar", "holding two cups"); copulas with content ("sits", "showing a bay"); list
+words and copulas; colours waiting for their noun ("a red, a green and a blue ball"); and finally
+noun phrases ("two small red cubes"), which become subjects with their own count, colour and
+attributes, so that adjectives never bleed from one object to the next.
 
-Whatever it does not understand is kept verbatim in `unparsed`; nothing is dropped. The output is
-a plain dictionary in the plan's JSON form (see `uni1_core/plan.py`), plus the source text of each
-relation so that the planner can hand a relation that the layout cannot satisfy back to `unparsed`.
-It also holds the English helpers the plan renders with (plural forms, number words, articles) and
-`extract_llm_payload`, which digs a plan JSON or a rewritten prompt out of another model's answer.
+Nothing is invented and nothing is dropped. A plural without a number has no count (None); a
+word the grammar does not understand stays, verbatim, in `unparsed`; and when what is left of a
+comma segment or a clause would be a stray piece ("under", "one of them"), the whole span is read
+again as not understood: it goes to `unparsed` as written and states no subject or relation.
+The output is a plain dictionary in the plan's JSON form (see `uni1_core/plan.py`), plus the source
+text of each relation so that the planner can hand a relation that the layout cannot satisfy back
+to `unparsed`. The word tables and English helpers live in `lexicon.py`; another model's answer is read by
+`llm_answer.py`.
 """
 
 from __future__ import annotations
 
-import json
 import re
 
-# ---------------------------------------------------------------------------------------------
-# Words
-# ---------------------------------------------------------------------------------------------
-
-BASIC_COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black",
-                "white", "gray")
-COLOR_ALIASES = {"grey": "gray"}
-
-RELATIONS = ("left of", "right of", "above", "below", "on", "under", "in front of", "behind",
-             "next to", "inside", "between")
-
-# How a relation is said in the conditioning text.
-RELATION_TEXT = {"left of": "to the left of", "right of": "to the right of", "above": "above",
-                 "below": "below", "on": "on", "under": "under", "in front of": "in front of",
-                 "behind": "behind", "next to": "next to", "inside": "inside", "between": "between"}
-
-# Canonical absolute positions: phrase -> (column 0/1/2 or None, row 0/1/2 or None).
-POSITIONS = {
-    "on the left": (0, None), "on the right": (2, None), "at the top": (None, 0),
-    "at the bottom": (None, 2), "in the center": (1, 1),
-    "in the top left corner": (0, 0), "in the top right corner": (2, 0),
-    "in the bottom left corner": (0, 2), "in the bottom right corner": (2, 2),
-    "in the background": (None, 0), "in the foreground": (None, 2),
-}
-
-SIZE_WORDS = {"tiny", "small", "little", "medium", "big", "large", "huge", "giant", "enormous",
-              "massive", "tall", "short", "long", "wide", "narrow", "thin", "thick", "fat",
-              "miniature", "mini", "oversized", "gigantic", "small-sized", "large-sized"}
-# Single-word attributes that English puts before a colour ("a big old red car"); any other
-# single word goes between the colour and the noun ("a red wooden box", "a blue coffee mug").
-PRE_COLOR_WORDS = SIZE_WORDS | {
-    "light", "dark", "bright", "pale", "deep", "vivid", "pastel", "neon", "old", "new", "young",
-    "ancient", "modern", "vintage", "beautiful", "cute", "ugly", "pretty", "lovely", "happy", "sad",
-    "angry", "shiny", "glossy", "matte", "fluffy", "furry", "round", "square", "rectangular",
-    "triangular", "striped", "spotted", "dotted", "checkered", "glowing", "broken", "empty", "full", "wet", "dry", "hot", "cold", "clean", "dirty",
-    "single", "lonely", "majestic", "elegant", "simple", "tiny-looking", "fat", "skinny", "soft",
-    "hard", "smooth", "rough", "transparent", "translucent", "colorful", "colourful", "golden",
-    "silver", "rusty", "fresh", "ripe", "shallow",
-}
-ADJECTIVES = PRE_COLOR_WORDS | {
-    "wooden", "metal", "metallic", "glass", "plastic", "stone", "ceramic", "paper", "leather",
-    "woolen", "velvet", "marble", "steel", "iron", "crystal", "furry", "beautiful", "detailed",
-    "highly", "very", "realistic", "tasty", "delicious", "cozy", "cosy", "quiet", "busy", "huge",
-}
-OTHER_COLOR_WORDS = {"gold", "beige", "teal", "turquoise", "navy", "crimson", "maroon", "cyan",
-                     "magenta", "violet", "indigo", "lavender", "tan", "cream", "ivory", "olive",
-                     "lime", "scarlet", "amber", "bronze", "copper", "khaki", "charcoal",
-                     "multicolored", "multicoloured", "rainbow"}
-
-NUMBER_WORDS = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
-                "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12,
-                "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16, "seventeen": 17,
-                "eighteen": 18, "nineteen": 19}
-TENS_WORDS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70,
-              "eighty": 80, "ninety": 90}
-# Quantity phrases -> count. Vague plurals get a small definite number, which the user can edit.
-QUANTITY_PHRASES = {
-    ("a", "pair", "of"): 2, ("pair", "of"): 2, ("a", "couple", "of"): 2, ("couple", "of"): 2,
-    ("both",): 2, ("twin",): 2, ("a", "trio", "of"): 3, ("a", "dozen"): 12, ("dozen",): 12,
-    ("half", "a", "dozen"): 6, ("a", "single"): 1, ("single",): 1, ("a", "lone"): 1,
-    ("some",): 3, ("several",): 3, ("a", "few"): 3, ("few",): 3, ("multiple",): 3,
-    ("various",): 3, ("a", "group", "of"): 3, ("a", "bunch", "of"): 3, ("a", "set", "of"): 3,
-    ("a", "row", "of"): 3, ("a", "herd", "of"): 4, ("a", "flock", "of"): 4,
-    ("a", "pack", "of"): 4, ("many",): 5, ("numerous",): 5, ("lots", "of"): 5,
-    ("a", "lot", "of"): 5, ("plenty", "of"): 5, ("a", "crowd", "of"): 5,
-}
-MAX_COUNT = 50
-_QUANTITY_INDEX: dict[str, list] = {}
-for _p, _v in sorted(QUANTITY_PHRASES.items(), key=lambda pv: -len(pv[0])):
-    _QUANTITY_INDEX.setdefault(_p[0], []).append((_p, _v))
-DEFAULT_PLURAL_COUNT = 2
-
-DETERMINERS = {"a", "an", "the", "this", "that", "these", "those", "his", "her", "its", "their",
-               "my", "your", "our", "another", "each", "every"}
-
-# Compound nouns (GenEval uses the COCO class names) stay one noun: "a traffic light".
-COMPOUND_NOUNS = {
-    ("traffic", "light"), ("fire", "hydrant"), ("stop", "sign"), ("parking", "meter"),
-    ("baseball", "bat"), ("baseball", "glove"), ("tennis", "racket"), ("wine", "glass"),
-    ("hot", "dog"), ("potted", "plant"), ("dining", "table"), ("cell", "phone"),
-    ("teddy", "bear"), ("hair", "drier"), ("hair", "dryer"), ("sports", "ball"),
-    ("computer", "mouse"), ("computer", "keyboard"), ("tv", "remote"), ("ice", "cream"),
-    ("palm", "tree"), ("christmas", "tree"), ("coffee", "mug"), ("coffee", "cup"),
-    ("tea", "cup"), ("soccer", "ball"), ("basketball", "hoop"), ("police", "car"),
-    ("fire", "truck"), ("school", "bus"), ("living", "room"), ("space", "ship"),
-    ("polar", "bear"), ("golden", "retriever"), ("street", "lamp"), ("water", "bottle"),
-}
-
-KNOWN_NOUNS = set("""
-person man woman child boy girl baby people adult kid lady gentleman king queen prince princess
-knight wizard witch soldier astronaut robot doctor chef farmer student teacher dancer pirate
-bicycle car motorcycle airplane plane bus train truck boat ship bike scooter tractor van taxi
-helicopter rocket submarine skateboard surfboard skis snowboard kite frisbee
-bird cat dog horse sheep cow elephant bear zebra giraffe lion tiger wolf fox deer rabbit bunny
-mouse rat squirrel monkey panda koala kangaroo penguin owl eagle parrot duck goose chicken
-swan fish shark whale dolphin octopus turtle frog snake lizard dragon unicorn dinosaur butterfly
-bee spider ant ladybug crab lobster camel goat pig puppy kitten cub hamster hedgehog raccoon
-backpack umbrella handbag tie suitcase bottle cup fork knife spoon bowl banana apple sandwich
-orange broccoli carrot pizza donut doughnut cake chair couch sofa bed table toilet tv laptop
-remote keyboard phone microwave oven toaster sink refrigerator fridge book clock vase scissors
-toothbrush bench lamp candle mirror window door painting picture frame plant flower rose tulip
-sunflower tree bush cactus mushroom leaf rock stone house building castle tower bridge lighthouse
-church temple barn tent hut cabin fountain statue sign fence gate wall stairs ladder
-circle square triangle star rectangle hexagon pentagon octagon heart diamond oval ellipse cross
-crescent ring sphere cube cone cylinder pyramid ball arrow line dot shape block box
-hat cap shirt dress jacket coat shoe boot glove scarf sock glasses sunglasses crown helmet mask
-guitar piano violin drum trumpet camera computer monitor television radio headphones
-key lock coin gem jewel necklace bracelet watch balloon gift present toy doll teddy kite
-pencil pen brush paper letter envelope map flag bell basket bag jar pot pan plate glass mug
-teapot kettle bucket barrel bucket chest crate cage nest egg bread cheese cookie burger
-hamburger fries taxi strawberry cherry grape lemon lime pear peach watermelon pineapple tomato
-potato onion pepper corn pumpkin cupcake pie candy chocolate coffee tea wine beer juice milk
-cloud sun planet rainbow blossom petal feather flame fire smoke bubble lantern kite
-armchair fireplace rug carpet curtain pillow cushion blanket shelf bookshelf desk stool cabinet
-wardrobe dresser drawer bathtub shower towel sofa bench swing slide hammock car volcano island mountain hill river lake waterfall wave
-car wheel engine sword shield bow axe hammer wand staff throne light
-eye hair face hand arm leg head nose mouth ear beard tail paw fur neck shoulder finger
-building painting ring king wing string swing ceiling earring pudding dumpling duckling sapling
-railing clothing stocking lightning wedding icing shed sled seed reed weed steed bed
-""".split())
-
-# Nouns of places and surfaces: after "on", "in", "at", ... they make the scene, not a subject.
-SCENE_NOUNS = set("""
-background backdrop beach forest field meadow desert city street road park kitchen room bedroom
-bathroom office garden mountains ocean sea lake river sky space night day sunset sunrise dawn
-dusk evening morning snow rain fog mist jungle cave studio classroom library restaurant cafe
-market village countryside farm stadium underwater water ground floor grass sand lawn wall
-landscape valley shore coast hillside rooftop roof town alley highway bridge playground
-universe galaxy clouds stars sunlight moonlight darkness winter summer autumn fall spring
-storm thunderstorm blizzard savanna savannah prairie plains moon mars corner
-seabed reef orbit sandstorm interior exterior yard backyard courtyard hallway corridor station airport harbor harbour
-surface table-top tabletop canvas paper void outdoors indoors nature wilderness swamp tundra
-""".split())
-
-# Things one is "in" as a container rather than a place: "a cat in a box" is `inside`.
-CONTAINER_NOUNS = {"box", "bowl", "cup", "basket", "jar", "vase", "bag", "glass", "bottle",
-                   "cage", "bucket", "pot", "mug", "tank", "aquarium", "nest", "drawer",
-                   "bathtub", "tub", "sink", "pan", "crate", "chest", "barrel", "car", "boat",
-                   "truck", "bus", "tent", "backpack", "suitcase", "envelope", "teapot", "kettle",
-                   "wine glass", "coffee mug", "coffee cup", "tea cup", "hand", "carton", "pocket",
-                   "container", "jug", "pitcher", "fishbowl", "terrarium", "bubble", "snow globe",
-                   "cup", "oven", "microwave", "refrigerator", "fridge", "pool", "window", "frame"}
-
-IRREGULAR_PLURALS = {
-    "person": "people", "man": "men", "woman": "women", "child": "children", "mouse": "mice",
-    "goose": "geese", "foot": "feet", "tooth": "teeth", "ox": "oxen", "sheep": "sheep",
-    "fish": "fish", "deer": "deer", "moose": "moose", "series": "series", "species": "species",
-    "knife": "knives", "leaf": "leaves", "wolf": "wolves", "shelf": "shelves", "loaf": "loaves",
-    "half": "halves", "calf": "calves", "elf": "elves", "thief": "thieves", "life": "lives",
-    "wife": "wives", "scarf": "scarves", "tomato": "tomatoes", "potato": "potatoes",
-    "hero": "heroes", "volcano": "volcanoes", "cactus": "cacti", "fungus": "fungi",
-    "octopus": "octopuses", "die": "dice", "bus": "buses", "gentleman": "gentlemen",
-    "fireman": "firemen", "snowman": "snowmen", "policeman": "policemen", "businessman": "businessmen",
-    "scissors": "scissors", "skis": "skis", "sunglasses": "sunglasses",
-    "headphones": "headphones", "fries": "fries", "stairs": "stairs", "pants": "pants",
-    "jeans": "jeans", "clothes": "clothes",
-}
-SINGULAR_OF_IRREGULAR = {p: s for s, p in IRREGULAR_PLURALS.items()}
-# Words ending in "s" that are singular.
-SINGULAR_S_WORDS = {"glass", "grass", "bus", "dress", "class", "lens", "cactus", "octopus",
-                    "platypus", "walrus", "iris", "octopus", "chess", "boss", "moss", "cross",
-                    "canvas", "compass", "gas", "bias", "atlas", "circus", "hippopotamus", "virus",
-                    "news", "mattress", "princess", "goddess", "actress", "fortress", "harness",
-                    "peas", "his", "its", "this", "is", "was", "has", "as", "us", "yes", "always",
-                    "perhaps", "towards", "chaos", "oasis", "tennis", "bass", "kiss", "mess",
-                    "business", "wilderness", "darkness", "glass-like", "lotus", "hibiscus",
-                    "asparagus", "citrus", "bonus", "status", "campus", "bus"}
-# Article exceptions for "a"/"an" (the sound, not the letter, decides).
-AN_EXCEPTIONS = {"hour", "honest", "honor", "honour", "heir", "8", "11", "18", "80"}
-A_EXCEPTIONS_PREFIX = ("uni", "use", "usu", "one", "once", "euro", "ukulele", "ufo", "utensil")
-
-
-def singular(word: str) -> str:
-    """The singular of an English noun ("circles" -> "circle", "people" -> "person")."""
-    w = word.lower()
-    if w in SINGULAR_OF_IRREGULAR:
-        return SINGULAR_OF_IRREGULAR[w]
-    if w in IRREGULAR_PLURALS or w in SINGULAR_S_WORDS or len(w) <= 2 or not w.endswith("s"):
-        return w
-    if w.endswith("ss") or w.endswith("us"):
-        return w
-    if w.endswith("ies") and len(w) > 4:
-        return w[:-3] + "y"
-    if w.endswith("ves"):
-        for s, p in IRREGULAR_PLURALS.items():
-            if p == w:
-                return s
-        return w[:-1]
-    if w.endswith(("ches", "shes", "sses", "xes", "zes")):
-        return w[:-2]
-    if w.endswith("oes") and w[:-2] in KNOWN_NOUNS:
-        return w[:-2]
-    return w[:-1]
-
-
-def plural(noun: str) -> str:
-    """The plural of a singular noun; in compounds the last word changes ("traffic lights")."""
-    head, _, last = noun.rpartition(" ")
-    w = last
-    if w in IRREGULAR_PLURALS:
-        p = IRREGULAR_PLURALS[w]
-    elif w.endswith("y") and len(w) > 1 and w[-2] not in "aeiou":
-        p = w[:-1] + "ies"
-    elif w.endswith(("s", "x", "z", "ch", "sh")):
-        p = w + "es"
-    else:
-        p = w + "s"
-    return f"{head} {p}" if head else p
-
-
-def number_word(n: int) -> str:
-    """1..99 as English words ("twenty-one"); larger numbers as digits."""
-    for word, value in NUMBER_WORDS.items():
-        if value == n:
-            return word
-    if 20 <= n < 100:
-        tens = {v: k for k, v in TENS_WORDS.items()}[n - n % 10]
-        return tens if n % 10 == 0 else f"{tens}-{number_word(n % 10)}"
-    return str(n)
-
-
-def article(next_word: str) -> str:
-    """"a" or "an" before `next_word`."""
-    w = next_word.lower()
-    if w in AN_EXCEPTIONS or any(w.startswith(e) for e in ("hour", "honest", "honor", "heir")):
-        return "an"
-    if w.startswith(A_EXCEPTIONS_PREFIX):
-        return "a"
-    return "an" if w[:1] in "aeio" or (w[:1] == "u" and len(w) > 1) else "a"
-
-
-# ---------------------------------------------------------------------------------------------
-# Phrase tables for the scanner (lower-case word tuples)
-# ---------------------------------------------------------------------------------------------
-
-def _phrases(*texts: str) -> list[tuple[str, ...]]:
-    return [tuple(t.split()) for t in texts]
-
-
-STYLE_PHRASES: dict[str, list[tuple[str, ...]]] = {
-    # Phrases that are style wherever they appear.
-    "medium": _phrases(
-        "oil painting", "watercolor painting", "watercolour painting", "watercolor", "watercolour",
-        "acrylic painting", "digital painting", "digital art", "digital illustration",
-        "concept art", "pencil sketch", "pencil drawing", "charcoal drawing", "ink drawing",
-        "line art", "pixel art", "vector art", "3d render", "3d rendering", "cgi", "low poly",
-        "photorealistic", "hyperrealistic", "hyper-realistic", "photo-realistic", "anime",
-        "manga", "cartoon", "claymation", "comic book style", "flat illustration",
-        "flat design", "polaroid photo", "polaroid", "film photo", "film photography",
-        "analog photo", "black and white photo", "black-and-white photo", "stock photo",
-        "studio photo", "product photo", "macro photo", "macro photography", "photography",
-        "impressionist painting", "impressionism", "surrealism", "surrealist", "art nouveau",
-        "ukiyo-e", "isometric illustration", "paper cut", "origami", "stained glass",
-        "mosaic", "embroidery", "sculpture", "cyberpunk", "steampunk", "vaporwave", "synthwave",
-        "art deco", "baroque", "renaissance painting", "pop art", "graffiti", "chalk drawing",
-        "crayon drawing", "woodcut", "linocut", "gouache", "pastel drawing", "still life"),
-    "lighting": _phrases(
-        "cinematic lighting", "studio lighting", "soft lighting", "dramatic lighting",
-        "natural light", "natural lighting", "golden hour", "blue hour", "backlit", "backlighting",
-        "rim light", "rim lighting", "neon lighting", "neon lights", "volumetric lighting",
-        "volumetric light", "low light", "soft light", "hard light", "harsh light",
-        "warm light", "warm lighting", "cold light", "cool lighting", "god rays", "sunlight",
-        "moonlight", "candlelight", "dim light", "dim lighting", "bright lighting",
-        "ambient light", "ambient lighting", "diffused light", "high key", "low key",
-        "chiaroscuro", "silhouette lighting", "overcast light"),
-    "camera": _phrases(
-        "macro", "macro shot", "wide angle", "wide-angle", "wide angle lens", "wide-angle lens",
-        "telephoto", "telephoto lens", "fisheye", "fisheye lens", "fish-eye lens", "bokeh",
-        "shallow depth of field", "deep depth of field", "depth of field", "dslr", "tilt-shift",
-        "long exposure", "motion blur", "low angle", "low-angle", "high angle", "high-angle",
-        "eye level", "eye-level", "low angle shot", "high angle shot", "dutch angle",
-        "shot on film", "film grain", "sharp focus", "soft focus", "hdr"),
-    "composition": _phrases(
-        "close-up", "close up", "closeup", "extreme close-up", "close-up shot", "wide shot",
-        "long shot", "medium shot", "full body shot", "full-body shot", "full body",
-        "full-length", "portrait shot", "headshot", "centered", "centred", "centered composition",
-        "symmetrical", "symmetric", "symmetrical composition", "rule of thirds", "minimalist",
-        "minimalistic", "minimal", "top-down view", "top down view", "top-down", "overhead view",
-        "overhead shot", "aerial view", "aerial shot", "aerial photo", "bird's eye view",
-        "bird's-eye view", "birds eye view", "side view", "front view", "rear view",
-        "three-quarter view", "isometric view", "isometric", "panoramic", "panorama",
-        "landscape orientation", "portrait orientation", "negative space", "flat lay"),
-    "mood": _phrases(
-        "moody", "dreamy", "peaceful", "serene", "calm atmosphere", "cheerful", "gloomy", "eerie",
-        "mysterious", "whimsical", "romantic", "melancholic", "melancholy", "ominous", "cozy",
-        "cosy", "nostalgic", "ethereal", "dystopian", "utopian", "spooky", "creepy", "epic",
-        "tranquil", "playful", "joyful", "somber", "sombre", "surreal", "magical", "fantasy",
-        "cinematic", "dramatic", "atmospheric", "vibrant", "gritty", "minimalist mood"),
-}
-# "a photo of ...", "an oil painting of ...": the medium or framing that introduces the subject.
-INTRO_PHRASES = {
-    "medium": _phrases("photo", "photograph", "painting", "drawing", "illustration", "sketch",
-                       "render", "rendering", "cartoon", "watercolor", "watercolour",
-                       "oil painting", "watercolor painting", "digital painting", "pencil sketch",
-                       "pencil drawing", "3d render", "digital illustration", "poster",
-                       "black and white photo", "polaroid", "snapshot", "selfie"),
-    "composition": _phrases("close-up", "close up", "closeup", "portrait", "close-up photo",
-                            "close-up shot", "wide shot", "aerial view", "aerial photo",
-                            "top-down view", "overhead view", "side view", "front view"),
-    "": _phrases("image", "picture", "scene", "view", "depiction", "rendition"),
-}
-# Words whose meaning goes into the grammar rather than into a stored string; the property
-# "every word of the prompt is somewhere in the plan" holds for all the other words.
-FUNCTION_WORDS = (set(DETERMINERS) | set(NUMBER_WORDS) | set(TENS_WORDS)
-                  | {w for p in QUANTITY_PHRASES for w in p}
-                  | {"and", "or", "nor", "of", "to", "the", "is", "are", "be", "was", "were",
-                     "there", "here", "which", "that", "who", "while", "also", "plus", "with",
-                     "without", "no", "not", "none", "in", "on", "at", "side", "hand", "left",
-                     "right", "top", "bottom", "upper", "lower", "center", "centre", "middle",
-                     "corner", "part", "half", "above", "below", "beneath", "underneath", "under",
-                     "over", "atop", "upon", "onto", "front", "back", "behind", "next", "beside",
-                     "near", "close", "adjacent", "alongside", "inside", "within", "into",
-                     "between", "placed", "positioned", "located", "situated", "set", "sits",
-                     "sit", "stands", "stand", "each", "other", "one", "another", "image",
-                     "picture", "scene", "view", "depiction", "rendition", "higher", "lower",
-                     "than", "both", "left-hand", "right-hand", "style", "from", "an", "a",
-                     "free", "has", "have", "featuring", "showing", "shows", "depicting",
-                     "containing", "with", "it", "they", "them", "its", "sits", "rests",
-                     "resting", "located", "put", "lies", "lie", "stand", "way", "row"})
-
-COPULAS = {"is", "are", "was", "were", "be", "being", "placed", "positioned", "located",
-           "situated", "set", "sits", "sit", "stands", "stand", "rests", "lies", "put", "which",
-           "that", "who", "there", "here", "also", "it", "they", "both", "has", "have",
-           "featuring", "showing", "shows", "depicting", "containing"}
-LIST_WORDS = {"and", "or", "&", "plus", "while", ","}
-CLAUSE_END = {".", ";", "!", "?", "\n", "|"}
-# Post-nominal phrase leaders: "a dog with a red collar", "a woman in a red dress".
-QUALIFIER_WORDS = {"with", "wearing", "holding", "carrying", "of", "made", "in", "at", "for",
-                   "from", "covered", "filled", "full", "eating", "drinking", "reading",
-                   "playing", "riding", "looking", "surrounded", "dressed"}
-PREPOSITIONS = {"of", "with", "in", "on", "at", "to", "from", "by", "near", "under", "over",
-                "above", "below", "beneath", "behind", "beside", "between", "inside", "into",
-                "onto", "next", "left", "right", "for", "without", "against", "around", "along",
-                "across", "through", "among", "atop", "underneath", "upon", "within", "during",
-                "alongside", "toward", "towards", "like", "as", "than", "outside", "away", "out",
-                "off", "up", "down", "amid", "beyond", "past", "while", "where", "whose"}
-# Verbs that end a noun phrase ("green eyes *gaze* outside"); participles are found by suffix.
-VERBS = set("""
-sits sit stands stand lies lie hangs hang floats float flies fly swims swim runs run walks walk
-holds hold wears wear looks look gazes gaze stares stare watches watch glows glow shines shine
-reflects reflect casts cast fills fill covers cover surrounds surround leans lean rests rest
-plays play eats eat drinks drink reads read rides ride jumps jump dances dance sleeps sleep
-smiles smile waits wait grows grow rises rise falls fall sings sing carries carry hides hide
-peeks peek perches perch looms loom towers tower sparkles sparkle shimmers shimmer appears appear
-seems seem has have is are was were
-""".split())
-NEGATION_PHRASES = _phrases("with no", "without any", "without", "free of", "no", "not",
-                            "devoid of", "excluding", "except")
-
-# Multi-word joiners that mean "and" between two subjects: "a cat together with a dog".
-LIST_PHRASES = _phrases("together with", "along with", "as well as")
-# What follows "an image" / "a photo" at the start of a prompt when the picture itself is framing,
-# not a subject: "an image showing a triangle", "a picture containing two cats".
-INTRO_LEADERS = _phrases("of", "showing", "with", "containing", "featuring", "depicting", "displaying",
-                         "that shows", "which shows", "that has", "which has", "that contains",
-                         "which contains", "where there is", "where there are")
-# Saying a subject is alone is not a relation to a noun ("on its own" is not "on an own"); these
-# stay as written.
-SOLITARY_PHRASES = _phrases("on its own", "on their own", "on his own", "on her own", "all on its own",
-                            "by itself", "by themselves", "by himself", "by herself", "all alone",
-                            "alone", "all by itself")
-# Politeness and chat filler: never a noun, never an attribute; kept as written.
-FILLER_WORDS = {"please", "pls", "plz", "thanks", "thx", "kindly"}
-# Kinds of things that "X with Y" joins as two subjects when both are of one kind: "a purple
-# triangle with a green square" is two shapes, while "a man with a hat" or "a house with a blue
-# door" keeps "with ..." as a qualifier of the first.
-SUBJECT_KINDS = [set(ws.split()) for ws in (
-    "circle square triangle star rectangle hexagon pentagon octagon heart diamond oval ellipse "
-    "crescent sphere cube cone cylinder pyramid arrow shape",
-    "bird cat dog horse cow elephant bear zebra giraffe lion tiger wolf fox deer rabbit bunny mouse "
-    "rat squirrel monkey panda koala kangaroo penguin owl eagle parrot duck goose chicken swan shark "
-    "whale dolphin turtle frog snake lizard dragon unicorn dinosaur camel goat pig puppy kitten "
-    "hamster hedgehog raccoon sheep",
-    "bicycle car motorcycle airplane plane bus train truck boat ship bike scooter tractor van taxi "
-    "helicopter rocket submarine",
-)]
-
-
-def same_kind(a: str, b: str) -> bool:
-    """Both nouns (heads of compounds) are of one kind in SUBJECT_KINDS."""
-    a, b = a.split()[-1], b.split()[-1]
-    return any(a in kind and b in kind for kind in SUBJECT_KINDS)
-
-
-def _relation_phrases() -> list[tuple[tuple[str, ...], str]]:
-    table: list[tuple[tuple[str, ...], str]] = []
-    for side in ("left", "right"):
-        rel = f"{side} of"
-        for lead in ("to the", "on the", "at the", "in the", "on the far", "to the far", ""):
-            for mid in (side, f"{side} side", f"{side}-hand side", f"{side} hand side"):
-                table.append((tuple(f"{lead} {mid} of".split()), rel))
-    table += [(p, r) for p, r in [
-        (("on", "top", "of"), "on"), (("atop",), "on"), (("on",), "on"), (("onto",), "on"),
-        (("upon",), "on"),
-        (("above",), "above"), (("over",), "above"), (("higher", "than"), "above"),
-        (("below",), "below"), (("beneath",), "below"), (("lower", "than"), "below"),
-        (("under",), "under"), (("underneath",), "under"),
-        (("in", "front", "of"), "in front of"), (("before",), "in front of"),
-        (("behind",), "behind"), (("in", "back", "of"), "behind"), (("at", "the", "back", "of"), "behind"),
-        (("next", "to"), "next to"), (("beside",), "next to"), (("besides",), "next to"),
-        (("near",), "next to"), (("close", "to"), "next to"), (("adjacent", "to"), "next to"),
-        (("alongside",), "next to"), (("by", "the", "side", "of"), "next to"),
-        (("side", "by", "side", "with"), "next to"), (("nearby",), "next to"),
-        (("inside", "of"), "inside"), (("inside",), "inside"), (("within",), "inside"),
-        (("into",), "inside"), (("in",), "inside"),
-        (("in", "between"), "between"), (("between",), "between"),
-    ]]
-    table.sort(key=lambda pr: -len(pr[0]))
-    return table
-
-
-def _position_phrases() -> list[tuple[tuple[str, ...], str]]:
-    table = []
-    for side in ("left", "right"):
-        for lead in ("on the", "to the", "at the", "in the", "on the far", "to the far", "at the far"):
-            for mid in (side, f"{side} side", f"{side}-hand side", f"{side} hand side",
-                        f"{side} half", f"{side} part"):
-                table.append((tuple(f"{lead} {mid}".split()), f"on the {side}"))
-    for word, canon in (("top", "at the top"), ("upper", "at the top"), ("bottom", "at the bottom"),
-                        ("lower", "at the bottom")):
-        for lead in ("at the", "on the", "in the", "near the", "along the"):
-            for tail in ("", " half", " part", " edge", " of the image", " of the picture"):
-                if word in ("upper", "lower") and not tail:
-                    continue
-                table.append((tuple(f"{lead} {word}{tail}".split()), canon))
-    for v, vcanon in (("top", "top"), ("upper", "top"), ("bottom", "bottom"), ("lower", "bottom")):
-        for h in ("left", "right"):
-            canon = f"in the {vcanon} {h} corner"
-            for lead in ("in the", "at the", "on the", ""):
-                for tail in (" corner", ""):
-                    for joiner in (" ", "-"):
-                        words = f"{lead} {v}{joiner}{h}{tail}".split()
-                        if len(words) >= 2:
-                            table.append((tuple(words), canon))
-    for mid in ("center", "centre", "middle"):
-        for lead in ("in the", "at the", "in the very"):
-            table.append((tuple(f"{lead} {mid}".split()), "in the center"))
-            table.append((tuple(f"{lead} {mid} of the image".split()), "in the center"))
-            table.append((tuple(f"{lead} {mid} of the picture".split()), "in the center"))
-    table.append((("on", "top"), "at the top"))
-    for lead in ("in the", "in the far", "far in the"):
-        table.append((tuple(f"{lead} background".split()), "in the background"))
-        table.append((tuple(f"{lead} distance".split()), "in the background"))
-    table.append((("in", "the", "foreground"), "in the foreground"))
-    table.sort(key=lambda pr: -len(pr[0]))
-    return table
-
-
-RELATION_PHRASES = _relation_phrases()
-POSITION_PHRASES = _position_phrases()
-ORDER_PHRASES = [(_phrases(t)[0], rel) for t, rel in (
-    ("from left to right", "left of"), ("left to right", "left of"),
-    ("from right to left", "right of"), ("right to left", "right of"),
-    ("from top to bottom", "above"), ("top to bottom", "above"),
-    ("from bottom to top", "below"), ("bottom to top", "below"), ("in a row", "left of"),
-    ("side by side", "next to"), ("in a line", "left of"))]
-FUNCTION_WORDS |= {w for table in (RELATION_PHRASES, POSITION_PHRASES, ORDER_PHRASES)
-                   for words, _ in table for w in words}
-FUNCTION_WORDS |= {w for p in NEGATION_PHRASES for w in p} | {w for p in INTRO_PHRASES[""] for w in p}
-FUNCTION_WORDS |= {w for table in (LIST_PHRASES, INTRO_LEADERS) for p in table for w in p}
+from .lexicon import (  # noqa: F401  (plan.py and tests import some of these from here)
+    ADJECTIVES, AMBIGUOUS_COMPOSITION, BASIC_COLORS, CLAUSE_END, COLLECTIVE_WORDS, PARTICLES, COLOR_ALIASES,
+    COMPOUND_NOUNS, CONTAINER_NOUNS, COPULAS, DANGLING_WORDS, DEGREE_ADVERBS, DETERMINERS,
+    FILLER_WORDS, FUNCTION_WORDS, GRAMMAR_WORDS, INTRO_TABLE, KNOWN_NOUNS, LEADER_TABLE,
+    LIGHT_OBJECTS, LIST_TABLE, LIST_WORDS, MAX_COUNT, MOOD_SINGLE, NEGATION_TABLE, NOT_NOUNS,
+    NUMBER_WORDS, ORDER_PHRASES, OTHER_COLOR_WORDS, POSITIONS, POSITION_PHRASES, POSTURE_VERBS,
+    PREPOSITIONS, PRE_COLOR_WORDS, QUALIFIER_WORDS, RELATIONS, RELATION_PHRASES, RELATION_TEXT,
+    SCENE_NOUNS, SCENE_ONLY_PREPOSITIONS, SOLITARY_TABLE, STYLE_TABLE, TENS_WORDS, TRANSITIVE_VERBS,
+    VERBS, _MM_RE, _QUANTITY_INDEX, article, is_fragment, is_noun_like, number_word, plural,
+    same_kind, singular)
 
 # ---------------------------------------------------------------------------------------------
 # Tokens
@@ -505,8 +60,9 @@ def tokenize(text: str) -> list[Token]:
     return [Token(m.group(), m.start(), m.end()) for m in _TOKEN_RE.finditer(text)]
 
 
-def parse_count(toks: list[Token], i: int) -> tuple[int, int] | None:
-    """(count, tokens used) for a number at toks[i]: digits, words, "twenty one", quantities."""
+def parse_count(toks: list[Token], i: int) -> tuple[int | None, int] | None:
+    """(count, tokens used) for a number at toks[i]: digits, words, "twenty one", quantities;
+    the count is None for a vague quantity ("some", "many")."""
     n = len(toks)
     for phrase, value in _QUANTITY_INDEX.get(toks[i].low, ()):
         k = len(phrase)
@@ -557,43 +113,9 @@ def _match(toks: list[Token], i: int, table) -> tuple[int, str] | None:
     return None
 
 
-def _build_style_table() -> list[tuple[tuple[str, ...], str]]:
-    table = [(p, field) for field, phrases in STYLE_PHRASES.items() for p in phrases]
-    table.sort(key=lambda pr: -len(pr[0]))
-    return table
-
-
-STYLE_TABLE = _build_style_table()
-INTRO_TABLE = sorted([(p, field) for field, ps in INTRO_PHRASES.items() for p in ps],
-                     key=lambda pr: -len(pr[0]))
-NEGATION_TABLE = [(p, "neg") for p in sorted(NEGATION_PHRASES, key=len, reverse=True)]
-LIST_TABLE = [(p, "and") for p in LIST_PHRASES]
-LEADER_TABLE = [(p, "leader") for p in INTRO_LEADERS]
-SOLITARY_TABLE = [(p, "alone") for p in SOLITARY_PHRASES]
-MOOD_SINGLE = {p[0] for p in STYLE_PHRASES["mood"] if len(p) == 1}
-_MM_RE = re.compile(r"^\d+(\.\d+)?mm$|^f/\d+(\.\d+)?$")
-
-
-def is_noun_like(low: str) -> bool:
-    """A bare word that can head a noun phrase without a determiner in front of it."""
-    return (low in KNOWN_NOUNS or singular(low) in KNOWN_NOUNS or low in SCENE_NOUNS
-            or singular(low) in SCENE_NOUNS)
-
-
 # ---------------------------------------------------------------------------------------------
 # The scanner
 # ---------------------------------------------------------------------------------------------
-
-# "X light" that is a thing, not lighting: "two traffic lights".
-LIGHT_OBJECTS = {"traffic", "street", "tail", "head", "flash", "desk", "ceiling", "night", "fairy",
-                 "string", "christmas", "tea", "search", "spot", "flood", "porch", "brake", "landing"}
-AMBIGUOUS_COMPOSITION = {"minimal", "centered", "centred", "symmetrical", "symmetric", "isometric",
-                         "panoramic", "minimalist", "minimalistic", "full-length"}
-NOT_NOUNS = {"middle", "center", "centre", "left", "right", "top", "bottom", "side", "one", "ones",
-             "front", "back", "foreground", "distance"}
-
-SCENE_ONLY_PREPOSITIONS = {"at", "against", "during", "amid", "among", "across", "through", "around",
-                           "along", "outside", "by"}
 
 
 class _ClauseState:
@@ -605,6 +127,8 @@ class _ClauseState:
         self.list_next = False           # the last filler was "and" or ","
         self.last_end = -1               # token index just past the current group's phrase
         self.seg_start = True            # at the start of a comma segment
+        self.at_seg_start = True         # the current token starts a comma segment
+        self.adjacent = False            # the current token comes right after the group's phrase
         self.pending_rel = None          # (relation, object, object2, text, token span): "Above the table, a lamp"
         self.pending_pos = None          # (position, token span): "On the left, a cat"
         self.elliptic: list = []          # [(subject without noun, start, end)]: "a red, a green and a blue ball"
@@ -632,6 +156,8 @@ class _Parser:
         self.scene: list[str] = []
         self.negatives: list[str] = []
         self.lost: list[str] = []            # relation texts that named one subject twice
+        self.spans: list[tuple[int, int]] = []   # token span of each subject's first mention
+        self.head: int | None = None         # first subject of the last clause that named one
 
     # -- helpers ------------------------------------------------------------------------------
     def span_text(self, i: int, j: int) -> str:
@@ -663,13 +189,25 @@ class _Parser:
         if not t.word or t.low in CLAUSE_END:
             return True
         low = t.low
+        # a verb ends a noun phrase, except right after an article ("a jump rope") or as the
+        # last word of a compound ("a book stand.", "a drum set and ...")
+        before = self.toks[i - 1].low if i > 0 else ""
+        verb = low in VERBS and not (before in ("a", "an", "the") or (
+            low in KNOWN_NOUNS and (before in ADJECTIVES or before in BASIC_COLORS)))   # "a silver watch"
+        prev, nxt = self.toks[i - 1] if i > 0 else None, self.toks[i + 1] if i + 1 < len(self.toks) else None
+        if (low in ("stand", "set") and prev and prev.word and prev.low not in DETERMINERS
+                and (nxt is None or not nxt.word or nxt.low in LIST_WORDS)):
+            return False
         if (low in LIST_WORDS or low in PREPOSITIONS or low in COPULAS or low in DETERMINERS
-                or low in ("no", "not", "nor") or low in VERBS or low in FILLER_WORDS
+                or low in ("no", "not", "nor") or verb or low in FILLER_WORDS
                 or parse_count(self.toks, i) is not None):
             return True
         if (_match(self.toks, i, ORDER_PHRASES) or _match(self.toks, i, POSITION_PHRASES)
-                or _match(self.toks, i, LIST_TABLE)):
+                or _match(self.toks, i, LIST_TABLE) or _match(self.toks, i, RELATION_PHRASES)):
             return True
+        if low in DEGREE_ADVERBS and (_match(self.toks, i + 1, RELATION_PHRASES)
+                                      or _match(self.toks, i + 1, POSITION_PHRASES)):
+            return True      # "a bird *high* above a house"
         m = _match(self.toks, i, STYLE_TABLE)
         # mood words ("a serene garden") and a few framing words are ordinary adjectives too
         return m is not None and m[1] != "mood" and low not in AMBIGUOUS_COMPOSITION
@@ -680,15 +218,20 @@ class _Parser:
         toks = self.toks
         det = None
         count = None
+        quantity = False         # a number or quantity word was read (its count may be None: "some")
+        collective = None        # "a group of (four) squares": squares in a group
         while i < end:
             low = toks[i].low
-            if count is None:
+            if not quantity or (collective and count is None and i == collective[1]):
                 c = parse_count(toks, i)
                 if c is not None:
-                    count, k = c
+                    (count, k), quantity = c, True
+                    word = next((t.low for t in toks[i:i + k] if t.low in COLLECTIVE_WORDS), None)
+                    if word:
+                        collective = (word, i + k)
                     i += k
                     continue
-            if low in DETERMINERS and det is None and count is None:
+            if low in DETERMINERS and det is None and not quantity:
                 det = low
                 i += 1
                 continue
@@ -701,6 +244,13 @@ class _Parser:
             if i > words_start and _match(toks, i, SOLITARY_TABLE):     # "a cat alone"
                 break
             i += 1
+        # "the fire engine *sped* past": an unknown word after a known noun, before a preposition,
+        # is the verb, not the head
+        if (i - words_start >= 2 and i < end and toks[i].low in PREPOSITIONS
+                and not is_noun_like(toks[i - 1].low) and is_noun_like(toks[i - 2].low)
+                and toks[i - 1].low not in ADJECTIVES
+                and (toks[i - 2].low, singular(toks[i - 1].low)) not in COMPOUND_NOUNS):
+            i -= 1
         words = [t.low for t in toks[words_start:i]]
         if not words:
             return None
@@ -714,19 +264,20 @@ class _Parser:
             return None
         noun_sing = singular(last)
         is_plural = noun_sing != last
-        if as_subject and det is None and count is None and (not is_noun_like(last) or last in BASIC_COLORS):
+        if as_subject and det is None and not quantity and (not is_noun_like(last) or last in BASIC_COLORS):
             return None
-        if last in NOT_NOUNS:
-            return None
+        if last in NOT_NOUNS or (last in GRAMMAR_WORDS and last not in KNOWN_NOUNS and last not in SCENE_NOUNS):
+            return None      # "the one", "a dozen" (no noun after it), "a she"
         if count is not None and (count < 1 or count > MAX_COUNT):
             return None
-        if count is None:
-            if det in ("these", "those") or (is_plural and det not in ("a", "an", "another", "each", "every")):
-                count = DEFAULT_PLURAL_COUNT
-            else:
-                count = 1
+        if count is None and not (quantity or det in ("these", "those") or is_plural):
+            count = 1            # "a cat", "the dog", "each bird"
+        # else a plural without a number ("cats", "some cats", "these birds") keeps count None:
+        # the prompt does not say how many, so neither does the plan
         noun = " ".join(head_words[:-1] + [noun_sing])
         color, attributes = _color_and_attributes(mods)
+        if collective:
+            attributes.append(f"in a {collective[0]}")
         return {"noun": noun, "count": count, "color": color, "attributes": attributes, "_det": det}, i
 
     def elliptic(self, i: int, end: int) -> tuple[dict, int, int] | None:
@@ -741,7 +292,7 @@ class _Parser:
             if c is None:
                 return None
             count, k = c
-            if not 1 <= count <= MAX_COUNT:
+            if count is None or not 1 <= count <= MAX_COUNT:
                 return None
             j += k
         words = []
@@ -773,10 +324,16 @@ class _Parser:
 
     def is_participle(self, i: int, end: int) -> bool:
         """ "a dog *sleeping* under", "a car *parked* in front of": a verb form that ends a noun phrase."""
-        low = self.toks[i].low
+        toks = self.toks
+        low = toks[i].low
         if not low.endswith(("ing", "ed")) or low in KNOWN_NOUNS:
             return False
-        return is_noun_like(self.toks[i - 1].low) or (
+        if i + 1 < end and (low, singular(toks[i + 1].low)) in COMPOUND_NOUNS:
+            return False                     # "an orange potted plant"
+        if low in QUALIFIER_WORDS or (low.endswith("ing") and i + 1 < end and (
+                toks[i + 1].low in DETERMINERS or parse_count(toks, i + 1) is not None)):
+            return True                      # "a beaver wearing glasses", "a man holding a cup"
+        return is_noun_like(toks[i - 1].low) or (
             low not in ADJECTIVES and (i + 1 >= end or self.is_boundary(i + 1)))
 
     # -- the scan -----------------------------------------------------------------------------
@@ -787,7 +344,10 @@ class _Parser:
         for i in range(n + 1):
             if i == n or toks[i].low in CLAUSE_END:
                 if i > clause_start:
+                    before = len(self.subjects)
                     self.parse_clause(clause_start, i)
+                    if len(self.subjects) > before:
+                        self.head = before
                 clause_start = i + 1
 
     def segment_is_style_only(self, i: int, end: int) -> bool:
@@ -807,208 +367,32 @@ class _Parser:
         return any_style
 
     def parse_clause(self, start: int, end: int) -> None:
-        toks = self.toks
+        """Read one clause: at each token, the first rule of `CLAUSE_RULES` that consumes something
+        wins (each returns the next index, or None to pass); a token no rule takes stays unused
+        and ends up, verbatim, in `unparsed`."""
         st = _ClauseState()
-        i = start
+        clause_snap = self.snapshot(st)
+        seg_start = i = start
+        checkpoints = [(i, clause_snap)]     # where a phrase of this comma segment began
         while i < end:
-            t = toks[i]
-            low = t.low
-            if low == ",":
-                self.take(i, i + 1)
-                st.seg_start = True
-                if st.last_end == i:
-                    st.last_end = i + 1
-                    st.list_next = True
-                i += 1
+            if self.toks[i].low == ",":
+                self.keep_whole_if_cut(seg_start, i, checkpoints, st)
+                i = self.comma(i, st)
+                seg_start, checkpoints = i, [(i, self.snapshot(st))]
                 continue
-            at_seg_start, st.seg_start = st.seg_start, False
-            adjacent = bool(st.group) and st.last_end == i   # right after a subject's phrase
-            nxt = self.style_or_intro(i, end, at_seg_start)
-            if nxt is not None:
-                i = nxt
-                continue
-            nxt = self.negation(i, end)
-            if nxt is not None:
-                i = nxt
-                continue
-
-            # order phrases: "a, b and c from left to right", "x and y side by side"
-            m = _match(toks, i, ORDER_PHRASES)
-            if m and len(st.group) >= 2 and adjacent:
-                k, rel = m
-                for a, b in zip(st.group, st.group[1:]):
-                    self.add_relation(a, b, rel, None, self.norm_text(i, i + k))
-                self.take(i, i + k)
-                i += k
-                st.last_end = i
-                continue
-            if m and not _match(toks, i, RELATION_PHRASES):
-                # no two subjects to put in order ("two triangles side by side"): the idiom stays
-                # whole and as written rather than falling apart into a scene and a stray word
-                if st.last_end == i:        # what follows still belongs to the same subjects
-                    st.last_end = i + m[0]
-                i += m[0]
-                continue
-
-            # "a cat together with a dog": another subject, as after "and"
-            m = _match(toks, i, LIST_TABLE)
-            if m:
-                self.take(i, i + m[0])
-                if st.last_end == i:
-                    st.last_end = i + m[0]
-                    st.list_next = True
-                i += m[0]
-                continue
-
-            # "a red square on its own", "a star by itself": not a relation, kept as written
-            m = _match(toks, i, SOLITARY_TABLE)
-            if m:
-                if st.last_end == i:        # "a cat alone in a field": the field is still the scene
-                    st.last_end = i + m[0]
-                i += m[0]
-                continue
-
-            # "three birds in the image": the picture itself is framing, not a place
-            nxt = self.frame_phrase(i, end)
-            if nxt is not None:
-                i = nxt
-                continue
-
-            # absolute positions: "a cat on the left", "On the left, a cat"
-            m = _match(toks, i, POSITION_PHRASES)
-            if m and not (i + m[0] < end and toks[i + m[0]].low == "of"):
-                k, canon = m
-                after = toks[i + k].low if i + k < end else ""
-                # "on the right is a cow", "..., on the right, a house": it introduces what follows
-                introduces = after in COPULAS or (at_seg_start and after == ",") or (
-                    not adjacent and after != "")
-                if adjacent and not introduces:
-                    for s in st.group:
-                        self.subjects[s]["attributes"].append(canon)
-                    st.last_end = i + k
-                    st.group_open = False     # "a dog on the right and a cat on the left"
-                else:
-                    if st.pending_pos:                    # two in a row: the first stays as written
-                        self.untake(*st.pending_pos[1])
-                    st.pending_pos = (canon, (i, i + k))
-                self.take(i, i + k)
-                i += k
-                continue
-
-            # relations: "to the left of", "on top of", "beneath", "between X and Y"
-            m = _match(toks, i, RELATION_PHRASES)
-            if m and (adjacent or at_seg_start or not st.group):
-                nxt = self.relation(i, m[0], m[1], end, st, adjacent)
+            st.at_seg_start, st.seg_start = st.seg_start, False
+            st.adjacent = bool(st.group) and st.last_end == i   # right after a subject's phrase
+            snap = self.snapshot(st) if i > seg_start else None
+            for rule in self.CLAUSE_RULES:
+                nxt = rule(self, i, end, st)
                 if nxt is not None:
+                    if snap is not None:
+                        checkpoints.append((i, snap))
                     i = nxt
-                    continue
-
-            # a scene phrase: "at night", "during sunset", "against a white wall"
-            if low in SCENE_ONLY_PREPOSITIONS:
-                k = self.phrase_until_boundary(i + 1, end)
-                if k > i + 1:
-                    head = toks[k - 1].low
-                    if singular(head) in SCENE_NOUNS or head in SCENE_NOUNS or not adjacent:
-                        self.scene.append(self.norm_text(i, k))
-                        self.take(i, k)
-                        i = k
-                        continue
-
-            # qualifiers of the previous subject: "with a red collar", "made of wood"
-            transitive = (low.endswith("ing") and i + 1 < end
-                          and (toks[i + 1].low in DETERMINERS or parse_count(toks, i + 1) is not None))
-            if low == "with" and adjacent:
-                # "a purple triangle with a green square": two things of one kind are two subjects
-                np = self.noun_phrase(i + 1, end, as_subject=True)
-                if np is not None and same_kind(self.subjects[st.group[-1]]["noun"], np[0]["noun"]):
-                    self.take(i, i + 1)
-                    st.last_end, st.list_next = i + 1, True
-                    i += 1
-                    continue
-            if (low in QUALIFIER_WORDS or transitive) and adjacent:   # "... facing a dragon"
-                k = self.phrase_until_boundary(i + 1, end)
-                if k == i + 1 and i + 2 < end and toks[i + 1].low in PREPOSITIONS:   # "made of wood"
-                    k = self.phrase_until_boundary(i + 2, end)
-                if k > i + 1:
-                    self.subjects[st.group[-1]]["attributes"].append(self.norm_text(i, k))
-                    self.take(i, k)
-                    i = k
-                    st.last_end = k
-                    # what follows is about this subject only, and a list after it starts afresh
-                    st.group, st.group_open = st.group[-1:], False
-                    continue
-
-            # fillers: list words and copulas
-            if low in LIST_WORDS or low in COPULAS:
-                self.take(i, i + 1)
-                if st.last_end == i:
-                    st.last_end = i + 1
-                if low in LIST_WORDS and st.last_end == i + 1:
-                    st.list_next = True
-                i += 1
-                continue
-
-            # a noun phrase: a new subject (or "the cat" again)
-            np = self.noun_phrase(i, end, as_subject=True)
-            if np is None:
-                # "a red, a green and a blue ball": colours now, the noun comes later
-                ell = self.elliptic(i, end)
-                if ell is not None:
-                    if not st.elliptic:
-                        st.elliptic_joins = (st.list_next and st.last_end == i and st.group_open
-                                             and bool(st.group))
-                    st.elliptic.append(ell)
-                    self.take(i, ell[2])
-                    st.last_end = ell[2]
-                    i = ell[2]
-                    continue
-            if np is not None:
-                subj, j = np
-                for n_part, (part, a, b) in enumerate(st.elliptic):
-                    part["noun"] = subj["noun"]
-                    idx = self.add_subject(part, a, b)
-                    if n_part == 0 and not st.elliptic_joins:
-                        st.group, st.group_open = [idx], True
-                    else:
-                        st.group = st.group + [idx]
-                    st.list_next, st.last_end = True, i
-                st.elliptic = []
-                if st.pending_pos:
-                    subj["attributes"].append(st.pending_pos[0])
-                    st.pending_pos = None
-                idx = self.add_subject(subj, i, j)
-                self.take(i, j)
-                if st.pending_rel is not None:
-                    rel, obj, obj2, text, _ = st.pending_rel
-                    self.add_relation(idx, obj, rel, obj2, text)
-                    st.pending_rel = None
-                if st.list_next and st.last_end == i and st.group_open:
-                    st.group = st.group + [idx]
-                else:
-                    st.group = [idx]
-                    st.group_open = True
-                st.list_next = False
-                i = j
-                st.last_end = j
-                continue
-
-            # trailing words of the previous subject: "a dog running happily", "the cat is black"
-            if adjacent and not at_seg_start and t.word and low not in FUNCTION_WORDS:
-                k = i
-                while k < end and not self.is_boundary(k):
-                    k += 1
-                if k > i:
-                    subj = self.subjects[st.group[-1]]
-                    color = COLOR_ALIASES.get(self.norm_text(i, k), self.norm_text(i, k))
-                    if color in BASIC_COLORS and subj["color"] is None:
-                        subj["color"] = color
-                    else:
-                        subj["attributes"].append(self.norm_text(i, k))
-                    self.take(i, k)
-                    i = k
-                    st.last_end = k
-                    continue
-            i += 1   # not understood: stays unused and ends up in `unparsed`
+                    break
+            else:
+                i += 1   # not understood: stays unused and ends up in `unparsed`
+        self.keep_whole_if_cut(seg_start, end, checkpoints, st)
         # what was waiting for a noun that never came stays as written:
         for _, a, b in st.elliptic:          # "a red and a blue."
             self.untake(a, b)
@@ -1016,6 +400,353 @@ class _Parser:
             self.untake(*st.pending_pos[1])
         if st.pending_rel is not None:       # "next to the window."
             self.untake(*st.pending_rel[4])
+        self.keep_whole_if_cut(start, end, [(start, clause_snap)], st)
+
+    def snapshot(self, st: _ClauseState) -> tuple:
+        """Everything a clause rule may change, to undo a segment the grammar only half read."""
+        return _copy_state((self.subjects, self.spans, self.relations, self.relation_texts,
+                            self.style, self.composition, self.scene, self.negatives, self.lost,
+                            self.used, vars(st)))
+
+    def keep_whole_if_cut(self, start: int, end: int, checkpoints: list, st: _ClauseState) -> None:
+        """If what the rules left unread in toks[start:end] is a stray piece ("under", "one of
+        them"), undo from the last phrase that began before it (`checkpoints`: (token index,
+        snapshot) pairs, the first at `start`): that tail goes to `unparsed` whole, as written,
+        and states nothing. An earlier phrase is tried when the tail alone would still leave a
+        stray piece; the first checkpoint undoes the whole span."""
+        first = next((a for _, _, a, b in self.unused_runs(start, end)
+                      if a < b and is_fragment([t.low for t in self.toks[a:b] if t.word])), None)
+        if first is None:
+            return
+        for at, snap in reversed([c for c in checkpoints if c[0] <= first] or checkpoints[:1]):
+            (self.subjects, self.spans, self.relations, self.relation_texts, self.style,
+             self.composition, self.scene, self.negatives, self.lost, self.used,
+             st_vars) = _copy_state(snap)
+            vars(st).update(st_vars)
+            self.untake(at, end)
+            if at == checkpoints[0][0] or not self.has_fragment(start, end):
+                return
+
+    def comma(self, i: int, st: _ClauseState) -> int:
+        """A comma starts a segment; right after a subject it lists the next one."""
+        self.take(i, i + 1)
+        st.seg_start = True
+        if st.last_end == i:
+            st.last_end = i + 1
+            st.list_next = True
+        return i + 1
+
+    # -- clause rules, in priority order (see CLAUSE_RULES) -------------------------------------
+    def rule_style(self, i: int, end: int, st: _ClauseState) -> int | None:
+        """Style phrases ("oil painting", "35mm") and a leading "a photo of"."""
+        return self.style_or_intro(i, end, st.at_seg_start)
+
+    def rule_negation(self, i: int, end: int, st: _ClauseState) -> int | None:
+        """ "no people", "without text"."""
+        return self.negation(i, end)
+
+    def rule_order(self, i: int, end: int, st: _ClauseState) -> int | None:
+        """Order phrases: "a, b and c from left to right", "x and y side by side"."""
+        m = _match(self.toks, i, ORDER_PHRASES)
+        if not m:
+            return None
+        if len(st.group) >= 2 and st.adjacent:
+            k, rel = m
+            for a, b in zip(st.group, st.group[1:]):
+                self.add_relation(a, b, rel, None, self.norm_text(i, i + k))
+            self.take(i, i + k)
+            st.last_end = i + k
+            return i + k
+        if _match(self.toks, i, RELATION_PHRASES):
+            return None
+        # no two subjects to put in order ("two triangles side by side"): the idiom stays whole
+        # and as written rather than falling apart into a scene and a stray word
+        if st.last_end == i:        # what follows still belongs to the same subjects
+            st.last_end = i + m[0]
+        return i + m[0]
+
+    def rule_joiner(self, i: int, end: int, st: _ClauseState) -> int | None:
+        """ "a cat together with a dog": another subject, as after "and"."""
+        m = _match(self.toks, i, LIST_TABLE)
+        if not m:
+            return None
+        self.take(i, i + m[0])
+        if st.last_end == i:
+            st.last_end = i + m[0]
+            st.list_next = True
+        return i + m[0]
+
+    def rule_solitary(self, i: int, end: int, st: _ClauseState) -> int | None:
+        """ "a red square on its own", "a star by itself": not a relation, kept as written."""
+        m = _match(self.toks, i, SOLITARY_TABLE)
+        if not m:
+            return None
+        if st.last_end == i:        # "a cat alone in a field": the field is still the scene
+            st.last_end = i + m[0]
+        return i + m[0]
+
+    def rule_frame(self, i: int, end: int, st: _ClauseState) -> int | None:
+        """ "three birds in the image": the picture itself is framing, not a place."""
+        return self.frame_phrase(i, end)
+
+    def rule_pronoun(self, i: int, end: int, st: _ClauseState) -> int | None:
+        """ "A beaver wearing glasses. He stands next to a stack of books": a pronoun that starts
+        a segment and is followed by what a subject does or is, refers to the first subject of
+        the last clause that named one."""
+        toks = self.toks
+        low = toks[i].low
+        if low not in ("he", "she", "it", "they") or not st.at_seg_start or self.head is None:
+            return None
+        last = self.head
+        if (low == "they") != (self.subjects[last]["count"] != 1):
+            return None
+        j = i + 1
+        while j < end and toks[j].low in ("is", "are", "was", "were"):
+            j += 1
+        if j >= end:
+            return None
+        w = toks[j].low
+        if not (_match(toks, j, RELATION_PHRASES) or w in POSTURE_VERBS or w in TRANSITIVE_VERBS
+                or w in QUALIFIER_WORDS or w in BASIC_COLORS or w in COLOR_ALIASES or w in ADJECTIVES):
+            return None
+        self.take(i, i + 1)
+        st.group, st.group_open, st.list_next = [last], False, False
+        st.last_end = i + 1
+        return i + 1
+
+    def rule_adverb(self, i: int, end: int, st: _ClauseState) -> int | None:
+        """An adverb before a relation, a position or a noun phrase: "just left of", "high above",
+        "directly behind", "just a square". The relation still binds to the subject before it;
+        an adverb with content ("high") stays as written in `unparsed`, an empty one ("just") is
+        read as grammar."""
+        toks = self.toks
+        if toks[i].low not in DEGREE_ADVERBS or i + 1 >= end or not toks[i + 1].word:
+            return None
+        if _match(toks, i, RELATION_PHRASES) or _match(toks, i, POSITION_PHRASES):
+            return None      # "right of", "far in the background" are phrases of their own
+        if not (_match(toks, i + 1, RELATION_PHRASES) or _match(toks, i + 1, POSITION_PHRASES)
+                or toks[i + 1].low in DETERMINERS or parse_count(toks, i + 1) is not None):
+            return None
+        if toks[i].low in GRAMMAR_WORDS:
+            self.take(i, i + 1)
+        if st.last_end == i:                 # what follows still belongs to the same subjects
+            st.last_end = i + 1
+        st.seg_start = st.at_seg_start
+        return i + 1
+
+    def rule_position(self, i: int, end: int, st: _ClauseState) -> int | None:
+        """Absolute positions: "a cat on the left", "On the left, a cat"."""
+        toks = self.toks
+        m = _match(toks, i, POSITION_PHRASES)
+        if not m or (i + m[0] < end and toks[i + m[0]].low == "of"):
+            return None
+        k, canon = m
+        after = toks[i + k].low if i + k < end else ""
+        # "on the right is a cow", "..., on the right, a house": it introduces what follows
+        introduces = after in COPULAS or (st.at_seg_start and (
+            after == "," or after in DETERMINERS or (i + k < end and parse_count(toks, i + k) is not None))) or (
+            not st.adjacent and after != "")
+        if st.adjacent and not introduces:
+            for s in st.group:
+                self.subjects[s]["attributes"].append(canon)
+            st.last_end = i + k
+            st.group_open = False     # "a dog on the right and a cat on the left"
+        else:
+            if st.pending_pos:                    # two in a row: the first stays as written
+                self.untake(*st.pending_pos[1])
+            st.pending_pos = (canon, (i, i + k))
+        self.take(i, i + k)
+        return i + k
+
+    def rule_relation(self, i: int, end: int, st: _ClauseState) -> int | None:
+        """Relations: "to the left of", "on top of", "beneath", "between X and Y"."""
+        m = _match(self.toks, i, RELATION_PHRASES)
+        if m and (st.adjacent or st.at_seg_start or not st.group):
+            return self.relation(i, m[0], m[1], end, st, st.adjacent)
+        return None
+
+    def rule_scene(self, i: int, end: int, st: _ClauseState) -> int | None:
+        """A scene phrase: "at night", "during sunset", "against a white wall"."""
+        if self.toks[i].low not in SCENE_ONLY_PREPOSITIONS:
+            return None
+        k = self.phrase_until_boundary(i + 1, end)
+        if k <= i + 1:
+            return None
+        head = self.toks[k - 1].low
+        if not (singular(head) in SCENE_NOUNS or head in SCENE_NOUNS or not st.adjacent):
+            return None
+        if is_fragment([t.low for t in self.toks[i:k] if t.word]):
+            return None                      # "by she"
+        self.scene.append(self.norm_text(i, k))
+        self.take(i, k)
+        if st.adjacent:                      # "a cabin by a lake under the lights": still the cabin
+            st.last_end = k
+        return k
+
+    def rule_qualifier(self, i: int, end: int, st: _ClauseState) -> int | None:
+        """Qualifiers of the previous subject: "with a red collar", "made of wood", "facing a
+        dragon"; but "a purple triangle with a green square" is two subjects of one kind."""
+        if not st.adjacent:
+            return None
+        toks = self.toks
+        low = toks[i].low
+        if low == "with":
+            np = self.noun_phrase(i + 1, end, as_subject=True)
+            if np is not None and same_kind(self.subjects[st.group[-1]]["noun"], np[0]["noun"]):
+                self.take(i, i + 1)
+                st.last_end, st.list_next = i + 1, True
+                return i + 1
+        transitive = (low.endswith("ing") and i + 1 < end
+                      and (toks[i + 1].low in DETERMINERS or parse_count(toks, i + 1) is not None))
+        if not (low in QUALIFIER_WORDS or transitive):
+            return None
+        k = self.phrase_until_boundary(i + 1, end)
+        if k == i + 1 and i + 2 < end and toks[i + 1].low in PREPOSITIONS:   # "made of wood"
+            k = self.phrase_until_boundary(i + 2, end)
+        if k <= i + 1 or is_fragment([t.low for t in toks[i:k] if t.word]):   # "playing with", "with it"
+            return None
+        # "with silver hair and freckles": a bare noun after "and" belongs to the same phrase
+        while (k + 1 < end and toks[k].low == "and" and toks[k + 1].word and not self.is_boundary(k + 1)
+               and not is_noun_like(toks[k + 1].low)):
+            k2 = self.phrase_until_boundary(k + 1, end)
+            if k2 <= k + 1:
+                break
+            k = k2
+        self.subjects[st.group[-1]]["attributes"].append(self.norm_text(i, k))
+        self.take(i, k)
+        st.last_end = k
+        # what follows is about this subject only, and a list after it starts afresh
+        st.group, st.group_open = st.group[-1:], False
+        return k
+
+    def rule_verb(self, i: int, end: int, st: _ClauseState) -> int | None:
+        """A copula with content after its subject: "the statue sits on the moon" (a statue
+        sitting), "a map showing a bay" (with its object). Elsewhere it stays as written."""
+        toks = self.toks
+        low = toks[i].low
+        if low not in POSTURE_VERBS and low not in TRANSITIVE_VERBS:
+            return None
+        if not st.adjacent or st.pending_rel is not None:     # "On the hill stands a castle"
+            return i + 1
+        if low in TRANSITIVE_VERBS:
+            k = self.phrase_until_boundary(i + 1, end)
+            if k <= i + 1:
+                return i + 1
+            text = f"{TRANSITIVE_VERBS[low]} {self.norm_text(i + 1, k)}"
+            self.subjects[st.group[-1]]["attributes"].append(text)
+            st.group, st.group_open = st.group[-1:], False
+        else:
+            k = i + 1
+            for s in st.group:
+                self.subjects[s]["attributes"].append(POSTURE_VERBS[low])
+        self.take(i, k)
+        st.last_end = k
+        return k
+
+    def rule_bridge(self, i: int, end: int, st: _ClauseState) -> int | None:
+        """A verb between a subject and its relation: "the phone was resting on the charger" (an
+        -ing or -ed form qualifies the subject), "the sun shone down on the water" (another verb,
+        with its particle, stays as written); the relation still binds to the subject."""
+        toks = self.toks
+        low = toks[i].low
+        if not st.adjacent or not toks[i].word or low in GRAMMAR_WORDS or low in COPULAS:
+            return None
+        j = i + 1
+        if j < end and toks[j].low in PARTICLES and not _match(toks, j, RELATION_PHRASES):
+            j += 1                                          # "shone down on"
+        if not (j < end and _match(toks, j, RELATION_PHRASES)):
+            return None
+        if j == i + 1 and low.endswith(("ing", "ed")):
+            for s in st.group:
+                self.subjects[s]["attributes"].append(low)
+            self.take(i, j)
+        st.last_end = j
+        return j
+
+    def rule_filler(self, i: int, end: int, st: _ClauseState) -> int | None:
+        """List words and copulas: "and", ",", "is", "which"."""
+        low = self.toks[i].low
+        if low not in LIST_WORDS and low not in COPULAS:
+            return None
+        self.take(i, i + 1)
+        if st.last_end == i:
+            st.last_end = i + 1
+        if low in LIST_WORDS and st.last_end == i + 1:
+            st.list_next = True
+        return i + 1
+
+    def rule_elliptic(self, i: int, end: int, st: _ClauseState) -> int | None:
+        """ "a red, a green and a blue ball": colours now, the noun comes later."""
+        if self.noun_phrase(i, end, as_subject=True) is not None:
+            return None
+        ell = self.elliptic(i, end)
+        if ell is None:
+            return None
+        if not st.elliptic:
+            st.elliptic_joins = st.list_next and st.last_end == i and st.group_open and bool(st.group)
+        st.elliptic.append(ell)
+        self.take(i, ell[2])
+        st.last_end = ell[2]
+        return ell[2]
+
+    def rule_subject(self, i: int, end: int, st: _ClauseState) -> int | None:
+        """A noun phrase: a new subject (or "the cat" again), which takes the elliptic subjects,
+        the position and the relation that were waiting for it."""
+        np = self.noun_phrase(i, end, as_subject=True)
+        if np is None:
+            return None
+        subj, j = np
+        for n_part, (part, a, b) in enumerate(st.elliptic):
+            part["noun"] = subj["noun"]
+            idx = self.add_subject(part, a, b)
+            if n_part == 0 and not st.elliptic_joins:
+                st.group, st.group_open = [idx], True
+            else:
+                st.group = st.group + [idx]
+            st.list_next, st.last_end = True, i
+        st.elliptic = []
+        if st.pending_pos:
+            subj["attributes"].append(st.pending_pos[0])
+            st.pending_pos = None
+        idx = self.add_subject(subj, i, j)
+        self.take(i, j)
+        if st.pending_rel is not None:
+            rel, obj, obj2, text, _ = st.pending_rel
+            self.add_relation(idx, obj, rel, obj2, text)
+            st.pending_rel = None
+        if st.list_next and st.last_end == i and st.group_open:
+            st.group = st.group + [idx]
+        else:
+            st.group = [idx]
+            st.group_open = True
+        st.list_next = False
+        st.last_end = j
+        return j
+
+    def rule_trailing(self, i: int, end: int, st: _ClauseState) -> int | None:
+        """Trailing words of the previous subject: "a dog running happily", "the cat is black"."""
+        t = self.toks[i]
+        if not (st.adjacent and not st.at_seg_start and t.word and t.low not in FUNCTION_WORDS):
+            return None
+        k = i
+        while k < end and not self.is_boundary(k):
+            k += 1
+        if k <= i:
+            return None
+        subj = self.subjects[st.group[-1]]
+        color = COLOR_ALIASES.get(self.norm_text(i, k), self.norm_text(i, k))
+        if color in BASIC_COLORS and subj["color"] is None:
+            subj["color"] = color
+        else:
+            subj["attributes"].append(self.norm_text(i, k))
+        self.take(i, k)
+        st.last_end = k
+        return k
+
+    CLAUSE_RULES = (rule_style, rule_negation, rule_order, rule_joiner, rule_solitary, rule_frame,
+                    rule_pronoun, rule_adverb, rule_position, rule_relation, rule_scene,
+                    rule_qualifier, rule_verb, rule_bridge, rule_filler, rule_elliptic, rule_subject,
+                    rule_trailing)
 
     def style_or_intro(self, i: int, end: int, at_seg_start: bool) -> int | None:
         """Style phrases and "a photo of"; returns the next index if it consumed something."""
@@ -1068,6 +799,9 @@ class _Parser:
         moods = j
         while moods < end and toks[moods].low in MOOD_SINGLE:      # "a cinematic photo of"
             moods += 1
+        nxt = self.framing_chain(i, j, moods, end)
+        if nxt is not None:
+            return nxt
         m = _match(toks, moods, INTRO_TABLE) if moods < end else None
         # "of" introduces the subject anywhere; "showing", "with", "containing" ... only at the
         # start of a segment, where the picture is framing ("a cat with a picture of ..." is not)
@@ -1094,6 +828,25 @@ class _Parser:
             self.take(i, j + k)
             return j + k
         return None
+
+    def framing_chain(self, i: int, j: int, moods: int, end: int) -> int | None:
+        """ "a close-up portrait of", "a black and white studio photo of": several framing words
+        in a row before "of" (toks[j:moods] are mood words, toks[i:j] the article)."""
+        toks = self.toks
+        chain, p = [], moods
+        while p < end:
+            m = _match(toks, p, INTRO_TABLE) or _match(toks, p, STYLE_TABLE)
+            if not m or not m[1] or m[1] == "mood":
+                break
+            chain.append((p, m))
+            p += m[0]
+        if len(chain) < 2 or not (p < end and toks[p].low == "of"):
+            return None
+        self.style["mood"].extend(t.low for t in toks[j:moods])
+        for q, (k, fld) in chain:
+            (self.composition if fld == "composition" else self.style[fld]).append(self.norm_text(q, q + k))
+        self.take(i, p + 1)
+        return p + 1
 
     def frame_phrase(self, i: int, end: int) -> int | None:
         """ "in the picture", "in this photo" closing a phrase: the picture itself, not a place in
@@ -1255,9 +1008,12 @@ class _Parser:
                         and all(a in old["attributes"] for a in subj["attributes"])):
                     return k
         self.subjects.append(subj)
+        self.spans.append((i, j))
         return len(self.subjects) - 1
 
     def add_relation(self, s: int, o: int, rel: str, o2: int | None, text: str) -> None:
+        # the text a dropped relation leaves in `unparsed` names its subject: "the sun behind it"
+        text = f"{self.norm_text(*self.spans[s])} {text}"
         if s == o or (o2 is not None and s == o2) or o == o2:
             self.lost.append(text)           # "the cat left of the cat": kept as written
             return
@@ -1269,29 +1025,50 @@ class _Parser:
         self.relations.append(r)
         self.relation_texts.append(text)
 
-    def unparsed(self) -> list[str]:
-        """Verbatim runs of tokens nobody used (punctuation-only runs are dropped)."""
-        runs, i, n = [], 0, len(self.toks)
-        while i < n:
+    def unused_runs(self, start: int, end: int):
+        """(i, j, a, b) for each run toks[i:j] of unused tokens in [start, end); toks[a:b] is the
+        run without list punctuation and conjunctions at its edges (a == b: no word in it)."""
+        i = start
+        while i < end:
             if self.used[i] or self.toks[i].low in CLAUSE_END:
                 i += 1
                 continue
             j = i
-            while j < n and not self.used[j] and self.toks[j].low not in CLAUSE_END:
+            while j < end and not self.used[j] and self.toks[j].low not in CLAUSE_END:
                 j += 1
-            # trim list punctuation and conjunctions at the edges
             a, b = i, j
             while a < b and (not self.toks[a].word or self.toks[a].low in ("and", "or")):
                 a += 1
             while b > a and (not self.toks[b - 1].word or self.toks[b - 1].low in ("and", "or")):
                 b -= 1
+            yield i, j, a, b
+            i = j
+
+    def has_fragment(self, start: int, end: int) -> bool:
+        """Some unused run in [start, end) is a stray piece of a phrase ("under", "he, next to")."""
+        return any(a < b and is_fragment([t.low for t in self.toks[a:b] if t.word])
+                   for _, _, a, b in self.unused_runs(start, end))
+
+    def unparsed(self) -> list[str]:
+        """Verbatim runs of tokens nobody used (punctuation-only runs are dropped)."""
+        runs = []
+        for i, j, a, b in self.unused_runs(0, len(self.toks)):
             if a < b:
                 runs.append(self.span_text(a, b))
             elif any(not t.word and t.low not in (",", "\n") for t in self.toks[i:j]):
                 # keep symbols such as emoji or "#" even without words around them
                 runs.append(self.span_text(i, j).strip(" ,"))
-            i = j
         return [r for r in runs if r]
+
+
+def _copy_state(state: tuple) -> tuple:
+    """A copy of the parser's state as `_Parser.snapshot` lists it, deep where rules mutate
+    (a subject's attributes, the style lists, the clause's elliptic list); faster than deepcopy."""
+    subjects, spans, relations, texts, style, composition, scene, negatives, lost, used, st = state
+    st = dict(st, group=list(st["group"]), elliptic=[(dict(e), a, b) for e, a, b in st["elliptic"]])
+    return ([dict(s, attributes=list(s["attributes"])) for s in subjects], list(spans), list(relations),
+            list(texts), {k: list(v) for k, v in style.items()}, list(composition), list(scene),
+            list(negatives), list(lost), list(used), st)
 
 
 def _color_and_attributes(modifiers: list[str]) -> tuple[str | None, list[str]]:
@@ -1342,110 +1119,3 @@ def parse_prompt(text: str) -> tuple[dict, list[str]]:
         "unparsed": p.unparsed() + p.lost,
     }
     return plan, list(p.relation_texts)
-
-
-# ---------------------------------------------------------------------------------------------
-# Text written by another language model
-# ---------------------------------------------------------------------------------------------
-
-_REASONING_TAGS = ("think", "thinking", "thought", "reasoning", "analysis", "reflection", "scratchpad")
-_FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_-]*)[ \t]*\n?(.*?)```", re.S)
-_PREFACE_RE = re.compile(
-    r"^\s*(?:\*\*|__)?\s*(?:sure|okay|ok|certainly|of course|here(?:'s| is| are)?|"
-    r"(?:the\s+)?(?:enhanced|improved|rewritten|revised|refined|expanded|final|new|detailed|optimi[sz]ed)?\s*"
-    r"(?:image\s+)?(?:prompt|caption|description|answer|output|result|plan))\b[^\n]*?:\s*(?:\*\*|__)?\s*$",
-    re.I)
-_LABEL_RE = re.compile(
-    r"^\s*(?:\*\*|__)?\s*(?:(?:enhanced|improved|rewritten|revised|refined|expanded|final|new|detailed|"
-    r"optimi[sz]ed)\s+)?(?:image\s+)?(?:prompt|caption|description|answer|output)\s*(?:\*\*|__)?\s*:\s*(?:\*\*|__)?\s*",
-    re.I)
-
-
-def strip_reasoning(text: str) -> str:
-    """Remove <think>...</think> (and similar) blocks; an unclosed block ends at its closing tag."""
-    for tag in _REASONING_TAGS:
-        text = re.sub(rf"<{tag}\b[^>]*>.*?</{tag}\s*>", " ", text, flags=re.S | re.I)
-        close = re.search(rf"</{tag}\s*>", text, re.I)
-        if close:   # the opening tag was in the chat template: everything before it is reasoning
-            text = text[close.end():]
-        opened = re.search(rf"<{tag}\b[^>]*>", text, re.I)
-        if opened:  # never closed: the model stopped while thinking; keep what came before
-            text = text[:opened.start()]
-    return text.strip()
-
-
-def _json_objects(text: str):
-    """Every top-level {...} in `text` that parses as a JSON object, in order."""
-    decoder = json.JSONDecoder()
-    i = text.find("{")
-    while i != -1:
-        try:
-            obj, end = decoder.raw_decode(text, i)
-        except ValueError:
-            i = text.find("{", i + 1)
-            continue
-        if isinstance(obj, dict):
-            yield obj
-        i = text.find("{", end)
-
-
-class LLMAnswerError(ValueError):
-    """Another model's answer holds a JSON block that cannot be read."""
-
-
-def _repair_json(text: str) -> dict | None:
-    """The usual slips of a language model writing JSON: trailing commas and // comments."""
-    fixed = re.sub(r"//[^\n\"]*$", "", text, flags=re.M)
-    fixed = re.sub(r",\s*([}\]])", r"\1", fixed)
-    for obj in _json_objects(fixed):
-        return obj
-    return None
-
-
-def extract_llm_payload(text: str) -> dict | str:
-    """The plan dictionary, or the rewritten prompt, inside another model's answer.
-
-    Reasoning blocks (<think>...</think>) are removed first; then a ```json fenced block or the
-    first JSON object with "subjects" wins; a JSON object with a "prompt"-like string field gives
-    that string; otherwise the answer itself is the prompt, without prefaces ("Here is the
-    enhanced prompt:"), labels ("Prompt:"), markdown emphasis or surrounding quotes.
-    """
-    body = strip_reasoning(text)
-    candidates = [m.group(2) for m in _FENCE_RE.finditer(body)] + [body]
-    for chunk in candidates:
-        for obj in _json_objects(chunk):
-            if "subjects" in obj:
-                return obj
-            for key in ("prompt", "rewritten_prompt", "enhanced_prompt", "caption", "description",
-                        "text"):
-                if isinstance(obj.get(key), str) and obj[key].strip():
-                    return obj[key].strip()
-    fences = [m for m in _FENCE_RE.finditer(body)]
-    looks_like_json = [m.group(2) for m in fences if m.group(1).lower() == "json" or m.group(2).lstrip().startswith("{")]
-    if not fences and body.lstrip().startswith("{"):
-        looks_like_json = [body]
-    for chunk in looks_like_json:
-        obj = _repair_json(chunk)
-        if obj is not None and "subjects" in obj:
-            return obj
-        if obj is None:
-            try:
-                json.loads(chunk)
-            except json.JSONDecodeError as exc:
-                raise LLMAnswerError(f"the model's answer has a JSON block that is not valid JSON ({exc.msg} at "
-                                     f"line {exc.lineno} column {exc.colno}); ask it for plain JSON or fix the block") from None
-    if fences:
-        body = fences[0].group(2)
-    lines = [ln for ln in body.splitlines()]
-    # drop a preface line ("Sure! Here is an enhanced prompt:") and what came before it
-    for k, ln in enumerate(lines):
-        if _PREFACE_RE.match(ln) and any(x.strip() for x in lines[k + 1:]):
-            lines = lines[k + 1:]
-            break
-    out = "\n".join(lines).strip()
-    out = _LABEL_RE.sub("", out, count=1).strip()
-    out = re.sub(r"(\*\*|__)", "", out).strip()
-    if len(out) >= 2 and out[0] == out[-1] and out[0] in "\"'“”":
-        out = out[1:-1].strip()
-    out = out.strip("“”").strip()
-    return out

@@ -1,13 +1,13 @@
-"""The sampling law: one function from model logits to the probabilities every mode samples.
+"""The sampling distribution: one function from model logits to the probabilities every mode samples.
 
 Plain AR, the drafts of speculative Jacobi decoding and their verification must all use the
-*same* law, or the speculative modes stop being exact (see ../shared/specs/sjd.md, section 5.3).
-So the law lives here, as a pure function of the logits and the stream position, and the
+*same* distribution, or the speculative modes stop being exact (see docs/sampling.md, "One
+distribution function"). So it lives here, as a pure function of the logits and the stream position, and the
 sampler never computes a probability any other way.
 
 Everything is over the *image sub-vocabulary*: the `num_codes` code tokens followed by the two
 structural tokens, row end and end of image (`V' = num_codes + 2` columns, see `image_logits`).
-For a stream position k (0-based, counted after the image header) the law is:
+For a stream position k (0-based, counted after the image header) the distribution is:
 
     c      = global conditional logits, blended with regional branches (plan-guided sampling)
     l      = u + g_k * (c - u)                 CFG mix first (g_k = 1: c itself, no u needed)
@@ -29,7 +29,7 @@ CFG_SCHEDULES = ("constant", "lumina_decay")
 
 @dataclass(frozen=True)
 class SamplingPolicy:
-    """How logits become probabilities. Frozen: one policy object describes one law.
+    """How logits become probabilities. Frozen: one policy object describes one distribution.
 
     cfg_scale: classifier-free guidance `u + g (c - u)`; 1.0 turns CFG (and its forward rows) off.
     cfg_schedule: "constant", or "lumina_decay": the reference's plain-AR path, which before
@@ -100,7 +100,7 @@ class SamplingPolicy:
     def probs(self, cond: torch.Tensor, uncond: torch.Tensor | None, positions: torch.Tensor,
               guidance: torch.Tensor, forced: torch.Tensor, region_cond: torch.Tensor | None = None,
               region_weight: torch.Tensor | None = None) -> torch.Tensor:
-        """The law at N stream positions, (N, V') float32.
+        """The distribution at N stream positions, (N, V') float32.
 
         cond, uncond: (N, V') sub-vocabulary logits (`image_logits`); uncond may be None when
             every g at these positions is 1.

@@ -285,7 +285,7 @@ class Int8Linear(QuantizedLinear):
                 # the CPU kernel crashes on weights not 64-byte aligned, as tensors read straight
                 # out of a safetensors file can be: one aligned copy, kept
                 self.weight_int8 = self.weight_int8.clone()
-            y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features), self.weight_int8,
+            y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features).contiguous(), self.weight_int8,
                                                    self.weight_scale.to(x.dtype))
             return self._out(y.view(*x.shape[:-1], self.out_features), x)
         if kernel == "cast":
@@ -365,7 +365,8 @@ class Int4Linear(QuantizedLinear):
             self._repack("portable", self.weight_int4.device)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        self.layout, self._scales_and_zeros = "portable", None
+        if prefix + "weight_int4" in state_dict:        # portable integers come in
+            self.layout, self._scales_and_zeros = "portable", None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _repack(self, kernel: str, device: torch.device) -> None:
@@ -416,7 +417,7 @@ class Int4Linear(QuantizedLinear):
             sz = torch.stack([self.weight_scale, self.weight_zero], dim=-1).to(dtype)     # (N, Kp/g, 2)
             sz = F.pad(sz, (0, 0, 0, 0, 0, self._padded_out - self.out_features))
             self._scales_and_zeros = (dtype, sz.transpose(0, 1).contiguous())
-        x2d = x.reshape(-1, self.in_features).to(dtype)
+        x2d = x.reshape(-1, self.in_features).to(dtype).contiguous()
         if self.padded_in_features != self.in_features:
             x2d = F.pad(x2d, (0, self.padded_in_features - self.in_features))
         y = self._tinygemm(x2d, self._scales_and_zeros[1])[:, : self.out_features]

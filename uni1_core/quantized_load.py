@@ -25,6 +25,11 @@ from torch import nn
 
 from .checkpoint import INDEX_FILE, SINGLE_FILE, CheckpointError, TensorEntry, list_safetensors_dir, resolve_model_dir
 from .model import IGNORED_KEY_PREFIXES, ModelConfig, Uni1Model, _expand_qk_norm, _is_qk_norm, parse_dtype
+
+try:                                   # the fused layout (attention.wqkv, feed_forward.w13, ...)
+    from .model import hf_layout
+except ImportError:                    # a model with Hugging Face's module names
+    hf_layout = None
 from .quantize import (DEFAULT_GROUP_SIZE, HostEmbedding, ImageHead, Int4Linear, Int8Linear, QuantizationError,
                        QuantSpec, _disable_weight_fusion, _prepared, _set_module, decoder_linears, image_row_ids,
                        quantize_linear)
@@ -112,6 +117,13 @@ class _Loader:
         return t.to(dtype) if dtype is not None and t.is_floating_point() else t
 
     def source_keys(self, name: str) -> list[str]:
+        """The checkpoint (Hugging Face) modules whose rows make up the network's module `name`."""
+        parts = name.split(".")
+        if len(parts) > 3 and parts[:2] == ["model", "layers"]:
+            prefix, internal = ".".join(parts[:3]), ".".join(parts[3:])
+            layout = hf_layout(self.config) if hf_layout is not None else {}
+            if internal in layout:
+                return [f"{prefix}.{hf}" for hf in layout[internal][0]]
         parent, _, leaf = name.rpartition(".")
         return [f"{parent}.{part}" for part in FUSED_SOURCES.get(leaf, (leaf,))]
 
@@ -170,27 +182,34 @@ class _Loader:
         return m
 
     def load_rest(self, spec: QuantSpec) -> None:
-        """Everything that is not a quantised linear: norms, the embedding, an unquantised lm_head."""
+        """Everything that is not a quantised linear (norms, the embedding, an unquantised
+        lm_head), read under its checkpoint name and put in place by the model's own
+        load_state_dict (which maps Hugging Face names onto fused modules)."""
+        emb_key = "model.embed_tokens.weight"
+        todo = {k: tuple(v.shape) for k, v in self.model.state_dict().items() if v.is_meta}
         if spec.embedding == "host":
-            key = "model.embed_tokens.weight"
-            self.used.add(key)
-            self.model.model.embed_tokens = HostEmbedding(FileRows(self.entries[key].file, key), self.dtype)
-        for key, p in list(self.model.named_parameters()):
-            if not p.is_meta:
-                continue
-            if key == "lm_head.weight" and self.config.tie_word_embeddings:
-                continue
+            todo.pop(emb_key, None)
+            self.used.add(emb_key)
+            self.model.model.embed_tokens = HostEmbedding(FileRows(self.entries[emb_key].file, emb_key), self.dtype)
+        if self.config.tie_word_embeddings:
+            todo.pop("lm_head.weight", None)
+        state = {}
+        for key, shape in todo.items():
             t = self.read(key, dtype=self.dtype)
             if _is_qk_norm(key):
-                t = _expand_qk_norm(key, t, tuple(p.shape))
-            if tuple(t.shape) != tuple(p.shape):
+                t = _expand_qk_norm(key, t, shape)
+            if tuple(t.shape) != shape:
                 raise CheckpointError(f"{self.entries[key].file}: {key!r} has shape {tuple(t.shape)}, expected "
-                                      f"{tuple(p.shape)} from config.json. Fix: check that config.json belongs "
-                                      "to these weights.")
-            module_name, _, leaf = key.rpartition(".")
-            setattr(self.model.get_submodule(module_name), leaf, nn.Parameter(t, requires_grad=False))
+                                      f"{shape} from config.json. Fix: check that config.json belongs to these "
+                                      "weights.")
+            state[key] = t
+        self.model.load_state_dict(state, strict=False, assign=True)
         if self.config.tie_word_embeddings and isinstance(self.model.lm_head, nn.Linear):
             self.model.lm_head.weight = self.model.model.embed_tokens.weight
+        left = [k for k, p in self.model.named_parameters() if p.is_meta]
+        if left:
+            raise CheckpointError(f"the weights in {self.folder} lack {left[0]!r}. Fix: download every shard of "
+                                  "the checkpoint again.")
 
     def check_done(self) -> None:
         unexpected = [k for k in self.entries if k not in self.used and not k.startswith(IGNORED_KEY_PREFIXES)

@@ -30,6 +30,7 @@ ROW_END = "<reserved08799>"
 TURN_END = "<reserved08706>"
 PIXELS_PER_GRID_UNIT = 32   # the grid tokens count 32-pixel units
 PIXELS_PER_CODE = 8         # MoVQGAN downsamples by 8
+I2I_PANELS = 2              # an image-conditioned image stacks two panels: the condition above, the answer below
 
 T2I_TEMPLATE = "Generate an image of {w}x{h} according to the following prompt:\n{prompt}"
 # The reference's generate.py writes {w}x{h} (TRAIN.md writes {h}x{w}); square sizes are
@@ -208,18 +209,56 @@ class ImageGrid:
         return vocab.id_to_code(codes)
 
 
-def t2i_prompt_ids(tokenizer, prompt: str, width: int, height: int) -> list[int]:
-    """The conditional prompt up to (not including) the image header."""
+def t2i_prompt_ids(tokenizer, prompt: str, width: int, height: int, max_tokens: int | None = None) -> list[int]:
+    """The conditional prompt up to (not including) the image header. With `max_tokens`, the
+    tokenizer stops soon after that many ids (the result is then longer than max_tokens but not
+    complete): enough for `check_positions` to refuse a huge prompt without tokenizing all of it."""
     text = T2I_TEMPLATE.format(w=width, h=height, prompt=prompt) + TURN_END
-    return [tokenizer.bos_id] + tokenizer.encode(text)
+    return [tokenizer.bos_id] + _encode(tokenizer, text, max_tokens)
 
 
-def i2i_prompt_ids(tokenizer, prompt: str, width: int, height: int, task: str) -> list[int]:
+def i2i_prompt_ids(tokenizer, prompt: str, width: int, height: int, task: str,
+                   max_tokens: int | None = None) -> list[int]:
     """Omni image-conditioned prompt: the condition is the upper half, the model writes the lower."""
     if task not in I2I_TASKS:
         raise ValueError(f"unknown image-conditioned task {task!r}; choose one of {sorted(I2I_TASKS)}")
     text = I2I_TEMPLATE.format(w=width, h=height, task=I2I_TASKS[task], prompt=prompt) + TURN_END
-    return [tokenizer.bos_id] + tokenizer.encode(text)
+    return [tokenizer.bos_id] + _encode(tokenizer, text, max_tokens)
+
+
+def _encode(tokenizer, text: str, max_tokens: int | None) -> list[int]:
+    return tokenizer.encode(text) if max_tokens is None else tokenizer.encode(text, max_tokens=max_tokens)
+
+
+class PromptTooLong(ValueError):
+    """The prompt and the image do not fit the model's positions."""
+
+
+def position_limit(config) -> int:
+    """Positions a model can address: `max_position_embeddings`, stretched by a linear or
+    dynamic RoPE scaling factor where the config declares one."""
+    limit = int(config.max_position_embeddings)
+    if getattr(config, "rope_scaling", None) in ("linear", "dynamic"):
+        limit = int(limit * max(float(config.rope_factor), 1.0))
+    return limit
+
+
+def check_positions(prompt_tokens: int, grid: ImageGrid, limit: int, what: str = "the prompt",
+                    at_least: bool = False) -> None:
+    """Refuse a prompt that, with the image header and the image's stream, needs more positions
+    than the model has. Call it before any allocation: the KV cache is sized by this length
+    (times the rows of the batch), so an unchecked 100k-character prompt asked for gigabytes.
+    `prompt_tokens` counts the whole prompt row (BOS and template included); `at_least`: it is
+    a lower bound (the tokenizer stopped early)."""
+    image = 3 + grid.stream_len
+    if prompt_tokens + image > limit:
+        room = limit - image
+        fix = (f"shorten it to at most {room} tokens" if room > 0 else
+               "no prompt fits: choose a smaller size")
+        count = f"{'at least ' if at_least else ''}{prompt_tokens} tokens"
+        raise PromptTooLong(f"{what} is {count} (template included) and a {grid.width}x{grid.height} "
+                            f"image takes {image} more, but this model has {limit} positions "
+                            f"(max_position_embeddings): {fix}")
 
 
 def sequence_length(width: int, height: int) -> int:

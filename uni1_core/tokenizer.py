@@ -1,7 +1,7 @@
 """The text tokenizer: a pure-Python reader of Hugging Face `tokenizer.json` files.
 
 Lumina-mGPT 2.0 ships a Qwen2-family byte-level BPE with Chameleon-named special tokens
-appended (see ../shared/specs/lumina_mgpt2.md section 3). This module implements the
+appended (see docs/format.md, section 4). This module implements the
 `tokenizer.json` format for the components such files use, and gives the same ids and strings
 as the `tokenizers` library (`encode(text, add_special_tokens=False)` / `decode(ids)`):
 
@@ -29,12 +29,17 @@ import heapq
 import json
 import re
 import unicodedata
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 
 class TokenizerError(ValueError):
     """A tokenizer file we cannot read, or one that uses a component we do not implement."""
+
+
+MAX_JSON_BYTES = 256 << 20   # refuse bigger tokenizer files before reading them
+MAX_ID = 1 << 31             # token ids are int32 in `tokenizers` and in embedding tables
 
 
 # ----------------------------------------------------------------------------- unicode classes
@@ -175,6 +180,28 @@ def compile_split_pattern(pattern: str) -> re.Pattern:
     return re.compile("".join(out))
 
 
+# ----------------------------------------------------------------------------- file structure
+
+def _show(value, limit: int = 60) -> str:
+    """A short repr for an error message (a hostile file may hold megabytes in one value)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _kind(spec, what: str) -> str | None:
+    """The `type` of one component entry, which must be a JSON object."""
+    if not isinstance(spec, dict):
+        raise TokenizerError(f"{what} must be a JSON object with a 'type' (as `tokenizers` writes it), "
+                             f"got {type(spec).__name__} {_show(spec)}")
+    return spec.get("type")
+
+
+def _list(value, what: str) -> list:
+    if not isinstance(value, list):
+        raise TokenizerError(f"{what} must be a JSON list, got {type(value).__name__} {_show(value)}")
+    return value
+
+
 # ----------------------------------------------------------------------------- normalisation
 
 # Combining marks (non-zero canonical combining class) assigned in Unicode 10.0 - 14.0.
@@ -214,11 +241,11 @@ def _build_normalizer(spec):
     """A str -> str function for the file's `normalizer` entry."""
     if spec is None:
         return None
-    kind = spec.get("type")
+    kind = _kind(spec, "normalizer")
     if kind == "NFC":
         return nfc
     if kind == "Sequence":
-        steps = [_build_normalizer(s) for s in spec.get("normalizers", [])]
+        steps = [_build_normalizer(s) for s in _list(spec.get("normalizers", []), "normalizer 'normalizers'")]
         steps = [s for s in steps if s is not None]
         if not steps:
             return None
@@ -310,11 +337,16 @@ def _build_pre_tokenizer(spec) -> list:
     """The file's `pre_tokenizer` as a list of steps, each `list[str] -> list[str]`."""
     if spec is None:
         return []
-    kind = spec.get("type")
+    kind = _kind(spec, "pre_tokenizer")
     if kind == "Sequence":
-        return [step for s in spec.get("pretokenizers", []) for step in _build_pre_tokenizer(s)]
+        return [step for s in _list(spec.get("pretokenizers", []), "pre_tokenizer 'pretokenizers'")
+                for step in _build_pre_tokenizer(s)]
     if kind == "Split":
         pattern = spec.get("pattern", {})
+        if not (isinstance(pattern, dict) and len(pattern) == 1
+                and isinstance(next(iter(pattern.values())), str)):
+            raise TokenizerError(f"unsupported Split pattern {_show(pattern)}: expected "
+                                 '{"Regex": "..."} or {"String": "..."}')
         if "Regex" in pattern:
             regex = compile_split_pattern(pattern["Regex"])
         elif "String" in pattern and pattern["String"]:
@@ -367,40 +399,77 @@ def _is_space(c: str) -> bool:
 
 
 class _AddedTokenMatcher:
-    """Leftmost-longest search for many literal tokens: a character trie, entered only where a
-    regex over the tokens' first characters finds a candidate start."""
+    """Leftmost-longest search for many literal tokens in one left-to-right pass (Aho-Corasick,
+    as `tokenizers` does it): time linear in the text plus the matches, however long the tokens.
+
+    (A trie walked afresh from every candidate start is quadratic: a 1,000-character token
+    that almost matches at each of 20,000 positions costs 20 million steps.)"""
 
     def __init__(self, tokens: list[AddedToken], pattern_of):
-        self.trie: dict = {}
+        # The trie: state 0 is the root; goto[s] maps a character to the next state.
+        self.goto: list[dict[str, int]] = [{}]
+        self.depth = [0]                        # length of the text a state stands for
+        self.token: list[AddedToken | None] = [None]   # the token that ends exactly there
         for t in tokens:
-            node = self.trie
+            s = 0
             for c in pattern_of(t):
-                node = node.setdefault(c, {})
-            node[None] = t                      # None marks the end of a token
-        firsts = sorted(ord(c) for c in self.trie)
+                nxt = self.goto[s].get(c)
+                if nxt is None:
+                    nxt = len(self.goto)
+                    self.goto[s][c] = nxt
+                    self.goto.append({})
+                    self.depth.append(self.depth[s] + 1)
+                    self.token.append(None)
+                s = nxt
+            if s:
+                self.token[s] = t               # the same text twice: the later entry wins
+        # fail[s]: the state of the longest proper suffix of s's text that is in the trie;
+        # out[s]: the nearest state on that suffix chain (s included) where a token ends.
+        n = len(self.goto)
+        self.fail, self.out = [0] * n, [0] * n
+        queue = deque(self.goto[0].values())
+        while queue:
+            s = queue.popleft()
+            self.out[s] = s if self.token[s] is not None else self.out[self.fail[s]]
+            for c, u in self.goto[s].items():
+                f = self.fail[s]
+                while f and c not in self.goto[f]:
+                    f = self.fail[f]
+                self.fail[u] = self.goto[f].get(c, 0) if s else 0
+                queue.append(u)
+        firsts = sorted(ord(c) for c in self.goto[0])
         self.first_chars = re.compile("[" + _class_body(_ranges(firsts)) + "]") if firsts else None
 
     def find(self, text: str):
         """Non-overlapping (start, end, token), leftmost first, longest at each start."""
         if self.first_chars is None:
             return
+        goto, fail, out, depth = self.goto, self.fail, self.out, self.depth
+        longest: dict[int, tuple[int, AddedToken]] = {}   # start -> (end, token) of its longest match
+        s, i, n = 0, 0, len(text)
+        while i < n:
+            if s == 0:                                     # skip, in C, to a possible token start
+                m = self.first_chars.search(text, i)
+                if m is None:
+                    break
+                i = m.start()
+            c = text[i]
+            while s and c not in goto[s]:
+                s = fail[s]
+            s = goto[s].get(c, 0)
+            i += 1
+            o = out[s]
+            while o:                                       # every token that ends at i
+                start = i - depth[o]
+                if start not in longest or longest[start][0] < i:
+                    longest[start] = (i, self.token[o])
+                o = out[fail[o]]
         pos = 0
-        while True:
-            m = self.first_chars.search(text, pos)
-            if m is None:
-                return
-            start = m.start()
-            node, best, i = self.trie, None, start
-            while i < len(text) and text[i] in node:
-                node = node[text[i]]
-                i += 1
-                if None in node:
-                    best = (i, node[None])
-            if best is None:
-                pos = start + 1
-                continue
-            yield start, best[0], best[1]
-            pos = best[0]
+        for start in sorted(longest):
+            if start >= pos:
+                end, token = longest[start]
+                yield start, end, token
+                pos = end
 
     def split(self, text: str) -> list[tuple[str, AddedToken | None]]:
         """`tokenizers`' AddedVocabulary.find_matches: the text as (piece, token-or-None).
@@ -514,18 +583,16 @@ def _parse_merges(merges) -> list[tuple[str, str]]:
         if bad is not None:
             raise TokenizerError(f"bad merge {' '.join(out[bad])!r} (merge #{bad}): expected 'a b'")
         return [(a, b) for a, b in out]
-    try:
-        out = list(map(tuple, merges))
-    except TypeError:
-        out = []
-    if len(out) != len(merges) or set(map(len, out)) - {2}:
-        bad = next(k for k, m in enumerate(merges) if not isinstance(m, (list, tuple)) or len(m) != 2)
-        raise TokenizerError(f"bad merge {merges[bad]!r} (merge #{bad}): expected 'a b' or [a, b]")
-    return out
+    bad = next((k for k, m in enumerate(merges)
+                if not (isinstance(m, list) and len(m) == 2 and all(isinstance(x, str) for x in m))), None)
+    if bad is not None:
+        raise TokenizerError(f"bad merge {_show(merges[bad])} (merge #{bad}): expected 'a b' or [a, b], "
+                             "two strings")
+    return [(a, b) for a, b in merges]
 
 
 def _build_model(spec) -> BPE:
-    kind = spec.get("type")
+    kind = _kind(spec, "model")
     if kind != "BPE":
         raise TokenizerError(f"unsupported model type {kind!r}: this tokenizer implements BPE only")
     for key, ok in (("dropout", (None, 0, 0.0)), ("unk_token", (None,)),
@@ -537,10 +604,34 @@ def _build_model(spec) -> BPE:
     vocab = spec.get("vocab")
     if not isinstance(vocab, dict):
         raise TokenizerError("the BPE model has no 'vocab' object")
+    bad = next(((t, i) for t, i in vocab.items() if type(i) is not int or not 0 <= i < MAX_ID), None)
+    if bad is not None:
+        raise TokenizerError(f"vocab entry {_show(bad[0])} has id {_show(bad[1])}: ids must be whole "
+                             f"numbers in 0..{MAX_ID - 1}")
     return BPE(vocab, _parse_merges(spec.get("merges", [])), bool(spec.get("ignore_merges", False)))
 
 
 # ----------------------------------------------------------------------------- the tokenizer
+
+def read_json_file(path: Path):
+    """One tokenizer-side JSON file, refused with a message when too large, not UTF-8 JSON, or
+    nested too deeply for Python's parser (json raises RecursionError there)."""
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise TokenizerError(f"{path} is {size / 2**20:.0f} MiB; tokenizer files are at most "
+                             f"{MAX_JSON_BYTES >> 20} MiB (published ones are tens of MiB at most): "
+                             "not a tokenizer file?")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise TokenizerError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise TokenizerError(f"{path} is not valid JSON ({e}): a truncated download?") from None
+    except RecursionError:
+        raise TokenizerError(f"{path} is nested too deeply to be a tokenizer file (JSON lists or "
+                             "objects inside each other thousands of levels deep)") from None
+
+
 
 class TextTokenizer:
     """encode / decode with the ids and strings of Hugging Face `tokenizers` on the same file."""
@@ -548,27 +639,21 @@ class TextTokenizer:
     def __init__(self, spec: dict, bos_token: str | None = None, eos_token: str | None = None,
                  config_bos_id: int | None = None, config_eos_id: int | None = None, source="<dict>"):
         self.source = source
-        for key in ("truncation", "padding"):
-            if spec.get(key) is not None:
-                raise TokenizerError(f"{source}: '{key}' is set; this tokenizer encodes whole texts "
-                                     f"only (set it to null)")
-        self.normalize = _build_normalizer(spec.get("normalizer"))
-        self.pre_tokenize = _build_pre_tokenizer(spec.get("pre_tokenizer"))
-        self.model = _build_model(spec.get("model") or {})
-        decoder = spec.get("decoder")
-        if (decoder or {}).get("type") != "ByteLevel":
-            raise TokenizerError(f"{source}: unsupported decoder {decoder!r}: this tokenizer "
-                                 "implements the ByteLevel decoder only")
-        post = spec.get("post_processor")
-        # Post-processors only add special tokens (we encode without them) or trim offsets.
-        if post is not None and post.get("type") not in ("ByteLevel", "TemplateProcessing"):
-            raise TokenizerError(f"{source}: unsupported post_processor type {post.get('type')!r}")
-
-        self.vocab: dict[str, int] = self.model.vocab
-        self.id_to_model_token = {i: t for t, i in self.vocab.items()}
-        self.added: dict[int, AddedToken] = {}
-        self.added_by_content: dict[str, int] = {}
-        self._add_tokens(spec.get("added_tokens") or [])
+        if not isinstance(spec, dict):
+            raise TokenizerError(f"{source}: not a tokenizer file: its top level is a "
+                                 f"{type(spec).__name__}, not a JSON object")
+        try:
+            self._build_components(spec)
+        except RecursionError:
+            raise TokenizerError(f"{source}: a component is nested too deeply to be a real tokenizer "
+                                 "file") from None
+        except TokenizerError as e:
+            if str(e).startswith(f"{source}:"):
+                raise
+            raise TokenizerError(f"{source}: {e}") from e
+        for name, i in (("bos_token_id", config_bos_id), ("eos_token_id", config_eos_id)):
+            if i is not None and type(i) is not int:
+                raise TokenizerError(f"config.json's {name} is {_show(i)}: it must be an integer or null")
 
         plain = [t for t in self.added.values() if not t.normalized]
         normed = [t for t in self.added.values() if t.normalized]
@@ -580,20 +665,49 @@ class TextTokenizer:
                                   if normed else None)
         self.special_contents = {t.content for t in self.added.values() if t.special}
 
-        self.bos_token_id = self.token_to_id(bos_token) if bos_token else None
-        self.eos_token_id = self.token_to_id(eos_token) if eos_token else None
+        self.bos_token_id = self.token_to_id(bos_token) if isinstance(bos_token, str) and bos_token else None
+        self.eos_token_id = self.token_to_id(eos_token) if isinstance(eos_token, str) and eos_token else None
         if self.bos_token_id is None:
             self.bos_token_id = config_bos_id
         if self.eos_token_id is None:
             self.eos_token_id = config_eos_id
         self.vocab_size = 1 + max(list(self.id_to_model_token) + list(self.added), default=-1)
 
+    def _build_components(self, spec: dict):
+        for key in ("truncation", "padding"):
+            if spec.get(key) is not None:
+                raise TokenizerError(f"'{key}' is set; this tokenizer encodes whole texts "
+                                     f"only (set it to null)")
+        self.normalize = _build_normalizer(spec.get("normalizer"))
+        self.pre_tokenize = _build_pre_tokenizer(spec.get("pre_tokenizer"))
+        self.model = _build_model(spec.get("model") or {})
+        decoder = spec.get("decoder")
+        if decoder is None or _kind(decoder, "decoder") != "ByteLevel":
+            raise TokenizerError(f"unsupported decoder {_show(decoder)}: this tokenizer "
+                                 "implements the ByteLevel decoder only")
+        post = spec.get("post_processor")
+        # Post-processors only add special tokens (we encode without them) or trim offsets.
+        if post is not None and _kind(post, "post_processor") not in ("ByteLevel", "TemplateProcessing"):
+            raise TokenizerError(f"unsupported post_processor type {post.get('type')!r}")
+
+        self.vocab: dict[str, int] = self.model.vocab
+        self.id_to_model_token = {i: t for t, i in self.vocab.items()}
+        self.added: dict[int, AddedToken] = {}
+        self.added_by_content: dict[str, int] = {}
+        self._add_tokens(_list(spec.get("added_tokens") or [], "'added_tokens'"))
+        # characters in the longest token (byte-level model tokens: one character per byte)
+        self.longest_token = max([len(t) for t in self.vocab] + [len(t.content) for t in self.added.values()]
+                                 + [1])
+
     def _add_tokens(self, entries):
         """Give ids to the added tokens the way `tokenizers` does on load (it ignores the ids
         written in the file), and refuse a file whose ids disagree with that."""
         next_id = len(self.vocab)
-        for e in entries:
-            t = AddedToken(int(e["id"]), e["content"], bool(e.get("special", False)),
+        for k, e in enumerate(entries):
+            if not (isinstance(e, dict) and type(e.get("id")) is int and isinstance(e.get("content"), str)):
+                raise TokenizerError(f"added token #{k} {_show(e)} needs an integer 'id' and a string "
+                                     "'content' (as `tokenizers` writes them)")
+            t = AddedToken(e["id"], e["content"], bool(e.get("special", False)),
                            bool(e.get("normalized", True)), bool(e.get("lstrip", False)),
                            bool(e.get("rstrip", False)), bool(e.get("single_word", False)))
             if not t.content:
@@ -617,11 +731,7 @@ class TextTokenizer:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer file {path} does not exist")
-        try:
-            spec = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise TokenizerError(f"{path} is not valid JSON ({e}): a truncated download?") from e
-        return cls(spec, source=str(path))
+        return cls(read_json_file(path), source=str(path))
 
     @classmethod
     def from_dir(cls, folder) -> "TextTokenizer":
@@ -634,13 +744,16 @@ class TextTokenizer:
 
         def read(name):
             p = folder / name
-            return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+            data = read_json_file(p) if p.is_file() else {}
+            if not isinstance(data, dict):
+                raise TokenizerError(f"{p}: expected a JSON object, got a {type(data).__name__}")
+            return data
 
         def name_of(entry):   # "<s>" or {"content": "<s>", ...} or null
             return entry.get("content") if isinstance(entry, dict) else entry
 
         tok_config, config = read("tokenizer_config.json"), read("config.json")
-        spec = json.loads(path.read_text(encoding="utf-8"))
+        spec = read_json_file(path)
         return cls(spec, bos_token=name_of(tok_config.get("bos_token")),
                    eos_token=name_of(tok_config.get("eos_token")),
                    config_bos_id=config.get("bos_token_id"), config_eos_id=config.get("eos_token_id"),
@@ -682,8 +795,12 @@ class TextTokenizer:
             elif piece:
                 yield piece, None
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`, no BOS/EOS added (`encode(text, add_special_tokens=False)`)."""
+    def encode(self, text: str, max_tokens: int | None = None) -> list[int]:
+        """Token ids of `text`, no BOS/EOS added (`encode(text, add_special_tokens=False)`).
+
+        max_tokens: stop once more than this many ids are known; the result is then longer than
+        max_tokens but not the whole encoding, only proof that the text is too long: how a
+        length check refuses a huge text without paying for all of it."""
         if not isinstance(text, str):
             raise TypeError(f"encode takes a str, got {type(text).__name__}")
         try:
@@ -691,10 +808,20 @@ class TextTokenizer:
         except UnicodeEncodeError as e:
             raise ValueError(f"text has a lone surrogate {text[e.start]!r} at position {e.start}; "
                              "it cannot be encoded as UTF-8") from e
+        if max_tokens is not None:
+            # No token covers more than longest_token characters, and NFC shrinks a text at most
+            # 3x (Hangul jamo), so a prefix this long already needs more than max_tokens ids.
+            cut = 4 * (max_tokens + 1) * self.longest_token
+            if len(text) > cut:
+                ids = self.encode(text[:cut], max_tokens)
+                if len(ids) > max_tokens:
+                    return ids                       # (else characters were dropped: count all)
         ids = []
         for piece, token in self._pieces(text):
             if token is not None:
                 ids.append(token.id)
+                if max_tokens is not None and len(ids) > max_tokens:
+                    return ids
                 continue
             words = [piece]
             for step in self.pre_tokenize:
@@ -702,6 +829,8 @@ class TextTokenizer:
             for w in words:
                 if w:
                     ids.extend(self.model.encode_word(w))
+                    if max_tokens is not None and len(ids) > max_tokens:
+                        return ids
         return ids
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:

@@ -15,6 +15,10 @@ A prompt's requirements follow GenEval's metadata form (`include`: class, count,
 color and position relative to an earlier entry; `exclude`: a class that must appear fewer than
 `count` times), so the categories mean what they mean there: single object, two objects,
 counting (exact count), colours, position, colour attribution.
+
+It lives beside the benchmark it judges (`bench/geneval_mini.py`): only the benchmarks, the demo
+model's training scripts (which check their scenes and reconstructions with it) and the tests use
+it; the runtime package `uni1_core` never judges an image.
 """
 
 from __future__ import annotations
