@@ -15,7 +15,8 @@ and the MoVQ decode, which count the large tensors alive at their worst moment:
                branches); int8 adds one fp32 scale per token and head (model.KVCache)
   activations  the larger of the prefill (its full-vocabulary logits in the model dtype and in
                float32) and one window forward (logits, the attention scores of a layer, and with
-               an int8 cache the K and V of one layer dequantised for attention)
+               an int8 cache one layer's K in the compute dtype plus V's two fp32 temporaries,
+               as model.KVCache.read dequantises)
   vq decode    the MoVQ weights (float32) plus one image decoded (its decoder keeps about
                VQ_LIVE_MAPS full-resolution feature maps of the top level alive) and the pixels
   peak         weights + max(KV cache + activations, vq decode): the sampler frees its cache
@@ -129,7 +130,9 @@ def estimate(cfg: ModelConfig, width: int, height: int, quantize: str = "none", 
     t = window + branches
     logits = lambda tokens: rows * tokens * cfg.vocab_size * (db + 4)          # noqa: E731  model dtype + fp32
     scores = rows * cfg.num_attention_heads * t * slots * 4
-    one_layer_kv = 2 * rows * cfg.num_key_value_heads * slots * cfg.head_dim * db if kv_cache == "int8" else 0
+    # model.KVCache.read dequantises in fp32: K ends in the compute dtype while V's int8->fp32 copy
+    # and its scaled fp32 product are alive
+    one_layer_kv = rows * cfg.num_key_value_heads * slots * cfg.head_dim * (db + 8) if kv_cache == "int8" else 0
     window_act = logits(t) + scores + one_layer_kv + rows * t * cfg.intermediate_size * db * 3
     prefill_act = logits(prompt_tokens + 2) + rows * cfg.num_attention_heads * (prompt_tokens + 2) ** 2 * 4
     activations = max(window_act, prefill_act)
