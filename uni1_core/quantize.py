@@ -39,7 +39,7 @@ file, from which the rows looked up are read, and sends the rows to the model's 
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -511,7 +511,6 @@ class QuantSpec:
     lm_head: str = "image"
     embedding: str = "host"
     format_version: int = FORMAT_VERSION
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -525,7 +524,6 @@ class QuantSpec:
 
     def to_dict(self) -> dict:
         out = {"method": "uni1_weight_only", "bits": 8 if self.mode == "int8" else 4, **asdict(self)}
-        out.pop("extra")
         if self.mode == "int8":
             out.pop("group_size")
         return out
