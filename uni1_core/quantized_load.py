@@ -357,7 +357,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     out = quantize_folder(args.src, args.dst, "int8" if args.bits == 8 else "int4", args.group_size, args.lm_head)
     size = sum(p.stat().st_size for p in out.glob("model*.safetensors"))
-    print(f"wrote {out} ({size / 2**30:.2f} GiB of weights)")
+    print(f"wrote {out} ({size / 1e9:.2f} GB of weights)" if size >= 1e8 else f"wrote {out} ({size / 1e6:.1f} MB of weights)")
     return 0
 
 
