@@ -2,6 +2,7 @@
 
     python bench/geneval_mini.py                      # the demo model, every setting, seeds 0 1
     python bench/geneval_mini.py --settings plan,raw --seeds 0 --limit 24
+    python bench/geneval_mini.py --settings plan --quantize int8     # (or int4 [--group-size 32])
 
 Each prompt of bench/prompts_geneval_mini.json (free-form phrasings in the GenEval categories:
 single object, two objects, counting, colours, position, colour attribution) is generated once
@@ -89,6 +90,10 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=None, help="folder for results.json (and images with --save-images)")
     p.add_argument("--save-images", action="store_true")
+    p.add_argument("--quantize", choices=("none", "int8", "int4"), default="none",
+                   help="weight-only quantisation of the model (uni1_core/quantize.py)")
+    p.add_argument("--group-size", type=int, default=128, help="int4 group size (32, 64, 128, 256)")
+    p.add_argument("--kv-cache", choices=("auto", "bf16", "int8"), default="auto")
     args = p.parse_args(argv)
 
     if args.threads:
@@ -106,7 +111,8 @@ def main(argv=None):
                 kept.append(item)
         prompts = kept
 
-    pipe = Uni1Pipeline.from_pretrained(args.model)
+    pipe = Uni1Pipeline.from_pretrained(args.model, quantize=None if args.quantize == "none" else args.quantize,
+                                        group_size=args.group_size, kv_cache=args.kv_cache)
     movq = pipe.load_movq()
     changes = {k: v for k, v in (("cfg_scale", args.cfg), ("temperature", args.temperature), ("top_k", args.top_k),
                                  ("top_n_sigma", args.top_n_sigma)) if v is not None}
@@ -118,7 +124,9 @@ def main(argv=None):
         if args.save_images:
             save_dir = args.out
     n = len(prompts) * len(args.seeds)
-    print(f"model {pipe.model_dir}, {len(prompts)} prompts x {len(args.seeds)} seeds = {n} images per setting, "
+    quant = "" if args.quantize == "none" else f" ({args.quantize}" + (
+        f" group {args.group_size}" if args.quantize == "int4" else "") + f", KV cache {pipe.kv_cache})"
+    print(f"model {pipe.model_dir}{quant}, {len(prompts)} prompts x {len(args.seeds)} seeds = {n} images per setting, "
           f"policy {policy}\n")
 
     rows, all_records = {}, []

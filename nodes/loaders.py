@@ -88,6 +88,9 @@ class Uni1ModelLoader:
                 "default": "auto",
                 "tooltip": "Weight precision. auto: float32 on a CPU, bfloat16 on GPUs that support it, else "
                            "float16. bfloat16 halves memory: Lumina-mGPT 2.0 holds about 15 GB of weights in bf16, plus its KV cache while sampling."}),
+        }, "optional": {
+            "quantize": (["none", "int8", "int4"], {"default": "none", "tooltip": _memory_tooltip("quantize")}),
+            "kv_cache": (["auto", "bf16", "int8"], {"default": "auto", "tooltip": _memory_tooltip("kv_cache")}),
         }}
 
     @classmethod
@@ -96,12 +99,13 @@ class Uni1ModelLoader:
         # explains unsafe names and accepts repo ids typed into an API workflow.
         return paths.validate_choice(model_name, "model")
 
-    def load(self, model_name, dtype):
+    def load(self, model_name, dtype, quantize="none", kv_cache="auto"):
         from ..uni1_core.pipeline import Uni1Pipeline
         source = resolve_model_source(model_name)
         torch_dtype = runtime.pick_dtype(dtype, runtime.torch_device())
         # Load where ComfyUI parks weights; Managed.load() moves them to the GPU when needed.
-        pipe = Uni1Pipeline.from_pretrained(source, dtype=torch_dtype, device=runtime.offload_device())
+        pipe = Uni1Pipeline.from_pretrained(source, dtype=torch_dtype, device=runtime.offload_device(),
+                                            quantize=None if quantize == "none" else quantize, kv_cache=kv_cache)
         pipe.model.eval()
         return (ModelHandle(pipe, runtime.Managed.wrap(pipe.model), model_name),)
 
@@ -147,6 +151,12 @@ class Uni1VQLoader:
         movq = pipe.load_movq(source, dtype=torch.float32, device=runtime.offload_device(), cache_dir=cache_dir)
         movq.eval()
         return (VQHandle(movq, runtime.Managed.wrap(movq), vq_name),)
+
+
+def _memory_tooltip(widget: str) -> str:
+    """The widget's tooltip with the memory of each choice for Lumina-mGPT 2.0 at 768x768 with CFG."""
+    from ..uni1_core.memory import widget_tooltip
+    return widget_tooltip(widget)
 
 
 def _repo_cache_dir(repo_id: str):

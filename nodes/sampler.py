@@ -9,6 +9,7 @@ from ..uni1_core.sequence import I2I_PANELS, PIXELS_PER_CODE, PIXELS_PER_GRID_UN
 from . import runtime
 from .handles import CATEGORY, UNI1_MODEL, UNI1_PLAN, UNI1_TOKENS, UNI1_VQ, Tokens
 from .plan import AUTO, CONDITIONING_TOOLTIP, conditioning_choices
+from .preflight import check_memory
 from .vq import codes_to_pil
 
 MODES = ["sjd_coupled", "sjd", "ar"]
@@ -124,7 +125,7 @@ class Uni1SJDSampler:
                batch_size, compile=True, plan=None, prompt="", vq=None, condition=None, task="depth",
                conditioning=AUTO):
         from ..uni1_core.limits import batch_seeds
-        from ..uni1_core.sampler import Cancelled
+        from ..uni1_core.sampler import DEFAULT_BRANCHES, DEFAULT_WINDOW, Cancelled
         if plan is None and not (prompt and prompt.strip()):
             raise ValueError("nothing to draw: connect a Uni1 Reasoning Plan to 'plan' or type a prompt")
         # Any seed the widget allows (0 .. 2^64-1, -1 from an API workflow wraps) and a bounded
@@ -135,9 +136,10 @@ class Uni1SJDSampler:
             width, height = cond.shape[1] * PIXELS_PER_CODE, cond.shape[0] * PIXELS_PER_CODE * I2I_PANELS
 
         source, choice = pick_source(plan, prompt, conditioning)
-        pipe = model.ready()
         if cond is None and not (width and height):
-            width, height = pipe.default_size
+            width, height = model.pipe.default_size
+        pipe = check_memory(model, width, height, int(batch_size), float(cfg) != 1.0,
+                            int(window) or DEFAULT_WINDOW[mode], DEFAULT_BRANCHES[mode])
         policy = pipe.with_policy(cfg_scale=float(cfg), temperature=float(temperature),
                                   top_k=int(top_k) or None, top_p=float(top_p) if top_p < 1 else None)
         movq = vq.ready() if vq is not None else None

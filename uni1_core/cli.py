@@ -1,4 +1,4 @@
-"""Command line: `python -m uni1_core generate | plan | convert-movq` (no ComfyUI needed)."""
+"""Command line: `python -m uni1_core generate | plan | convert-movq | memory | quantize` (no ComfyUI needed)."""
 from __future__ import annotations
 
 import argparse
@@ -169,6 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
     conv = sub.add_parser("convert-movq", help="MoVQGAN .ckpt -> .safetensors (read without unpickling code)")
     conv.add_argument("src")
     conv.add_argument("dst")
+
+    # memory and quantisation (uni1_core.memory, uni1_core.quantized_load)
+    from .memory import add_parser as add_memory_parser
+    from .quantized_load import add_parser as add_quantize_parser
+    add_memory_parser(sub, _size)
+    add_quantize_parser(sub)
+    gen.add_argument("--quantize", choices=("none", "int8", "int4"), default="none",
+                     help="weight-only quantisation of the decoder (int8: half the memory, int4: a quarter)")
+    gen.add_argument("--group-size", type=int, default=128, help="int4 group size (32, 64, 128, 256)")
+    gen.add_argument("--kv-cache", choices=("auto", "bf16", "int8"), default="auto",
+                     help="int8: half the KV cache memory (auto: int8 when the weights are quantised)")
     return parser
 
 
@@ -213,7 +224,9 @@ def _generate(args) -> int:
 
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     reasoned = reason(args, args.device, dtype) if args.reasoner else None    # before the image model loads
-    pipe = Uni1Pipeline.from_pretrained(args.model, dtype=dtype, device=args.device)
+    pipe = Uni1Pipeline.from_pretrained(args.model, dtype=dtype, device=args.device,
+                                        quantize=None if args.quantize == "none" else args.quantize,
+                                        group_size=args.group_size, kv_cache=args.kv_cache)
     policy = _policy(args, PRESETS[args.preset] if args.preset else pipe.default_policy)
     width, height = args.size or pipe.default_size
 
@@ -271,6 +284,12 @@ def main(argv=None) -> int:
                 plan = make_plan(args.prompt)
             print(model_text(plan, args.conditioning)[1] if args.conditioning else plan.to_json())
             return 0
+        if args.command == "memory":
+            from .memory import run
+            return run(args)
+        if args.command == "quantize":
+            from .quantized_load import run
+            return run(args)
         if args.command == "convert-movq":
             from .movq import convert_ckpt_to_safetensors
             convert_ckpt_to_safetensors(args.src, args.dst)

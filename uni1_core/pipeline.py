@@ -41,6 +41,7 @@ class Generation:
 class Uni1Pipeline:
     def __init__(self, model: Uni1Model, tokenizer: TextTokenizer, model_dir: Path):
         self.model, self.tokenizer, self.model_dir = model, tokenizer, Path(model_dir)
+        self.kv_cache = "bf16"
         uni1 = check_uni1_section(model.config.raw.get("uni1", {}), Path(model_dir) / "config.json")
         self.vocab = ImageVocab.from_tokenizer(tokenizer, model.config.vocab_size, uni1)
         self.sizes = [tuple(s) for s in uni1.get("sizes", supported_sizes())]
@@ -62,14 +63,21 @@ class Uni1Pipeline:
         self.default_conditioning = default_conditioning(uni1)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = "demo", dtype="auto", device=None, cache_dir=None):
+    def from_pretrained(cls, name_or_path: str = "demo", dtype="auto", device=None, cache_dir=None,
+                        quantize: str | None = None, group_size: int = 128, kv_cache: str = "auto"):
+        """quantize None | "int8" | "int4": weight-only quantisation, streamed at load (a folder
+        written by `python -m uni1_core quantize` loads as quantised by itself). kv_cache "auto"
+        (int8 when the weights are quantised), "bf16" (the model dtype) or "int8"."""
+        from .quantized_load import load_quantized, resolve_kv_cache
         device = resolve_device(device or "cpu")       # a missing CUDA named as such, before any read
         model_dir = resolve_model_dir(name_or_path, cache_dir=cache_dir)
         # The cheap files first, so that a bad one is reported before gigabytes of weights load.
         _precheck_uni1_section(Path(model_dir) / "config.json")
         tokenizer = TextTokenizer.from_dir(model_dir)
-        model = Uni1Model.from_pretrained(model_dir, dtype=dtype, device=device)
-        return cls(model, tokenizer, model_dir)
+        model = load_quantized(model_dir, quantize, group_size, dtype=dtype, device=device)
+        pipe = cls(model, tokenizer, model_dir)
+        pipe.kv_cache = resolve_kv_cache(model, kv_cache)          # what the memory estimate assumes
+        return pipe
 
     @property
     def device(self) -> torch.device:
