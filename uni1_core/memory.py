@@ -130,9 +130,9 @@ def estimate(cfg: ModelConfig, width: int, height: int, quantize: str = "none", 
     t = window + branches
     logits = lambda tokens: rows * tokens * cfg.vocab_size * (db + 4)          # noqa: E731  model dtype + fp32
     scores = rows * cfg.num_attention_heads * t * slots * 4
-    # model.KVCache.read dequantises in fp32: K ends in the compute dtype while V's int8->fp32 copy
-    # and its scaled fp32 product are alive
-    one_layer_kv = rows * cfg.num_key_value_heads * slots * cfg.head_dim * (db + 8) if kv_cache == "int8" else 0
+    # model.KVCache.read dequantises one layer's keys and values into the compute dtype (in place:
+    # no fp32 copies), both alive while the layer attends
+    one_layer_kv = rows * cfg.num_key_value_heads * slots * cfg.head_dim * 2 * db if kv_cache == "int8" else 0
     window_act = logits(t) + scores + one_layer_kv + rows * t * cfg.intermediate_size * db * 3
     prefill_act = logits(prompt_tokens + 2) + rows * cfg.num_attention_heads * (prompt_tokens + 2) ** 2 * 4
     activations = max(window_act, prefill_act)

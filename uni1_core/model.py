@@ -371,9 +371,12 @@ class KVCache:
     def read(self, layer: int, key_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of slots 0 .. key_len-1 of one layer, (B, kv_heads, key_len, head_dim), in dtype."""
         k, v = self.k[layer, :, :, :key_len], self.v[layer, :, :, :key_len]
-        if self.quantized:                  # dequantise in fp32, then round once to the compute dtype
-            k = (k.float() * self.k_scale[layer, :, :, :key_len]).to(dtype)
-            v = (v.float() * self.v_scale[layer, :, :, :key_len]).to(dtype)
+        if self.quantized:
+            # int8 -> dtype is exact; the in-place product with the fp32 scales is computed in fp32
+            # and rounded once, as a product in fp32 then a cast would be, but without the two
+            # fp32 copies of a layer's keys and values (0.6 GB at the 7B's 768x768 cache)
+            k = k.to(dtype).mul_(self.k_scale[layer, :, :, :key_len])
+            v = v.to(dtype).mul_(self.v_scale[layer, :, :, :key_len])
         elif k.dtype != dtype:              # a cache of another float dtype (new_cache(dtype=...))
             k, v = k.to(dtype), v.to(dtype)
         return k, v
