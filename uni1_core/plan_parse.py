@@ -148,6 +148,7 @@ class _Parser:
         self.toks = tokenize(text)
         self.used = [False] * len(self.toks)
         self._boundary: list[bool | None] = [None] * len(self.toks)
+        self._counts: list = [False] * len(self.toks)      # memo of `count_at` (False: not yet read)
         self.subjects: list[dict] = []
         self.relations: list[dict] = []
         self.relation_texts: list[str] = []
@@ -158,6 +159,14 @@ class _Parser:
         self.lost: list[str] = []            # relation texts that named one subject twice
         self.spans: list[tuple[int, int]] = []   # token span of each subject's first mention
         self.head: int | None = None         # first subject of the last clause that named one
+        # Every change to the state above (subjects, relations, style lists, `used`...) goes
+        # through `add`, `set`, `take` and `untake`, which log how to undo it: a snapshot is then
+        # a position in this log, and going back to it undoes only what changed since. (Copying
+        # the state at every phrase made a long prompt quadratic.)
+        self.journal: list = []
+        self._scans: dict = {}               # memo of the scans ahead, see `scan_until`
+        self._chains: dict = {}              # memo of collective chains, see `noun_phrase`
+        self._relation_keys: set = set()     # (subject, object, relation, object2) ever added
 
     # -- helpers ------------------------------------------------------------------------------
     def span_text(self, i: int, j: int) -> str:
@@ -169,13 +178,56 @@ class _Parser:
     def norm_text(self, i: int, j: int) -> str:
         return re.sub(r"\s+", " ", self.span_text(i, j).lower()).strip()
 
+    # -- the state's changes, logged so that a snapshot can be restored -----------------------
+    def add(self, target: list, *items) -> None:
+        """Append to one of the state's lists (a subject's attributes included)."""
+        for item in items:
+            target.append(item)
+            self.journal.append(target)                  # undone by target.pop()
+
+    def set(self, subject: dict, key: str, value) -> None:
+        self.journal.append((subject, key, subject[key]))
+        subject[key] = value
+
     def take(self, i: int, j: int) -> None:
-        for k in range(i, j):
-            self.used[k] = True
+        self._mark_used(i, j, True)
 
     def untake(self, i: int, j: int) -> None:
+        self._mark_used(i, j, False)
+
+    def _mark_used(self, i: int, j: int, value: bool) -> None:
+        used, journal = self.used, self.journal
         for k in range(i, j):
-            self.used[k] = False
+            if used[k] is not value:
+                used[k] = value
+                journal.append(k)                        # undone by flipping used[k]
+
+    def snapshot(self, st: _ClauseState) -> tuple:
+        """Everything a clause rule may change, to undo a segment the grammar only half read:
+        the length of the log, and the clause state (whose lists are never changed in place)."""
+        return len(self.journal), dict(vars(st))
+
+    def restore(self, snap: tuple, st: _ClauseState) -> None:
+        """Undo every change made since `snap` was taken."""
+        mark, st_vars = snap
+        journal, used = self.journal, self.used
+        while len(journal) > mark:
+            entry = journal.pop()
+            if type(entry) is int:
+                used[entry] = not used[entry]
+            elif type(entry) is list:
+                entry.pop()
+            else:
+                subject, key, old = entry
+                subject[key] = old
+        vars(st).update(st_vars)
+
+    def count_at(self, i: int) -> tuple[int | None, int] | None:
+        """`parse_count` at toks[i], memoised (the rules ask at the same word many times)."""
+        c = self._counts[i]
+        if c is False:
+            c = self._counts[i] = parse_count(self.toks, i)
+        return c
 
     def is_boundary(self, i: int) -> bool:
         """A token that ends a noun phrase (memoised: the scanner asks often)."""
@@ -183,6 +235,25 @@ class _Parser:
         if b is None:
             b = self._boundary[i] = self._is_boundary(i)
         return b
+
+    def scan_until(self, kind: str, k: int, end: int) -> int:
+        """The first index >= k (at most `end`) where a phrase of this kind stops: at a boundary
+        ("boundary"), also at a participle ("phrase": "with long hair *reading* a book"), also at
+        "alone" and friends ("noun": "a cat *alone*"). Memoised per start, so that trying a
+        phrase at every word of a long run of modifiers stays linear."""
+        memo = self._scans.setdefault((kind, end), {})
+        path = []
+        while k < end and k not in memo:
+            if self.is_boundary(k) or (kind != "boundary" and (self.is_participle(k, end) or (
+                    kind == "noun" and _match(self.toks, k, SOLITARY_TABLE)))):
+                memo[k] = k
+                break
+            path.append(k)
+            k += 1
+        stop = memo.get(k, k)
+        for p in path:
+            memo[p] = stop
+        return stop
 
     def _is_boundary(self, i: int) -> bool:
         t = self.toks[i]
@@ -200,7 +271,7 @@ class _Parser:
             return False
         if (low in LIST_WORDS or low in PREPOSITIONS or low in COPULAS or low in DETERMINERS
                 or low in ("no", "not", "nor") or verb or low in FILLER_WORDS
-                or parse_count(self.toks, i) is not None):
+                or self.count_at(i) is not None):
             return True
         if (_match(self.toks, i, ORDER_PHRASES) or _match(self.toks, i, POSITION_PHRASES)
                 or _match(self.toks, i, LIST_TABLE) or _match(self.toks, i, RELATION_PHRASES)):
@@ -220,10 +291,20 @@ class _Parser:
         count = None
         quantity = False         # a number or quantity word was read (its count may be None: "some")
         collective = None        # "a group of (four) squares": squares in a group
+        chained = []             # the collective words read (where this prefix can be resumed)
         while i < end:
             low = toks[i].low
-            if not quantity or (collective and count is None and i == collective[1]):
-                c = parse_count(toks, i)
+            in_chain = collective is not None and count is None and i == collective[1]
+            if in_chain:
+                # what follows a collective ("a crowd of a crowd of ...") reads the same from
+                # every start: read once, so that a phrase tried at every word stays linear
+                done = self._chains.get((collective, end))
+                if done is not None:
+                    count, collective, i = done
+                    break
+                chained.append((collective, end))
+            if not quantity or in_chain:
+                c = self.count_at(i)
                 if c is not None:
                     (count, k), quantity = c, True
                     word = next((t.low for t in toks[i:i + k] if t.low in COLLECTIVE_WORDS), None)
@@ -236,14 +317,13 @@ class _Parser:
                 i += 1
                 continue
             break
+        for key in chained:
+            self._chains[key] = (count, collective, i)
         words_start = i
-        while i < end and not self.is_boundary(i):
-            # "a dog running": an -ing word after a known noun starts a trailing phrase.
-            if i > words_start and self.is_participle(i, end):
-                break
-            if i > words_start and _match(toks, i, SOLITARY_TABLE):     # "a cat alone"
-                break
-            i += 1
+        # the words run to a boundary; after the first word an -ing word ("a dog running") or
+        # "alone" ("a cat alone") starts a trailing phrase
+        if i < end and not self.is_boundary(i):
+            i = self.scan_until("noun", i + 1, end)
         # "the fire engine *sped* past": an unknown word after a known noun, before a preposition,
         # is the verb, not the head
         if (i - words_start >= 2 and i < end and toks[i].low in PREPOSITIONS
@@ -288,17 +368,16 @@ class _Parser:
         if j < end and toks[j].low in ("a", "an", "one"):
             j += 1
         else:
-            c = parse_count(toks, j)
+            c = self.count_at(j)
             if c is None:
                 return None
             count, k = c
             if count is None or not 1 <= count <= MAX_COUNT:
                 return None
             j += k
-        words = []
-        while j < end and not self.is_boundary(j):
-            words.append(toks[j].low)
-            j += 1
+        k = self.scan_until("boundary", j, end)
+        words = [t.low for t in toks[j:k]]
+        j = k
         if not words or not (j < end and toks[j].low in (",", "and", "or")):
             return None
         if not all(w in BASIC_COLORS or w in COLOR_ALIASES or w in ADJECTIVES or w in OTHER_COLOR_WORDS
@@ -312,15 +391,12 @@ class _Parser:
         j = i
         while j < end and self.toks[j].low in DETERMINERS | {"some", "many"}:
             j += 1
-        c = parse_count(self.toks, j) if j < end else None
+        c = self.count_at(j) if j < end else None
         if c:
             j += c[1]
-        k = j
-        while k < end and not self.is_boundary(k):
-            if k > j and self.is_participle(k, end):      # "with long hair reading a book"
-                break
-            k += 1
-        return k if k > j else i
+        if j >= end or self.is_boundary(j):
+            return i
+        return self.scan_until("phrase", j + 1, end)      # "with long hair *reading* a book"
 
     def is_participle(self, i: int, end: int) -> bool:
         """ "a dog *sleeping* under", "a car *parked* in front of": a verb form that ends a noun phrase."""
@@ -331,7 +407,7 @@ class _Parser:
         if i + 1 < end and (low, singular(toks[i + 1].low)) in COMPOUND_NOUNS:
             return False                     # "an orange potted plant"
         if low in QUALIFIER_WORDS or (low.endswith("ing") and i + 1 < end and (
-                toks[i + 1].low in DETERMINERS or parse_count(toks, i + 1) is not None)):
+                toks[i + 1].low in DETERMINERS or self.count_at(i + 1) is not None)):
             return True                      # "a beaver wearing glasses", "a man holding a cup"
         return is_noun_like(toks[i - 1].low) or (
             low not in ADJECTIVES and (i + 1 >= end or self.is_boundary(i + 1)))
@@ -402,12 +478,6 @@ class _Parser:
             self.untake(*st.pending_rel[4])
         self.keep_whole_if_cut(start, end, [(start, clause_snap)], st)
 
-    def snapshot(self, st: _ClauseState) -> tuple:
-        """Everything a clause rule may change, to undo a segment the grammar only half read."""
-        return _copy_state((self.subjects, self.spans, self.relations, self.relation_texts,
-                            self.style, self.composition, self.scene, self.negatives, self.lost,
-                            self.used, vars(st)))
-
     def keep_whole_if_cut(self, start: int, end: int, checkpoints: list, st: _ClauseState) -> None:
         """If what the rules left unread in toks[start:end] is a stray piece ("under", "one of
         them"), undo from the last phrase that began before it (`checkpoints`: (token index,
@@ -419,10 +489,7 @@ class _Parser:
         if first is None:
             return
         for at, snap in reversed([c for c in checkpoints if c[0] <= first] or checkpoints[:1]):
-            (self.subjects, self.spans, self.relations, self.relation_texts, self.style,
-             self.composition, self.scene, self.negatives, self.lost, self.used,
-             st_vars) = _copy_state(snap)
-            vars(st).update(st_vars)
+            self.restore(snap, st)
             self.untake(at, end)
             if at == checkpoints[0][0] or not self.has_fragment(start, end):
                 return
@@ -525,7 +592,7 @@ class _Parser:
         if _match(toks, i, RELATION_PHRASES) or _match(toks, i, POSITION_PHRASES):
             return None      # "right of", "far in the background" are phrases of their own
         if not (_match(toks, i + 1, RELATION_PHRASES) or _match(toks, i + 1, POSITION_PHRASES)
-                or toks[i + 1].low in DETERMINERS or parse_count(toks, i + 1) is not None):
+                or toks[i + 1].low in DETERMINERS or self.count_at(i + 1) is not None):
             return None
         if toks[i].low in GRAMMAR_WORDS:
             self.take(i, i + 1)
@@ -544,11 +611,11 @@ class _Parser:
         after = toks[i + k].low if i + k < end else ""
         # "on the right is a cow", "..., on the right, a house": it introduces what follows
         introduces = after in COPULAS or (st.at_seg_start and (
-            after == "," or after in DETERMINERS or (i + k < end and parse_count(toks, i + k) is not None))) or (
+            after == "," or after in DETERMINERS or (i + k < end and self.count_at(i + k) is not None))) or (
             not st.adjacent and after != "")
         if st.adjacent and not introduces:
             for s in st.group:
-                self.subjects[s]["attributes"].append(canon)
+                self.add(self.subjects[s]["attributes"], canon)
             st.last_end = i + k
             st.group_open = False     # "a dog on the right and a cat on the left"
         else:
@@ -577,7 +644,7 @@ class _Parser:
             return None
         if is_fragment([t.low for t in self.toks[i:k] if t.word]):
             return None                      # "by she"
-        self.scene.append(self.norm_text(i, k))
+        self.add(self.scene, self.norm_text(i, k))
         self.take(i, k)
         if st.adjacent:                      # "a cabin by a lake under the lights": still the cabin
             st.last_end = k
@@ -597,7 +664,7 @@ class _Parser:
                 st.last_end, st.list_next = i + 1, True
                 return i + 1
         transitive = (low.endswith("ing") and i + 1 < end
-                      and (toks[i + 1].low in DETERMINERS or parse_count(toks, i + 1) is not None))
+                      and (toks[i + 1].low in DETERMINERS or self.count_at(i + 1) is not None))
         if not (low in QUALIFIER_WORDS or transitive):
             return None
         k = self.phrase_until_boundary(i + 1, end)
@@ -612,7 +679,7 @@ class _Parser:
             if k2 <= k + 1:
                 break
             k = k2
-        self.subjects[st.group[-1]]["attributes"].append(self.norm_text(i, k))
+        self.add(self.subjects[st.group[-1]]["attributes"], self.norm_text(i, k))
         self.take(i, k)
         st.last_end = k
         # what follows is about this subject only, and a list after it starts afresh
@@ -633,12 +700,12 @@ class _Parser:
             if k <= i + 1:
                 return i + 1
             text = f"{TRANSITIVE_VERBS[low]} {self.norm_text(i + 1, k)}"
-            self.subjects[st.group[-1]]["attributes"].append(text)
+            self.add(self.subjects[st.group[-1]]["attributes"], text)
             st.group, st.group_open = st.group[-1:], False
         else:
             k = i + 1
             for s in st.group:
-                self.subjects[s]["attributes"].append(POSTURE_VERBS[low])
+                self.add(self.subjects[s]["attributes"], POSTURE_VERBS[low])
         self.take(i, k)
         st.last_end = k
         return k
@@ -658,7 +725,7 @@ class _Parser:
             return None
         if j == i + 1 and low.endswith(("ing", "ed")):
             for s in st.group:
-                self.subjects[s]["attributes"].append(low)
+                self.add(self.subjects[s]["attributes"], low)
             self.take(i, j)
         st.last_end = j
         return j
@@ -684,7 +751,7 @@ class _Parser:
             return None
         if not st.elliptic:
             st.elliptic_joins = st.list_next and st.last_end == i and st.group_open and bool(st.group)
-        st.elliptic.append(ell)
+        st.elliptic = st.elliptic + [ell]     # never changed in place: snapshots share it
         self.take(i, ell[2])
         st.last_end = ell[2]
         return ell[2]
@@ -697,7 +764,7 @@ class _Parser:
             return None
         subj, j = np
         for n_part, (part, a, b) in enumerate(st.elliptic):
-            part["noun"] = subj["noun"]
+            part = dict(part, noun=subj["noun"])     # the waiting part is shared with snapshots
             idx = self.add_subject(part, a, b)
             if n_part == 0 and not st.elliptic_joins:
                 st.group, st.group_open = [idx], True
@@ -728,17 +795,15 @@ class _Parser:
         t = self.toks[i]
         if not (st.adjacent and not st.at_seg_start and t.word and t.low not in FUNCTION_WORDS):
             return None
-        k = i
-        while k < end and not self.is_boundary(k):
-            k += 1
+        k = self.scan_until("boundary", i, end)
         if k <= i:
             return None
         subj = self.subjects[st.group[-1]]
         color = COLOR_ALIASES.get(self.norm_text(i, k), self.norm_text(i, k))
         if color in BASIC_COLORS and subj["color"] is None:
-            subj["color"] = color
+            self.set(subj, "color", color)
         else:
-            subj["attributes"].append(self.norm_text(i, k))
+            self.add(subj["attributes"], self.norm_text(i, k))
         self.take(i, k)
         st.last_end = k
         return k
@@ -753,13 +818,13 @@ class _Parser:
         toks = self.toks
         low = toks[i].low
         if _MM_RE.match(low):                                   # "35mm", "f/1.8"
-            self.style["camera"].append(low)
+            self.add(self.style["camera"], low)
             self.take(i, i + 1)
             return i + 1
         if i + 1 < end and toks[i + 1].low in ("lighting", "light", "lights") and toks[i].word and (
                 low not in BASIC_COLORS and low not in FUNCTION_WORDS and low not in LIGHT_OBJECTS
                 and (toks[i + 1].low == "lighting" or low in ("warm", "soft", "cold", "neon", "natural", "dim"))):
-            self.style["lighting"].append(self.norm_text(i, i + 2))   # "moody lighting"
+            self.add(self.style["lighting"], self.norm_text(i, i + 2))   # "moody lighting"
             self.take(i, i + 2)
             return i + 2
         if at_seg_start:
@@ -770,19 +835,19 @@ class _Parser:
             j = i + 2
             while j < end and toks[j].low != ",":
                 j += 1
-            self.style["camera"].append(self.norm_text(i, j))
+            self.add(self.style["camera"], self.norm_text(i, j))
             self.take(i, j)
             return j
         if low == "in" and i + 3 < end and [t.low for t in toks[i + 1:i + 4]] == ["the", "style", "of"]:
             j = i + 4
             while j < end and toks[j].low != ",":
                 j += 1
-            self.style["medium"].append(self.norm_text(i, j))          # "in the style of van gogh"
+            self.add(self.style["medium"], self.norm_text(i, j))          # "in the style of van gogh"
             self.take(i, j)
             return j
         if i + 1 < end and toks[i + 1].low == "style" and toks[i].word and low not in FUNCTION_WORDS:
             k = i - 1 if i > 0 and toks[i - 1].low == "in" and not self.used[i - 1] else i
-            self.style["medium"].append(self.norm_text(i, i + 2))   # "(in) anime style"
+            self.add(self.style["medium"], self.norm_text(i, i + 2))   # "(in) anime style"
             self.take(k, i + 2)
             return i + 2
         m = _match(toks, i, STYLE_TABLE)
@@ -791,7 +856,7 @@ class _Parser:
             ambiguous = fld == "mood" or (fld == "composition" and k == 1 and low in AMBIGUOUS_COMPOSITION)
             if not ambiguous or self.segment_is_style_only(i, end):
                 target = self.composition if fld == "composition" else self.style[fld]
-                target.append(self.norm_text(i, i + k))
+                self.add(target, self.norm_text(i, i + k))
                 self.take(i, i + k)
                 return i + k
         # "a photo of", "a close-up of", "an image of"
@@ -811,20 +876,20 @@ class _Parser:
         if m and moods > j and not lead:
             m = None
         if m and moods > j:
-            self.style["mood"].extend(t.low for t in toks[j:moods])
+            self.add(self.style["mood"], *(t.low for t in toks[j:moods]))
             j = moods
         if m and lead:
             k, fld = m
             if fld == "composition":
-                self.composition.append(self.norm_text(j, j + k))
+                self.add(self.composition, self.norm_text(j, j + k))
             elif fld == "medium":
-                self.style["medium"].append(self.norm_text(j, j + k))
+                self.add(self.style["medium"], self.norm_text(j, j + k))
             self.take(i, j + k + lead[0])
             return j + k + lead[0]
         # a comma segment that is only a medium word: "..., oil painting"
         if m and m[1] and at_seg_start and self.segment_is_style_only(i, end):
             k, fld = m
-            (self.composition if fld == "composition" else self.style[fld]).append(self.norm_text(j, j + k))
+            self.add(self.composition if fld == "composition" else self.style[fld], self.norm_text(j, j + k))
             self.take(i, j + k)
             return j + k
         return None
@@ -842,9 +907,9 @@ class _Parser:
             p += m[0]
         if len(chain) < 2 or not (p < end and toks[p].low == "of"):
             return None
-        self.style["mood"].extend(t.low for t in toks[j:moods])
+        self.add(self.style["mood"], *(t.low for t in toks[j:moods]))
         for q, (k, fld) in chain:
-            (self.composition if fld == "composition" else self.style[fld]).append(self.norm_text(q, q + k))
+            self.add(self.composition if fld == "composition" else self.style[fld], self.norm_text(q, q + k))
         self.take(i, p + 1)
         return p + 1
 
@@ -861,7 +926,7 @@ class _Parser:
         if j < end and toks[j].word and toks[j].low not in LIST_WORDS:
             return None                      # "in the picture frame", "in the image of a ..."
         if m[1] == "medium":
-            self.style["medium"].append(self.norm_text(i + 2, j))
+            self.add(self.style["medium"], self.norm_text(i + 2, j))
         self.take(i, j)
         return j
 
@@ -881,7 +946,7 @@ class _Parser:
                 tail_end = k
                 break
         words = toks[i:tail_end]
-        if any(not t.word or t.low in DETERMINERS or parse_count(toks, i + n) is not None
+        if any(not t.word or t.low in DETERMINERS or self.count_at(i + n) is not None
                for n, t in enumerate(words)):
             return None
         fld = None
@@ -899,7 +964,7 @@ class _Parser:
         if fld is None or any(is_noun_like(t.low) and t.low not in SCENE_NOUNS
                               for t in toks[i:tail_end - k]):
             return None
-        (self.composition if fld == "composition" else self.style[fld]).append(self.norm_text(i, e))
+        self.add(self.composition if fld == "composition" else self.style[fld], self.norm_text(i, e))
         self.take(i, e)
         return e
 
@@ -917,7 +982,7 @@ class _Parser:
                 break
             words = [w.low for w in toks[j:k] if w.low not in DETERMINERS and w.low != "any"]
             if words:
-                self.negatives.append(" ".join(words))
+                self.add(self.negatives, " ".join(words))
                 got = True
             j = k
             if (j + 1 < end and toks[j].low in ("or", "and", "nor") and toks[j + 1].word
@@ -946,12 +1011,13 @@ class _Parser:
             return j + 2
         if j < end and toks[j].low in ("it", "them") and group:
             # "a phone next to it": the subject named just before this group
-            earlier = [s for s in range(len(self.subjects)) if s not in group]
-            if not earlier:
+            members = set(group)
+            earlier = next((s for s in reversed(range(len(self.subjects))) if s not in members), None)
+            if earlier is None:
                 return None
             text = self.norm_text(i, j + 1)
             for s in group:
-                self.add_relation(s, earlier[-1], rel, None, text)
+                self.add_relation(s, earlier, rel, None, text)
             self.take(i, j + 1)
             st.last_end = j + 1
             return j + 1
@@ -963,14 +1029,14 @@ class _Parser:
         head = noun.split()[-1]
         is_scene = head in SCENE_NOUNS and noun not in KNOWN_NOUNS - {"wall", "sky", "water"}
         if is_scene and rel in ("on", "inside", "under", "above", "below", "behind", "next to", "in front of"):
-            self.scene.append(self.norm_text(i, j2))         # "on a beach", "in a forest"
+            self.add(self.scene, self.norm_text(i, j2))         # "on a beach", "in a forest"
             self.take(i, j2)
             if adjacent:
                 st.last_end = j2
             return j2
         if rel == "inside" and toks[i].low == "in" and k == 1 and noun not in CONTAINER_NOUNS:
             if adjacent:                                      # "a woman in a red dress"
-                self.subjects[group[-1]]["attributes"].append(self.norm_text(i, j2))
+                self.add(self.subjects[group[-1]]["attributes"], self.norm_text(i, j2))
                 self.take(i, j2)
                 st.last_end = j2
                 return j2
@@ -1007,23 +1073,25 @@ class _Parser:
                 if (old["noun"] == subj["noun"] and subj["color"] in (None, old["color"])
                         and all(a in old["attributes"] for a in subj["attributes"])):
                     return k
-        self.subjects.append(subj)
-        self.spans.append((i, j))
+        self.add(self.subjects, subj)
+        self.add(self.spans, (i, j))
         return len(self.subjects) - 1
 
     def add_relation(self, s: int, o: int, rel: str, o2: int | None, text: str) -> None:
         # the text a dropped relation leaves in `unparsed` names its subject: "the sun behind it"
         text = f"{self.norm_text(*self.spans[s])} {text}"
         if s == o or (o2 is not None and s == o2) or o == o2:
-            self.lost.append(text)           # "the cat left of the cat": kept as written
+            self.add(self.lost, text)          # "the cat left of the cat": kept as written
             return
         r = {"subject": s, "object": o, "relation": rel}
         if o2 is not None:
             r["object2"] = o2
-        if r in self.relations:
+        key = (s, o, rel, o2)
+        if key in self._relation_keys and r in self.relations:      # the set spares a scan of the list
             return
-        self.relations.append(r)
-        self.relation_texts.append(text)
+        self._relation_keys.add(key)       # never removed on undo: a stale key only costs that scan
+        self.add(self.relations, r)
+        self.add(self.relation_texts, text)
 
     def unused_runs(self, start: int, end: int):
         """(i, j, a, b) for each run toks[i:j] of unused tokens in [start, end); toks[a:b] is the
@@ -1059,16 +1127,6 @@ class _Parser:
                 # keep symbols such as emoji or "#" even without words around them
                 runs.append(self.span_text(i, j).strip(" ,"))
         return [r for r in runs if r]
-
-
-def _copy_state(state: tuple) -> tuple:
-    """A copy of the parser's state as `_Parser.snapshot` lists it, deep where rules mutate
-    (a subject's attributes, the style lists, the clause's elliptic list); faster than deepcopy."""
-    subjects, spans, relations, texts, style, composition, scene, negatives, lost, used, st = state
-    st = dict(st, group=list(st["group"]), elliptic=[(dict(e), a, b) for e, a, b in st["elliptic"]])
-    return ([dict(s, attributes=list(s["attributes"])) for s in subjects], list(spans), list(relations),
-            list(texts), {k: list(v) for k, v in style.items()}, list(composition), list(scene),
-            list(negatives), list(lost), list(used), st)
 
 
 def _color_and_attributes(modifiers: list[str]) -> tuple[str | None, list[str]]:
