@@ -106,9 +106,14 @@ def _match(toks: list[Token], i: int, table) -> tuple[int, str] | None:
     n = len(toks)
     if i >= n:
         return None
-    for words, value in _indexed(table).get(toks[i].low, ()):
+    phrases = (_INDEX.get(id(table)) or _indexed(table)).get(toks[i].low)
+    if not phrases:          # most words start no phrase: the common case, made cheap
+        return None
+    for words, value in phrases:
         k = len(words)
-        if i + k <= n and all(toks[i + j].low == words[j] for j in range(k)):
+        # the last word first: it tells most phrases with a common start apart ("in the ...")
+        if i + k <= n and toks[i + k - 1].low == words[-1] and all(
+                toks[i + j].low == words[j] for j in range(1, k - 1)):
             return k, value
     return None
 
@@ -166,6 +171,7 @@ class _Parser:
         self.journal: list = []
         self._scans: dict = {}               # memo of the scans ahead, see `scan_until`
         self._chains: dict = {}              # memo of collective chains, see `noun_phrase`
+        self._noun_phrases: dict = {}        # memo of `noun_phrase`
         self._relation_keys: set = set()     # (subject, object, relation, object2) ever added
 
     # -- helpers ------------------------------------------------------------------------------
@@ -255,6 +261,24 @@ class _Parser:
             memo[p] = stop
         return stop
 
+    def follow(self, kind: str, p: int, end: int, step, combine=lambda note, rest: rest):
+        """Follow a chain of phrases from p: `step(q)` is (0, result) where the chain stops or
+        (k, note) to go on at q + k; the answer at each q is `combine(note, answer at q + k)`.
+        Memoised per position, so that a chain tried at each of its words is read once."""
+        memo = self._scans.setdefault((kind, end), {})
+        path, start = [], p
+        while p not in memo:
+            k, note = step(p)
+            if k == 0:
+                memo[p] = note
+                break
+            path.append((p, note))
+            p += k
+        result = memo[p]
+        for q, note in reversed(path):
+            result = memo[q] = combine(note, result)
+        return memo[start]
+
     def _is_boundary(self, i: int) -> bool:
         t = self.toks[i]
         if not t.word or t.low in CLAUSE_END:
@@ -285,7 +309,18 @@ class _Parser:
 
     # -- noun phrases ---------------------------------------------------------------------------
     def noun_phrase(self, i: int, end: int, *, as_subject: bool) -> tuple[dict, int] | None:
-        """Parse "[det] [count] modifiers* head" at i. Returns (subject dict, next index)."""
+        """Parse "[det] [count] modifiers* head" at i. Returns (subject dict, next index): a
+        fresh dict each time (the caller may change it), read once per (i, end, as_subject)."""
+        key = (i, end, as_subject)
+        if key not in self._noun_phrases:
+            self._noun_phrases[key] = self._noun_phrase(i, end, as_subject)
+        found = self._noun_phrases[key]
+        if found is None:
+            return None
+        subj, j = found
+        return dict(subj, attributes=list(subj["attributes"])), j
+
+    def _noun_phrase(self, i: int, end: int, as_subject: bool) -> tuple[dict, int] | None:
         toks = self.toks
         det = None
         count = None
@@ -428,19 +463,20 @@ class _Parser:
 
     def segment_is_style_only(self, i: int, end: int) -> bool:
         """True if the comma segment starting at i is only style words ("..., oil painting,")."""
-        j = i
-        any_style = False
-        while j < end and self.toks[j].low != "," and self.toks[j].low not in CLAUSE_END:
-            m = _match(self.toks, j, STYLE_TABLE) or _match(self.toks, j, INTRO_TABLE)
+        toks = self.toks
+
+        def step(j: int):        # (ok so far, a style word seen)
+            if j >= end or toks[j].low == "," or toks[j].low in CLAUSE_END:
+                return 0, (True, False)
+            m = _match(toks, j, STYLE_TABLE) or _match(toks, j, INTRO_TABLE)
             if m and m[1]:
-                any_style = True
-                j += m[0]
-                continue
-            if self.toks[j].low in ("and", "a", "an", "the") or _MM_RE.match(self.toks[j].low):
-                j += 1
-                continue
-            return False
-        return any_style
+                return m[0], True
+            if toks[j].low in ("and", "a", "an", "the") or _MM_RE.match(toks[j].low):
+                return 1, False
+            return 0, (False, False)
+
+        ok, any_style = self.follow("style only", i, end, step, lambda style, rest: (rest[0], rest[1] or style))
+        return ok and any_style
 
     def parse_clause(self, start: int, end: int) -> None:
         """Read one clause: at each token, the first rule of `CLAUSE_RULES` that consumes something
@@ -488,7 +524,14 @@ class _Parser:
                       if a < b and is_fragment([t.low for t in self.toks[a:b] if t.word])), None)
         if first is None:
             return
+        # A span that ends in a word needing a complement ("... a cat is") stays a stray piece
+        # whatever is undone after its last word: go straight to an undo that reaches that word.
+        last = next((k for k in range(end - 1, start - 1, -1)
+                     if self.toks[k].word and self.toks[k].low not in ("and", "or")), None)
+        dangling = last is not None and self.toks[last].low in DANGLING_WORDS
         for at, snap in reversed([c for c in checkpoints if c[0] <= first] or checkpoints[:1]):
+            if dangling and at <= last and at != checkpoints[0][0]:
+                continue
             self.restore(snap, st)
             self.untake(at, end)
             if at == checkpoints[0][0] or not self.has_fragment(start, end):
@@ -861,9 +904,8 @@ class _Parser:
                 return i + k
         # "a photo of", "a close-up of", "an image of"
         j = i + 1 if low in ("a", "an", "the") else i
-        moods = j
-        while moods < end and toks[moods].low in MOOD_SINGLE:      # "a cinematic photo of"
-            moods += 1
+        moods = self.follow("moods", j, end,                       # "a cinematic photo of"
+                            lambda p: (1, None) if p < end and toks[p].low in MOOD_SINGLE else (0, p))
         nxt = self.framing_chain(i, j, moods, end)
         if nxt is not None:
             return nxt
@@ -898,15 +940,19 @@ class _Parser:
         """ "a close-up portrait of", "a black and white studio photo of": several framing words
         in a row before "of" (toks[j:moods] are mood words, toks[i:j] the article)."""
         toks = self.toks
-        chain, p = [], moods
-        while p < end:
-            m = _match(toks, p, INTRO_TABLE) or _match(toks, p, STYLE_TABLE)
-            if not m or not m[1] or m[1] == "mood":
-                break
-            chain.append((p, m))
-            p += m[0]
-        if len(chain) < 2 or not (p < end and toks[p].low == "of"):
+
+        def framing(p: int):
+            m = _match(toks, p, INTRO_TABLE) or _match(toks, p, STYLE_TABLE) if p < end else None
+            return (m[0], m) if m and m[1] and m[1] != "mood" else (0, (p, 0))
+
+        p, length = self.follow("framing", moods, end, framing, lambda m, rest: (rest[0], rest[1] + 1))
+        if length < 2 or not (p < end and toks[p].low == "of"):
             return None
+        chain, q = [], moods
+        while q < p:
+            m = framing(q)[1]
+            chain.append((q, m))
+            q += m[0]
         self.add(self.style["mood"], *(t.low for t in toks[j:moods]))
         for q, (k, fld) in chain:
             self.add(self.composition if fld == "composition" else self.style[fld], self.norm_text(q, q + k))
