@@ -66,7 +66,8 @@ def parse_count(toks: list[Token], i: int) -> tuple[int | None, int] | None:
     n = len(toks)
     for phrase, value in _QUANTITY_INDEX.get(toks[i].low, ()):
         k = len(phrase)
-        if i + k <= n and tuple(t.low for t in toks[i:i + k]) == phrase:
+        if i + k <= n and toks[i + k - 1].low == phrase[-1] and all(
+                toks[i + j].low == phrase[j] for j in range(1, k - 1)):
             # "a lot of" and friends only count when a noun phrase follows.
             if i + k < n and toks[i + k].word:
                 return value, k
@@ -101,6 +102,17 @@ def _indexed(table) -> dict[str, list]:
     return index
 
 
+def _starts(table) -> set[str]:
+    """The words that start a phrase of `table`."""
+    return (_INDEX.get(id(table)) or _indexed(table)).keys()
+
+
+def _may_count(low: str) -> bool:
+    """True if `parse_count` can read a number at a token whose lower-case text is `low`."""
+    return (low in _QUANTITY_INDEX or (low.isascii() and low.isdigit()) or low in NUMBER_WORDS
+            or low in TENS_WORDS or low.partition("-")[0] in TENS_WORDS)
+
+
 def _match(toks: list[Token], i: int, table) -> tuple[int, str] | None:
     """Longest phrase of `table` ((words, value) pairs) starting at toks[i]."""
     n = len(toks)
@@ -116,6 +128,11 @@ def _match(toks: list[Token], i: int, table) -> tuple[int, str] | None:
                 toks[i + j].low == words[j] for j in range(1, k - 1)):
             return k, value
     return None
+
+
+# words that start a phrase ending a noun phrase, and a framing or style phrase
+_BOUNDARY_STARTS = set().union(*map(_starts, (ORDER_PHRASES, POSITION_PHRASES, LIST_TABLE, RELATION_PHRASES)))
+_FRAMING_STARTS = set(_starts(INTRO_TABLE)) | set(_starts(STYLE_TABLE))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,7 +314,8 @@ class _Parser:
                 or low in ("no", "not", "nor") or verb or low in FILLER_WORDS
                 or self.count_at(i) is not None):
             return True
-        if (_match(self.toks, i, ORDER_PHRASES) or _match(self.toks, i, POSITION_PHRASES)
+        if low in _BOUNDARY_STARTS and (
+                _match(self.toks, i, ORDER_PHRASES) or _match(self.toks, i, POSITION_PHRASES)
                 or _match(self.toks, i, LIST_TABLE) or _match(self.toks, i, RELATION_PHRASES)):
             return True
         if low in DEGREE_ADVERBS and (_match(self.toks, i + 1, RELATION_PHRASES)
@@ -366,14 +384,14 @@ class _Parser:
                 and toks[i - 1].low not in ADJECTIVES
                 and (toks[i - 2].low, singular(toks[i - 1].low)) not in COMPOUND_NOUNS):
             i -= 1
-        words = [t.low for t in toks[words_start:i]]
-        if not words:
+        if i == words_start:
             return None
-        if len(words) >= 2 and (words[-2], singular(words[-1])) in COMPOUND_NOUNS:
-            head_words, mods = words[-2:], words[:-2]
+        # the head first, the modifiers (a run of any length) only once the phrase is accepted
+        last = toks[i - 1].low
+        if i - words_start >= 2 and (toks[i - 2].low, singular(last)) in COMPOUND_NOUNS:
+            head_words = [toks[i - 2].low, last]
         else:
-            head_words, mods = words[-1:], words[:-1]
-        last = head_words[-1]
+            head_words = [last]
         if len(head_words) == 1 and (((last in BASIC_COLORS or last in COLOR_ALIASES or last in ADJECTIVES
                 or last in OTHER_COLOR_WORDS) and last not in KNOWN_NOUNS) or last.isdigit()):
             return None
@@ -390,7 +408,7 @@ class _Parser:
         # else a plural without a number ("cats", "some cats", "these birds") keeps count None:
         # the prompt does not say how many, so neither does the plan
         noun = " ".join(head_words[:-1] + [noun_sing])
-        color, attributes = _color_and_attributes(mods)
+        color, attributes = _color_and_attributes([t.low for t in toks[words_start:i - len(head_words)]])
         if collective:
             attributes.append(f"in a {collective[0]}")
         return {"noun": noun, "count": count, "color": color, "attributes": attributes, "_det": det}, i
@@ -495,7 +513,7 @@ class _Parser:
             st.at_seg_start, st.seg_start = st.seg_start, False
             st.adjacent = bool(st.group) and st.last_end == i   # right after a subject's phrase
             snap = self.snapshot(st) if i > seg_start else None
-            for rule in self.CLAUSE_RULES:
+            for rule in self.rules_at(self.toks[i]):
                 nxt = rule(self, i, end, st)
                 if nxt is not None:
                     if snap is not None:
@@ -855,6 +873,40 @@ class _Parser:
                     rule_pronoun, rule_adverb, rule_position, rule_relation, rule_scene,
                     rule_qualifier, rule_verb, rule_bridge, rule_filler, rule_elliptic, rule_subject,
                     rule_trailing)
+    # Each rule's first test, on the token alone (its lower-case text, and whether it is a word):
+    # the scan asks a rule only where it can start, since asking every rule at every token cost
+    # more than the rules' own work. A rule missing here is asked everywhere.
+    RULE_STARTS = {
+        rule_style: lambda low, word: word,
+        rule_negation: lambda low, word: low in _starts(NEGATION_TABLE),
+        rule_order: lambda low, word: low in _starts(ORDER_PHRASES),
+        rule_joiner: lambda low, word: low in _starts(LIST_TABLE),
+        rule_solitary: lambda low, word: low in _starts(SOLITARY_TABLE),
+        rule_frame: lambda low, word: low in ("in", "within"),
+        rule_pronoun: lambda low, word: low in ("he", "she", "it", "they"),
+        rule_adverb: lambda low, word: low in DEGREE_ADVERBS,
+        rule_position: lambda low, word: low in _starts(POSITION_PHRASES),
+        rule_relation: lambda low, word: low in _starts(RELATION_PHRASES),
+        rule_scene: lambda low, word: low in SCENE_ONLY_PREPOSITIONS,
+        rule_qualifier: lambda low, word: low == "with" or low in QUALIFIER_WORDS or low.endswith("ing"),
+        rule_verb: lambda low, word: low in POSTURE_VERBS or low in TRANSITIVE_VERBS,
+        rule_bridge: lambda low, word: word and low not in GRAMMAR_WORDS and low not in COPULAS,
+        rule_filler: lambda low, word: low in LIST_WORDS or low in COPULAS,
+        rule_elliptic: lambda low, word: low in ("a", "an", "one") or _may_count(low),
+        rule_subject: lambda low, word: word,
+        rule_trailing: lambda low, word: word and low not in FUNCTION_WORDS,
+    }
+    _rules_at: dict = {}
+
+    @classmethod
+    def rules_at(cls, tok: Token) -> tuple:
+        """The clause rules that can start at `tok`, in priority order (cached per word)."""
+        key = (tok.low, tok.word)
+        rules = cls._rules_at.get(key)
+        if rules is None:
+            rules = cls._rules_at[key] = tuple(r for r in cls.CLAUSE_RULES
+                                               if cls.RULE_STARTS.get(r, lambda low, word: True)(*key))
+        return rules
 
     def style_or_intro(self, i: int, end: int, at_seg_start: bool) -> int | None:
         """Style phrases and "a photo of"; returns the next index if it consumed something."""
@@ -906,6 +958,8 @@ class _Parser:
         j = i + 1 if low in ("a", "an", "the") else i
         moods = self.follow("moods", j, end,                       # "a cinematic photo of"
                             lambda p: (1, None) if p < end and toks[p].low in MOOD_SINGLE else (0, p))
+        if moods >= end or toks[moods].low not in _FRAMING_STARTS:
+            return None                      # no framing word: nothing below can match
         nxt = self.framing_chain(i, j, moods, end)
         if nxt is not None:
             return nxt
