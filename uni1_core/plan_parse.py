@@ -33,7 +33,7 @@ from .lexicon import (  # noqa: F401  (plan.py and tests import some of these fr
     LIGHT_OBJECTS, LIST_TABLE, LIST_WORDS, MAX_COUNT, MOOD_SINGLE, NEGATION_TABLE, NOT_NOUNS,
     NUMBER_WORDS, ORDER_PHRASES, OTHER_COLOR_WORDS, POSITIONS, POSITION_PHRASES, POSTURE_VERBS,
     PREPOSITIONS, PRE_COLOR_WORDS, QUALIFIER_WORDS, RELATIONS, RELATION_PHRASES, RELATION_TEXT,
-    SCENE_NOUNS, SCENE_ONLY_PREPOSITIONS, SOLITARY_TABLE, STYLE_TABLE, TENS_WORDS, TRANSITIVE_VERBS,
+    SCENE_NOUNS, SELF_CONTAINED_ENDS, SCENE_ONLY_PREPOSITIONS, SOLITARY_TABLE, STYLE_TABLE, TENS_WORDS, TRANSITIVE_VERBS,
     VERBS, _MM_RE, _QUANTITY_INDEX, article, is_fragment, is_noun_like, number_word, plural,
     same_kind, singular)
 
@@ -86,18 +86,22 @@ def parse_count(toks: list[Token], i: int) -> tuple[int | None, int] | None:
     return None
 
 
-_INDEX: dict[int, dict[str, list]] = {}
+_INDEX: dict[int, dict[str, tuple[dict, list]]] = {}
 
 
-def _indexed(table) -> dict[str, list]:
-    """`table` grouped by first word (longest phrases first), built once per table."""
+def _indexed(table) -> dict[str, tuple[dict, list]]:
+    """`table` grouped by first word, built once per table: for each first word, the longer
+    phrases grouped by second word and the one-word phrases, each longest first (in table order
+    for equal lengths), so that a match only tries phrases that share two words with the text."""
     index = _INDEX.get(id(table))
     if index is None:
         index = {}
-        for words, value in table:
-            index.setdefault(words[0], []).append((words, value))
-        for v in index.values():
-            v.sort(key=lambda pr: -len(pr[0]))
+        for words, value in sorted(table, key=lambda pr: -len(pr[0])):
+            longer, single = index.setdefault(words[0], ({}, []))
+            if len(words) == 1:
+                single.append((words, value))
+            else:
+                longer.setdefault(words[1], []).append((words, value))
         _INDEX[id(table)] = index
     return index
 
@@ -105,6 +109,11 @@ def _indexed(table) -> dict[str, list]:
 def _starts(table) -> set[str]:
     """The words that start a phrase of `table`."""
     return (_INDEX.get(id(table)) or _indexed(table)).keys()
+
+
+def _is_content(tok: Token) -> bool:
+    """A content word as `lexicon.is_fragment` counts them."""
+    return tok.word and tok.low not in GRAMMAR_WORDS and not tok.low.isdigit()
 
 
 def _may_count(low: str) -> bool:
@@ -119,15 +128,15 @@ def _match(toks: list[Token], i: int, table) -> tuple[int, str] | None:
     if i >= n:
         return None
     phrases = (_INDEX.get(id(table)) or _indexed(table)).get(toks[i].low)
-    if not phrases:          # most words start no phrase: the common case, made cheap
+    if phrases is None:      # most words start no phrase: the common case, made cheap
         return None
-    for words, value in phrases:
-        k = len(words)
-        # the last word first: it tells most phrases with a common start apart ("in the ...")
-        if i + k <= n and toks[i + k - 1].low == words[-1] and all(
-                toks[i + j].low == words[j] for j in range(1, k - 1)):
-            return k, value
-    return None
+    longer, single = phrases
+    if i + 1 < n:
+        for words, value in longer.get(toks[i + 1].low, ()):
+            k = len(words)
+            if i + k <= n and all(toks[i + j].low == words[j] for j in range(2, k)):
+                return k, value
+    return (1, single[0][1]) if single else None
 
 
 # words that start a phrase ending a noun phrase, and a framing or style phrase
@@ -547,13 +556,42 @@ class _Parser:
         last = next((k for k in range(end - 1, start - 1, -1)
                      if self.toks[k].word and self.toks[k].low not in ("and", "or")), None)
         dangling = last is not None and self.toks[last].low in DANGLING_WORDS
+        # content_after[k - start]: a content word in toks[k:end] (see `tail_is_fragment`)
+        content_after, seen = [False] * (end - start + 1), False
+        for k in range(end - 1, start - 1, -1):
+            seen = seen or _is_content(self.toks[k])
+            content_after[k - start] = seen
         for at, snap in reversed([c for c in checkpoints if c[0] <= first] or checkpoints[:1]):
-            if dangling and at <= last and at != checkpoints[0][0]:
+            whole = at == checkpoints[0][0]
+            if dangling and at <= last and not whole:
                 continue
             self.restore(snap, st)
+            if not whole and self.tail_is_fragment(start, at, end, last, content_after):
+                continue           # the full test below would fail on the tail: try an earlier phrase
             self.untake(at, end)
-            if at == checkpoints[0][0] or not self.has_fragment(start, end):
+            if whole or not self.has_fragment(start, end):
                 return
+
+    def tail_is_fragment(self, start: int, at: int, end: int, last: int | None, content_after: list) -> bool:
+        """What `has_fragment` would find of the run of unused tokens that ends with toks[at:end]
+        once they are unread: is that run a stray piece? Answered without unreading them, in
+        time for the tokens before `at` only (`last`: the last word of toks[start:end] that is
+        not "and"/"or"; `content_after`: as built by `keep_whole_if_cut`), so that trying many
+        phrases of one long segment stays linear."""
+        toks, used = self.toks, self.used
+        r = at
+        while r > start and not used[r - 1]:
+            r -= 1
+        final = last if last is not None and last >= at else None
+        content = content_after[at - start]
+        for k in range(at - 1, r - 1, -1):
+            if final is None and toks[k].word and toks[k].low not in ("and", "or"):
+                final = k
+            content = content or _is_content(toks[k])
+        if final is None:
+            return False           # no word in the run: not a piece of text
+        low = toks[final].low
+        return low in DANGLING_WORDS or (not content and low not in SELF_CONTAINED_ENDS)
 
     def comma(self, i: int, st: _ClauseState) -> int:
         """A comma starts a segment; right after a subject it lists the next one."""
