@@ -66,8 +66,8 @@ def parse_count(toks: list[Token], i: int) -> tuple[int | None, int] | None:
     n = len(toks)
     for phrase, value in _QUANTITY_INDEX.get(toks[i].low, ()):
         k = len(phrase)
-        if i + k <= n and toks[i + k - 1].low == phrase[-1] and all(
-                toks[i + j].low == phrase[j] for j in range(1, k - 1)):
+        if i + k <= n and (k == 1 or toks[i + 1].low == phrase[1]) and all(
+                toks[i + j].low == phrase[j] for j in range(2, k)):
             # "a lot of" and friends only count when a noun phrase follows.
             if i + k < n and toks[i + k].word:
                 return value, k
@@ -533,13 +533,15 @@ class _Parser:
                 i += 1   # not understood: stays unused and ends up in `unparsed`
         self.keep_whole_if_cut(seg_start, end, checkpoints, st)
         # what was waiting for a noun that never came stays as written:
+        waiting = bool(st.elliptic or st.pending_pos or st.pending_rel)
         for _, a, b in st.elliptic:          # "a red and a blue."
             self.untake(a, b)
         if st.pending_pos:                   # "On the left."
             self.untake(*st.pending_pos[1])
         if st.pending_rel is not None:       # "next to the window."
             self.untake(*st.pending_rel[4])
-        self.keep_whole_if_cut(start, end, [(start, clause_snap)], st)
+        if seg_start > start or waiting:     # (else the clause was one segment, just checked)
+            self.keep_whole_if_cut(start, end, [(start, clause_snap)], st)
 
     def keep_whole_if_cut(self, start: int, end: int, checkpoints: list, st: _ClauseState) -> None:
         """If what the rules left unread in toks[start:end] is a stray piece ("under", "one of
