@@ -1253,9 +1253,26 @@ class _Parser:
             i = j
 
     def has_fragment(self, start: int, end: int) -> bool:
-        """Some unused run in [start, end) is a stray piece of a phrase ("under", "he, next to")."""
-        return any(a < b and is_fragment([t.low for t in self.toks[a:b] if t.word])
-                   for _, _, a, b in self.unused_runs(start, end))
+        """Some unused run in [start, end) is a stray piece of a phrase ("under", "he, next to").
+        The runs are read from the end: a piece left by an undo is most often the last one."""
+        toks, used = self.toks, self.used
+        j = end
+        while j > start:
+            if used[j - 1] or toks[j - 1].low in CLAUSE_END:
+                j -= 1
+                continue
+            i = j                            # the run toks[i:j], as `unused_runs` finds it
+            while i > start and not used[i - 1] and toks[i - 1].low not in CLAUSE_END:
+                i -= 1
+            words = [t.low for t in toks[i:j] if t.word]
+            while words and words[0] in ("and", "or"):        # the edges `unused_runs` trims
+                words.pop(0)
+            while words and words[-1] in ("and", "or"):
+                words.pop()
+            if words and is_fragment(words):
+                return True
+            j = i
+        return False
 
     def unparsed(self) -> list[str]:
         """Verbatim runs of tokens nobody used (punctuation-only runs are dropped)."""
