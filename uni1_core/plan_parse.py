@@ -134,7 +134,8 @@ def _match(toks: list[Token], i: int, table) -> tuple[int, str] | None:
     if i + 1 < n:
         for words, value in longer.get(toks[i + 1].low, ()):
             k = len(words)
-            if i + k <= n and all(toks[i + j].low == words[j] for j in range(2, k)):
+            if i + k <= n and toks[i + k - 1].low == words[-1] and all(
+                    toks[i + j].low == words[j] for j in range(2, k - 1)):
                 return k, value
     return (1, single[0][1]) if single else None
 
@@ -198,7 +199,7 @@ class _Parser:
         self._scans: dict = {}               # memo of the scans ahead, see `scan_until`
         self._chains: dict = {}              # memo of collective chains, see `noun_phrase`
         self._noun_phrases: dict = {}        # memo of `noun_phrase`
-        self._relation_keys: set = set()     # (subject, object, relation, object2) ever added
+        self._relation_keys: set = set()     # (subject, object, relation, object2) of `relations`
 
     # -- helpers ------------------------------------------------------------------------------
     def span_text(self, i: int, j: int) -> str:
@@ -249,6 +250,9 @@ class _Parser:
                 used[entry] = not used[entry]
             elif type(entry) is list:
                 entry.pop()
+            elif len(entry) == 2:
+                keys, key = entry
+                keys.discard(key)
             else:
                 subject, key, old = entry
                 subject[key] = old
@@ -620,8 +624,9 @@ class _Parser:
             return None
         if len(st.group) >= 2 and st.adjacent:
             k, rel = m
+            text = self.norm_text(i, i + k)
             for a, b in zip(st.group, st.group[1:]):
-                self.add_relation(a, b, rel, None, self.norm_text(i, i + k))
+                self.add_relation(a, b, rel, None, text)
             self.take(i, i + k)
             st.last_end = i + k
             return i + k
@@ -1144,8 +1149,9 @@ class _Parser:
         if j + 1 < end and (toks[j].low, toks[j + 1].low) in (("each", "other"), ("one", "another")):
             if len(group) < 2:
                 return None
+            text = self.norm_text(i, j + 2)
             for a, b in zip(group, group[1:]):
-                self.add_relation(a, b, rel, None, self.norm_text(i, j + 2))
+                self.add_relation(a, b, rel, None, text)
             self.take(i, j + 2)
             st.last_end = j + 2
             return j + 2
@@ -1219,19 +1225,19 @@ class _Parser:
 
     def add_relation(self, s: int, o: int, rel: str, o2: int | None, text: str) -> None:
         # the text a dropped relation leaves in `unparsed` names its subject: "the sun behind it"
-        text = f"{self.norm_text(*self.spans[s])} {text}"
         if s == o or (o2 is not None and s == o2) or o == o2:
-            self.add(self.lost, text)          # "the cat left of the cat": kept as written
+            self.add(self.lost, f"{self.norm_text(*self.spans[s])} {text}")   # "the cat left of the cat"
+            return
+        key = (s, o, rel, o2)
+        if key in self._relation_keys:     # stated before
             return
         r = {"subject": s, "object": o, "relation": rel}
         if o2 is not None:
             r["object2"] = o2
-        key = (s, o, rel, o2)
-        if key in self._relation_keys and r in self.relations:      # the set spares a scan of the list
-            return
-        self._relation_keys.add(key)       # never removed on undo: a stale key only costs that scan
+        self._relation_keys.add(key)
+        self.journal.append((self._relation_keys, key))              # undone by discarding the key
         self.add(self.relations, r)
-        self.add(self.relation_texts, text)
+        self.add(self.relation_texts, f"{self.norm_text(*self.spans[s])} {text}")
 
     def unused_runs(self, start: int, end: int):
         """(i, j, a, b) for each run toks[i:j] of unused tokens in [start, end); toks[a:b] is the
