@@ -33,8 +33,8 @@ from .lexicon import (  # noqa: F401  (plan.py and tests import some of these fr
     LIGHT_OBJECTS, LIST_TABLE, LIST_WORDS, MAX_COUNT, MOOD_SINGLE, NEGATION_TABLE, NOT_NOUNS,
     NUMBER_WORDS, ORDER_PHRASES, OTHER_COLOR_WORDS, POSITIONS, POSITION_PHRASES, POSTURE_VERBS,
     PREPOSITIONS, PRE_COLOR_WORDS, QUALIFIER_WORDS, RELATIONS, RELATION_PHRASES, RELATION_TEXT,
-    SCENE_NOUNS, SELF_CONTAINED_ENDS, SCENE_ONLY_PREPOSITIONS, SOLITARY_TABLE, STYLE_TABLE, TENS_WORDS, TRANSITIVE_VERBS,
-    VERBS, _MM_RE, _QUANTITY_INDEX, article, is_fragment, is_noun_like, number_word, plural,
+    SCENE_NOUNS, SCENE_ONLY_PREPOSITIONS, SELF_CONTAINED_ENDS, SOLITARY_TABLE, STYLE_TABLE, TENS_WORDS,
+    TRANSITIVE_VERBS, VERBS, _MM_RE, _QUANTITY_INDEX, article, is_fragment, is_noun_like, number_word, plural,
     same_kind, singular)
 
 # ---------------------------------------------------------------------------------------------
@@ -557,17 +557,12 @@ class _Parser:
                       if a < b and is_fragment([t.low for t in self.toks[a:b] if t.word])), None)
         if first is None:
             return
+        candidates = [c for c in checkpoints if c[0] <= first] or checkpoints[:1]
+        last, content_after = self.span_end_facts(start, end) if len(candidates) > 1 else (None, [])
         # A span that ends in a word needing a complement ("... a cat is") stays a stray piece
         # whatever is undone after its last word: go straight to an undo that reaches that word.
-        last = next((k for k in range(end - 1, start - 1, -1)
-                     if self.toks[k].word and self.toks[k].low not in ("and", "or")), None)
         dangling = last is not None and self.toks[last].low in DANGLING_WORDS
-        # content_after[k - start]: a content word in toks[k:end] (see `tail_is_fragment`)
-        content_after, seen = [False] * (end - start + 1), False
-        for k in range(end - 1, start - 1, -1):
-            seen = seen or _is_content(self.toks[k])
-            content_after[k - start] = seen
-        for at, snap in reversed([c for c in checkpoints if c[0] <= first] or checkpoints[:1]):
+        for at, snap in reversed(candidates):
             whole = at == checkpoints[0][0]
             if dangling and at <= last and not whole:
                 continue
@@ -578,11 +573,23 @@ class _Parser:
             if whole or not self.has_fragment(start, end):
                 return
 
+    def span_end_facts(self, start: int, end: int) -> tuple[int | None, list[bool]]:
+        """(the last word of toks[start:end] that is not "and"/"or", or None; content_after,
+        where content_after[k - start] says whether toks[k:end] holds a content word)."""
+        toks = self.toks
+        last = next((k for k in range(end - 1, start - 1, -1)
+                     if toks[k].word and toks[k].low not in ("and", "or")), None)
+        content_after, seen = [False] * (end - start + 1), False
+        for k in range(end - 1, start - 1, -1):
+            seen = seen or _is_content(toks[k])
+            content_after[k - start] = seen
+        return last, content_after
+
     def tail_is_fragment(self, start: int, at: int, end: int, last: int | None, content_after: list) -> bool:
         """What `has_fragment` would find of the run of unused tokens that ends with toks[at:end]
         once they are unread: is that run a stray piece? Answered without unreading them, in
         time for the tokens before `at` only (`last`: the last word of toks[start:end] that is
-        not "and"/"or"; `content_after`: as built by `keep_whole_if_cut`), so that trying many
+        not "and"/"or", and `content_after`: see `span_end_facts`), so that trying many
         phrases of one long segment stays linear."""
         toks, used = self.toks, self.used
         r = at
