@@ -419,9 +419,10 @@ class Plan:
 
         Form: unrelated subjects first ("A cat and two dogs"), then one sentence per relation
         ("Two red circles are to the left of a blue square."; a subject already named is "the
-        red circles"), the scene after the first sentence, then style, composition and any
-        text the parser did not understand, verbatim. Negatives are not written here (saying
-        "no text" tends to draw text); `negative_text()` has them for a negative prompt.
+        red circles"), the scene after the first sentence, the negatives ("No people, no text."),
+        then style, composition and any text the parser did not understand, verbatim. (The
+        negatives are said as the prompt said them, so that no word of it is lost;
+        `negative_text()` also has them for a negative prompt.)
         """
         sentences: list[str] = []
         named: set[int] = set()
@@ -451,6 +452,8 @@ class Plan:
                 sentences[0] += ", " + self.scene
             else:
                 sentences.append(self.scene)
+        if self.negatives:
+            sentences.append(", ".join(f"no {n}" for n in self.negatives))
         style = [getattr(self.style, k) for k in STYLE_FIELDS if getattr(self.style, k)]
         if self.composition:
             style.append(self.composition)
