@@ -170,7 +170,7 @@ def plan_words(plan) -> set[str]:
     parts = [d["scene"], d["composition"], *d["style"].values(), *d["negatives"], *d["unparsed"]]
     for s in d["subjects"]:
         parts += [s["noun"], s["color"] or "", *s["attributes"]]
-    parts += [r["relation"] for r in d["relations"]]
+    parts += [r["relation"] + " " + r.get("adverb", "") for r in d["relations"]]
     return {w for p in parts for w in words(p)}
 
 

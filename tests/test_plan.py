@@ -49,6 +49,10 @@ def test_prompt_table(case):
         assert plan.negatives == case["negatives"]
     for text in case.get("unparsed", []):
         assert any(text in u for u in plan.unparsed), (text, plan.unparsed)
+    if "adverbs" in case:
+        assert [r.adverb for r in plan.relations] == case["adverbs"]
+    if "sentence" in case:
+        assert plan.conditioning_text() == case["sentence"]
     check_layout(plan)
     assert Plan.from_json(plan.to_json()) == plan
 

@@ -697,8 +697,8 @@ class _Parser:
     def rule_adverb(self, i: int, end: int, st: _ClauseState) -> int | None:
         """An adverb before a relation, a position or a noun phrase: "just left of", "high above",
         "directly behind", "just a square". The relation still binds to the subject before it;
-        an adverb with content ("high") stays as written in `unparsed`, an empty one ("just") is
-        read as grammar."""
+        an adverb with content ("high") goes with that relation (see `relation`), or else stays
+        as written in `unparsed`; an empty one ("just") is read as grammar."""
         toks = self.toks
         if toks[i].low not in DEGREE_ADVERBS or i + 1 >= end or not toks[i + 1].word:
             return None
@@ -757,8 +757,9 @@ class _Parser:
             return None
         if is_fragment([t.low for t in self.toks[i:k] if t.word]):
             return None                      # "by she"
-        self.add(self.scene, self.norm_text(i, k))
-        self.take(i, k)
+        i0 = i - 1 if st.adjacent and self.adverb_before(i) else i      # "flying low over the sea"
+        self.add(self.scene, self.norm_text(i0, k))
+        self.take(i0, k)
         if st.adjacent:                      # "a cabin by a lake under the lights": still the cabin
             st.last_end = k
         return k
@@ -1152,14 +1153,17 @@ class _Parser:
         toks = self.toks
         group = st.group if adjacent else []
         j = i + k
+        # "a bird high above a house": an adverb with content goes with the relation
+        adverb = self.adverb_before(i) if group else ""
+        i0 = i - 1 if adverb else i
         # "next to each other", "above one another"
         if j + 1 < end and (toks[j].low, toks[j + 1].low) in (("each", "other"), ("one", "another")):
             if len(group) < 2:
                 return None
-            text = self.norm_text(i, j + 2)
+            text = self.norm_text(i0, j + 2)
             for a, b in zip(group, group[1:]):
-                self.add_relation(a, b, rel, None, text)
-            self.take(i, j + 2)
+                self.add_relation(a, b, rel, None, text, adverb)
+            self.take(i0, j + 2)
             st.last_end = j + 2
             return j + 2
         if j < end and toks[j].low in ("it", "them") and group:
@@ -1168,10 +1172,10 @@ class _Parser:
             earlier = next((s for s in reversed(range(len(self.subjects))) if s not in members), None)
             if earlier is None:
                 return None
-            text = self.norm_text(i, j + 1)
+            text = self.norm_text(i0, j + 1)
             for s in group:
-                self.add_relation(s, earlier, rel, None, text)
-            self.take(i, j + 1)
+                self.add_relation(s, earlier, rel, None, text, adverb)
+            self.take(i0, j + 1)
             st.last_end = j + 1
             return j + 1
         np = self.noun_phrase(j, end, as_subject=False)
@@ -1182,8 +1186,8 @@ class _Parser:
         head = noun.split()[-1]
         is_scene = head in SCENE_NOUNS and noun not in KNOWN_NOUNS - {"wall", "sky", "water"}
         if is_scene and rel in ("on", "inside", "under", "above", "below", "behind", "next to", "in front of"):
-            self.add(self.scene, self.norm_text(i, j2))         # "on a beach", "in a forest"
-            self.take(i, j2)
+            self.add(self.scene, self.norm_text(i0, j2))        # "on a beach", "in a forest"
+            self.take(i0, j2)
             if adjacent:
                 st.last_end = j2
             return j2
@@ -1207,11 +1211,11 @@ class _Parser:
         obj_idx = self.add_subject(obj, j, j2)
         if rel == "between":
             obj2_idx = self.add_subject(obj2, j2 + 1, end_tok)
-        text = self.norm_text(i, end_tok)
-        self.take(i, end_tok)
+        text = self.norm_text(i0, end_tok)
+        self.take(i0, end_tok)
         if group:
             for s in group:
-                self.add_relation(s, obj_idx, rel, obj2_idx, text)
+                self.add_relation(s, obj_idx, rel, obj2_idx, text, adverb)
         else:   # "Above the table, a lamp": the subject comes later
             st.pending_rel = (rel, obj_idx, obj2_idx, text, (i, i + k))
         st.group, st.group_open, st.list_next = [obj_idx], False, False
@@ -1230,7 +1234,15 @@ class _Parser:
         self.add(self.spans, (i, j))
         return len(self.subjects) - 1
 
-    def add_relation(self, s: int, o: int, rel: str, o2: int | None, text: str) -> None:
+    def adverb_before(self, i: int) -> str:
+        """The adverb with content that `rule_adverb` left unread right before toks[i] ("high"
+        in "high above"), or ""."""
+        t = self.toks[i - 1] if i > 0 else None
+        if t is None or self.used[i - 1] or t.low not in DEGREE_ADVERBS or t.low in GRAMMAR_WORDS:
+            return ""
+        return t.low
+
+    def add_relation(self, s: int, o: int, rel: str, o2: int | None, text: str, adverb: str = "") -> None:
         # the text a dropped relation leaves in `unparsed` names its subject: "the sun behind it"
         if s == o or (o2 is not None and s == o2) or o == o2:
             self.add(self.lost, f"{self.norm_text(*self.spans[s])} {text}")   # "the cat left of the cat"
@@ -1241,6 +1253,8 @@ class _Parser:
         r = {"subject": s, "object": o, "relation": rel}
         if o2 is not None:
             r["object2"] = o2
+        if adverb:
+            r["adverb"] = adverb
         self._relation_keys.add(key)
         self.journal.append((self._relation_keys, key))              # undone by discarding the key
         self.add(self.relations, r)
