@@ -962,6 +962,8 @@ class _Parser:
         key = (tok.low, tok.word)
         rules = cls._rules_at.get(key)
         if rules is None:
+            if len(cls._rules_at) > 50_000:      # a long-running server sees endless new words
+                cls._rules_at.clear()
             rules = cls._rules_at[key] = tuple(r for r in cls.CLAUSE_RULES
                                                if cls.RULE_STARTS.get(r, lambda low, word: True)(*key))
         return rules
