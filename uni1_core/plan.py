@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, fields, replace
 from .layout import compute_layout, position_holds, relation_holds, snap_to_cells
 from .llm_answer import STYLE_FIELDS, LLMAnswerError, read_answer
 from .plan_parse import (BASIC_COLORS, COLOR_ALIASES, MAX_COUNT, OTHER_COLOR_WORDS, POSITIONS, PRE_COLOR_WORDS,
-                         RELATION_TEXT, RELATIONS, article, number_word, parse_prompt, plural)
+                         RELATION_TEXT, RELATIONS, article, is_fragment, number_word, parse_prompt, plural)
 
 PLAN_VERSION = 1
 # Limits that keep planning fast and the layout readable whatever the input (a picture with more
@@ -456,8 +456,10 @@ class Plan:
                 sentences[0] += ", " + self.scene
             else:
                 sentences.append(self.scene)
-        if self.negatives:
-            sentences.append(", ".join(f"no {n}" for n in self.negatives))
+        # "no people", but not a stray "no dozen" (a negative without a content word)
+        negatives = [f"no {n}" for n in self.negatives if not is_fragment(f"no {n}".lower().split())]
+        if negatives:
+            sentences.append(", ".join(negatives))
         style = [getattr(self.style, k) for k in STYLE_FIELDS if getattr(self.style, k)]
         if self.composition:
             style.append(self.composition)
