@@ -6,11 +6,14 @@
 Corpora (see bench/data/README.md for sources and licences): GenEval's 553 templated prompts with
 their metadata, PartiPrompts' 1,632 free-form prompts, and T2I-CompBench's validation prompts.
 
-Two views of each prompt are measured:
+Three views of each prompt are measured:
 
-    plan      the plan itself: subjects (noun, count, colour, attributes), relations, scene,
-              style, composition, negatives and `unparsed`
-    sentence  `plan.conditioning_text()`, the canonical plan sentence a model reads
+    plan         the plan itself: subjects (noun, count, colour, attributes), relations, scene,
+                 style, composition, negatives and `unparsed`
+    sentence     `plan.conditioning_text()`, the canonical plan sentence a grounded model reads
+                 (conditioning "plan")
+    prompt+plan  `conditioning.augmented_prompt(plan)`: the prompt verbatim and the plan's
+                 statements, what a model without grounding reads by default
 
 and for each view, per corpus, the share of prompts with
 
@@ -25,14 +28,15 @@ and for each view, per corpus, the share of prompts with
     invented  a count the prompt never gave. Plan: a subject whose count is 2 or more and not
               a number the prompt states (digits, number words, "pair", "couple", "both",
               "twin", "trio", "dozen"; vague words such as "some" or "many" state none).
-              Sentence: a number of 2 or more written in it that the prompt does not state.
+              Sentence and prompt+plan: a number of 2 or more written in the text that the
+              prompt does not state.
     fragment  a stray piece of text (`lexicon.is_fragment`): a chunk (text between . , ; : ! ?
               before a space, or line breaks) that ends in a word needing a complement (an
               article, a preposition, a conjunction, a copula), or has no content word and does
               not end in a place, "view" or a reflexive ("in the corner", "by itself" stand);
               unless it is a chunk of the prompt, or inside a chunk of the prompt that is
-              itself such a piece. Plan: the chunks of `unparsed`; sentence: the chunks of the
-              sentence.
+              itself such a piece. Plan: the chunks of `unparsed`; sentence, prompt+plan: the
+              chunks of the text.
 
 plus crashes (an exception from `make_plan` or `conditioning_text`), the share of prompts with
 anything in `unparsed`, the planner's milliseconds per prompt (`make_plan` alone) on this CPU,
@@ -53,6 +57,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from uni1_core.conditioning import augmented_prompt  # noqa: E402
 from uni1_core.lexicon import (COLOR_ALIASES, GRAMMAR_WORDS, NUMBER_WORDS, TENS_WORDS,  # noqa: E402
                                is_fragment, singular)
 from uni1_core.plan import make_plan  # noqa: E402
@@ -165,7 +170,7 @@ def plan_words(plan) -> set[str]:
     parts = [d["scene"], d["composition"], *d["style"].values(), *d["negatives"], *d["unparsed"]]
     for s in d["subjects"]:
         parts += [s["noun"], s["color"] or "", *s["attributes"]]
-    parts += [r["relation"] for r in d["relations"]]
+    parts += [r["relation"] + " " + r.get("adverb", "") for r in d["relations"]]
     return {w for p in parts for w in words(p)}
 
 
@@ -177,7 +182,8 @@ def text_checks(prompt: str, text: str) -> dict:
 
 
 def check(prompt: str) -> dict:
-    """Every check on one prompt: {"plan": {...}, "sentence": {...}, "unparsed": bool, "plan_obj"}."""
+    """Every check on one prompt: {"plan": {...}, "sentence": {...}, "prompt+plan": {...},
+    "unparsed": bool, "plan_obj", ...}."""
     start = time.perf_counter()
     plan = make_plan(prompt)
     seconds = time.perf_counter() - start
@@ -192,6 +198,7 @@ def check(prompt: str) -> dict:
                  "invented": invented_numbers(prompt, counts),
                  "fragment": [f for u in plan.unparsed for f in fragments(prompt, u)]},
         "sentence": text_checks(prompt, sentence),
+        "prompt+plan": text_checks(prompt, augmented_prompt(plan)),
     }
 
 
@@ -247,7 +254,7 @@ def load_corpora() -> dict[str, list[str]]:
 def measure(prompts: list[str], metadata: list[dict] | None = None) -> tuple[dict, dict]:
     """(row of shares, failing prompts per check) for one corpus."""
     n = len(prompts)
-    tally = {f"{view} {c}": [] for view in ("plan", "sentence") for c in ("lost", "invented", "fragment")}
+    tally = {f"{view} {c}": [] for view in VIEWS for c in ("lost", "invented", "fragment")}
     tally.update({"crash": [], "unparsed": [], "geneval miss": []})
     seconds = 0.0
     for k, prompt in enumerate(prompts):
@@ -257,7 +264,7 @@ def measure(prompts: list[str], metadata: list[dict] | None = None) -> tuple[dic
             tally["crash"].append((prompt, repr(exc)))
             continue
         seconds += got["seconds"]
-        for view in ("plan", "sentence"):
+        for view in VIEWS:
             for c in ("lost", "invented", "fragment"):
                 if got[view][c]:
                     tally[f"{view} {c}"].append((prompt, got[view][c]))
@@ -271,8 +278,8 @@ def measure(prompts: list[str], metadata: list[dict] | None = None) -> tuple[dic
     return row, tally
 
 
-COLUMNS = ["plan lost", "plan invented", "plan fragment", "sentence lost", "sentence invented",
-           "sentence fragment", "crash", "unparsed", "geneval miss"]
+VIEWS = ("plan", "sentence", "prompt+plan")
+COLUMNS = [f"{view} {c}" for view in VIEWS for c in ("lost", "invented", "fragment")]
 
 
 def main() -> None:
@@ -283,15 +290,15 @@ def main() -> None:
     args = ap.parse_args()
     geneval = load_geneval()
     show = [s.strip() for s in args.show.split(",") if s.strip()]
-    head = f"{'corpus':<14}{'prompts':>8}" + "".join(f"{c:>11}" for c in
-                                                   ["lost", "invented", "fragment"] * 2) + \
+    head = f"{'corpus':<14}{'prompts':>8}" + "".join(f"{c:>10}" for c in
+                                                   ["lost", "invented", "fragment"] * len(VIEWS)) + \
         f"{'crash':>7}{'unparsed':>10}{'ms/prompt':>11}{'GenEval':>9}"
-    print(f"{'':<24}{' plan ':-^31}  {' sentence ':-^31}")
+    print(f"{'':<22}" + "".join(f"{f' {view} ':-^30}" for view in VIEWS))
     print(head)
     for name, prompts in load_corpora().items():
         row, tally = measure(prompts, geneval if name == "GenEval" else None)
         match = f"{100 * (1 - row['geneval miss']):>8.1f}%" if name == "GenEval" else f"{'-':>9}"
-        print(f"{name:<14}{row['prompts']:>8}" + "".join(f"{100 * row[c]:>10.1f}%" for c in COLUMNS[:6])
+        print(f"{name:<14}{row['prompts']:>8}" + "".join(f"{100 * row[c]:>9.1f}%" for c in COLUMNS)
               + f"{len(tally['crash']):>7}{100 * row['unparsed']:>9.1f}%{row['ms']:>11.2f}{match}")
         for key in tally:
             if any(s == key or s in key.split() for s in show):

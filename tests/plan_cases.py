@@ -9,6 +9,8 @@ free-form prompts written by hand. Each case is a dict:
     relations   [(subject index, relation, object index)] (order free); "between" cases add a 4th item
     scene, negatives, medium, lighting, camera, composition, mood: checked when present
     unparsed    words that must be kept verbatim in `unparsed` (checked when present)
+    adverbs     the relations' adverbs, in order ("high" in "high above"; checked when present)
+    sentence    the whole canonical sentence, `plan.conditioning_text()` (checked when present)
 """
 
 # COCO / GenEval object names with their plurals, written out (not computed by the planner).
@@ -370,15 +372,19 @@ FREE_FORM = [
     {"prompt": "There are frogs sitting on the seats. One of them is reading a newspaper.",
      "subjects": [("frog", None, None, ["sitting"]), ("seat", None, None, [])], "relations": [(0, "on", 1)],
      "unparsed": ["One of them is reading a newspaper"]},
-    # an adverb before a relation: the relation holds; an adverb with content stays as written
+    # an adverb before a relation: the relation holds; an adverb with content goes with it
     {"prompt": "a bird high above a house",
      "subjects": [("bird", 1, None, []), ("house", 1, None, [])], "relations": [(0, "above", 1)],
-     "unparsed": ["high"]},
+     "adverbs": ["high"], "sentence": "A bird is high above a house."},
     {"prompt": "a cat just left of a dog",
      "subjects": [("cat", 1, None, []), ("dog", 1, None, [])], "relations": [(0, "left of", 1)]},
     {"prompt": "a lamp directly behind a sofa",
      "subjects": [("lamp", 1, None, []), ("sofa", 1, None, [])], "relations": [(0, "behind", 1)],
-     "unparsed": ["directly"]},
+     "adverbs": ["directly"], "sentence": "A lamp is directly behind a sofa."},
+    {"prompt": "a plane flying low over the sea",
+     "subjects": [("plane", 1, None, ["flying"])], "relations": [], "scene": "low over the sea"},
+    {"prompt": "High above the table, a lamp",     # no subject before it: kept as written
+     "subjects": [("lamp", 1, None, [])], "relations": [], "unparsed": ["High above the table"]},
     {"prompt": "just a square", "subjects": [("square", 1, None, [])], "relations": []},
     # what a subject holds is part of it, not a count of its own
     {"prompt": "a man holding two umbrellas",

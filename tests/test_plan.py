@@ -49,6 +49,10 @@ def test_prompt_table(case):
         assert plan.negatives == case["negatives"]
     for text in case.get("unparsed", []):
         assert any(text in u for u in plan.unparsed), (text, plan.unparsed)
+    if "adverbs" in case:
+        assert [r.adverb for r in plan.relations] == case["adverbs"]
+    if "sentence" in case:
+        assert plan.conditioning_text() == case["sentence"]
     check_layout(plan)
     assert Plan.from_json(plan.to_json()) == plan
 
@@ -78,7 +82,9 @@ def test_plural_and_singular_round_trip(singular_noun, plural_noun):
     ("a cup between a fork and a knife", "A cup is between a fork and a knife."),
     ("a dog with a red collar sitting on a bench", "A dog with a red collar sitting on a bench."),
     ("an apple, highly detailed", "An apple. Highly detailed."),
-    ("a street, no cars", "A street."),
+    ("a street, no cars", "A street. No cars."),
+    ("a clock with no hands", "A clock. No hands."),
+    ("a kitchen without a refrigerator", "A kitchen. No refrigerator."),
     ("an image showing a single triangle", "A triangle."),
     ("a picture of a circle", "A circle."),
     ("an image with a triangle and a circle", "A triangle and a circle."),
@@ -128,7 +134,8 @@ def test_summary_and_negative_text():
     assert plan.summary() == ("2 red circle, 1 blue square | red circle left of blue square | on a beach | "
                               "watercolor | no people, text")
     assert plan.negative_text() == "people, text"
-    assert "people" not in plan.conditioning_text()
+    text = plan.conditioning_text()
+    assert "No people, no text." in text and make_plan(text).negatives == plan.negatives
 
 
 def test_regions_one_per_instance():
@@ -357,7 +364,7 @@ def test_llm_plan_json_in_its_own_words_is_normalised():
     assert "dragon" not in plan.to_json()
     check_layout(plan)
     assert plan.conditioning_text() == ("Two red circles are to the left of a large blue square. "
-                                        "A gold star is on the large blue square. Watercolor.")
+                                        "A gold star is on the large blue square. No text, no watermark. Watercolor.")
 
 
 def test_summary_stays_short():

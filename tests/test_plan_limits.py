@@ -16,16 +16,18 @@ from uni1_core.plan import (MAX_INSTANCES, MAX_PROMPT_CHARS, MAX_RELATIONS, MAX_
                             Subject, make_plan)
 from uni1_core.plan_parse import RELATIONS
 
-PLAN_MS = 50           # issue 16's target for the whole planner on 2,000 characters
-# The grammar (plan_parse) takes 10-45 ms of that on these prompts when the machine is idle (best
-# of 7) and up to twice as much on this shared 2-core machine under load; the end-to-end test
-# below bounds it at three times the target so that it catches a blow-up (a quadratic path took
-# 84 s) without failing on load, and the planner's own part is held to 10 ms.
-PLAN_MS_UNDER_LOAD = 3 * PLAN_MS
+PLAN_MS = 50           # issue 16's bound for the whole planner on any prompt of 2,000 characters
+# Every prompt below plans in under 15 ms (best of 3) on a busy 2-core machine: every pass of the
+# grammar is linear in the prompt's length, so the bound holds with room for a slower CPU.
 
 
-def best_seconds(fn, *args, runs: int = 3) -> float:
+def best_seconds(fn, *args, runs: int = 3, warm_up: bool = False) -> float:
     best = float("inf")
+    if warm_up:          # the first call builds the grammar's word indexes
+        try:
+            fn(*args)
+        except PlanError:
+            pass
     for _ in range(runs):
         start = time.perf_counter()
         try:
@@ -58,14 +60,45 @@ ADVERSARIAL = {
     "numbers": " ".join(str(n) for n in range(700)),
     "one word": "cat" * 666,
     "punctuation": ",.;!?" * 400,
+    # each once took 30 ms to 0.5 s: a pass of the grammar that re-read a run from every word
+    "subjects and commas": "a cat, " * 400,
+    "colour run": "red " * 500,
+    "adjective pairs": "hot dry " * 250,
+    "word run": "x " * 1000,
+    "one-letter clauses": "a;" * 1000,
+    "one-letter segments": "a," * 1000,
+    "symbols": "-" * 2000,
+    "emoji": "\U0001F600" * 2000,
+    "accents": "é " * 1000,
+    "cjk": "日 本 " * 500,
+    "collective chain": "a crowd of " * 200,
+    "mood words": "cinematic " * 250,
+    "framing words": "photo " * 400,
+    "ambiguous framing": "centered " * 250,
+    "prepositions": "in " * 700,
+    "quantities": "a lot of " * 250,
+    "dangling tail": "a cat is " * 250,
+    "pronouns": "he is " * 400,
+    "adverbs": "just " * 400,
+    "list words": "and " * 500,
+    "elliptic colours": "a red, " * 300,
+    "number words": "twenty one " * 200,
+    "relation words": "to the left of " * 150,
+    "negation": "no cat or " * 200,
+    "qualifiers": "with a " * 300,
+    "positions in a row": "colorful of on the left cold and " * 70,
+    "undo of many phrases": "this \U0001F600 to the left hand side and " * 60,
+    "order phrase over a list": ", top to bottom shelf and " * 80,
+    "it relations": "a cat and " * 100 + "a dog next to it " * 50,
 }
 
 
 @pytest.mark.parametrize("name", sorted(ADVERSARIAL))
-def test_any_prompt_of_2000_characters_plans_fast(name):
+def test_any_prompt_of_2000_characters_plans_in_50_ms(name):
     prompt = ADVERSARIAL[name][:2000]
-    seconds = best_seconds(make_plan, prompt, runs=7)
-    assert seconds < PLAN_MS_UNDER_LOAD / 1000, f"{name}: {seconds * 1000:.1f} ms"
+    assert len(prompt) > 1800           # each case is about as long as the bound allows
+    seconds = best_seconds(make_plan, prompt, runs=3, warm_up=True)
+    assert seconds < PLAN_MS / 1000, f"{name}: {seconds * 1000:.1f} ms"
 
 
 @pytest.mark.parametrize("name", sorted(ADVERSARIAL))

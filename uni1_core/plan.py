@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, fields, replace
 from .layout import compute_layout, position_holds, relation_holds, snap_to_cells
 from .llm_answer import STYLE_FIELDS, LLMAnswerError, read_answer
 from .plan_parse import (BASIC_COLORS, COLOR_ALIASES, MAX_COUNT, OTHER_COLOR_WORDS, POSITIONS, PRE_COLOR_WORDS,
-                         RELATION_TEXT, RELATIONS, article, number_word, parse_prompt, plural)
+                         RELATION_TEXT, RELATIONS, article, is_fragment, number_word, parse_prompt, plural)
 
 PLAN_VERSION = 1
 # Limits that keep planning fast and the layout readable whatever the input (a picture with more
@@ -68,6 +68,7 @@ class Relation:
     object: int
     relation: str                  # one of RELATIONS
     object2: int | None = None     # only for "between": the subject is between object and object2
+    adverb: str = ""               # how, in the prompt's word: "high" (above), "slightly" (left of)
 
 
 @dataclass
@@ -154,6 +155,7 @@ class Plan:
                        lambda: f"{where}.object2 must be the index of a third subject (0 to {n - 1}) for 'between'; got {v!r}")
             else:
                 _check(r.object2 is None, lambda: f"{where}.object2 is only used with 'between'")
+            _check(isinstance(r.adverb, str), lambda: f"{where}.adverb must be a string (or absent)")
         _check(isinstance(self.layout, list), "layout must be a list")
         for i, b in enumerate(self.layout):
             _check_box(b, i, self.subjects)
@@ -228,6 +230,8 @@ class Plan:
             d = {"subject": r.subject, "object": r.object, "relation": r.relation}
             if r.object2 is not None:
                 d["object2"] = r.object2
+            if r.adverb:
+                d["adverb"] = r.adverb
             return d
         return {
             "version": self.version,
@@ -364,7 +368,7 @@ class Plan:
         o = self.subject_phrase(r.object, definite=True, with_position=False)
         if r.relation == "between":
             o += " and " + self.subject_phrase(r.object2, definite=True, with_position=False)
-        return f"{s} {RELATION_TEXT[r.relation]} {o}"
+        return " ".join(filter(None, [s, r.adverb, RELATION_TEXT[r.relation], o]))
 
     def _laid_out(self) -> Plan:
         """This plan if it has a layout (or nothing to lay out), else with a fresh one."""
@@ -419,9 +423,10 @@ class Plan:
 
         Form: unrelated subjects first ("A cat and two dogs"), then one sentence per relation
         ("Two red circles are to the left of a blue square."; a subject already named is "the
-        red circles"), the scene after the first sentence, then style, composition and any
-        text the parser did not understand, verbatim. Negatives are not written here (saying
-        "no text" tends to draw text); `negative_text()` has them for a negative prompt.
+        red circles"), the scene after the first sentence, the negatives ("No people, no text."),
+        then style, composition and any text the parser did not understand, verbatim. (The
+        negatives are said as the prompt said them, so that no word of it is lost;
+        `negative_text()` also has them for a negative prompt.)
         """
         sentences: list[str] = []
         named: set[int] = set()
@@ -445,12 +450,16 @@ class Plan:
             o = ref(r.object)
             if r.relation == "between":
                 o += " and " + ref(r.object2)
-            sentences.append(" ".join(filter(None, [s, verb, RELATION_TEXT[r.relation], o])))
+            sentences.append(" ".join(filter(None, [s, verb, r.adverb, RELATION_TEXT[r.relation], o])))
         if self.scene:
             if sentences:
                 sentences[0] += ", " + self.scene
             else:
                 sentences.append(self.scene)
+        # "no people", but not a stray "no dozen" (a negative without a content word)
+        negatives = [f"no {n}" for n in self.negatives if not is_fragment(f"no {n}".lower().split())]
+        if negatives:
+            sentences.append(", ".join(negatives))
         style = [getattr(self.style, k) for k in STYLE_FIELDS if getattr(self.style, k)]
         if self.composition:
             style.append(self.composition)
@@ -539,7 +548,7 @@ def _distinct_relations(found: list[dict], texts: list[str]) -> tuple[list[Relat
         key = (r["subject"], r["object"], r["relation"], r.get("object2"))
         if key not in seen:
             seen.add(key)
-            relations.append(Relation(*key))
+            relations.append(Relation(*key, adverb=r.get("adverb", "")))
             kept.append(text)
     return relations, kept
 
@@ -683,7 +692,7 @@ def _relation(obj, i: int) -> Relation:
     rel = d["relation"]
     if isinstance(rel, str):
         rel = " ".join(rel.lower().replace("_", " ").split())
-    return Relation(d["subject"], d["object"], rel, d.get("object2"))
+    return Relation(d["subject"], d["object"], rel, d.get("object2"), d.get("adverb") or "")
 
 
 def _box(obj, i: int) -> Box:

@@ -20,6 +20,11 @@ The output is a plain dictionary in the plan's JSON form (see `uni1_core/plan.py
 text of each relation so that the planner can hand a relation that the layout cannot satisfy back
 to `unparsed`. The word tables and English helpers live in `lexicon.py`; another model's answer is read by
 `llm_answer.py`.
+
+Every pass is linear in the prompt's length (issue 16: under 50 ms for any 2,000 characters): a
+rule is asked only at a word where it can start (`RULE_STARTS`), every scan ahead is memoised
+per start (`scan_until`, `follow`, `noun_phrase`, `count_at`), and undoing a half-read segment
+rolls back a log of changes instead of copying the parser's state at every phrase.
 """
 
 from __future__ import annotations
@@ -33,8 +38,8 @@ from .lexicon import (  # noqa: F401  (plan.py and tests import some of these fr
     LIGHT_OBJECTS, LIST_TABLE, LIST_WORDS, MAX_COUNT, MOOD_SINGLE, NEGATION_TABLE, NOT_NOUNS,
     NUMBER_WORDS, ORDER_PHRASES, OTHER_COLOR_WORDS, POSITIONS, POSITION_PHRASES, POSTURE_VERBS,
     PREPOSITIONS, PRE_COLOR_WORDS, QUALIFIER_WORDS, RELATIONS, RELATION_PHRASES, RELATION_TEXT,
-    SCENE_NOUNS, SCENE_ONLY_PREPOSITIONS, SOLITARY_TABLE, STYLE_TABLE, TENS_WORDS, TRANSITIVE_VERBS,
-    VERBS, _MM_RE, _QUANTITY_INDEX, article, is_fragment, is_noun_like, number_word, plural,
+    SCENE_NOUNS, SCENE_ONLY_PREPOSITIONS, SELF_CONTAINED_ENDS, SOLITARY_TABLE, STYLE_TABLE, TENS_WORDS,
+    TRANSITIVE_VERBS, VERBS, _MM_RE, _QUANTITY_INDEX, article, is_fragment, is_noun_like, number_word, plural,
     same_kind, singular)
 
 # ---------------------------------------------------------------------------------------------
@@ -66,7 +71,8 @@ def parse_count(toks: list[Token], i: int) -> tuple[int | None, int] | None:
     n = len(toks)
     for phrase, value in _QUANTITY_INDEX.get(toks[i].low, ()):
         k = len(phrase)
-        if i + k <= n and tuple(t.low for t in toks[i:i + k]) == phrase:
+        if i + k <= n and (k == 1 or toks[i + 1].low == phrase[1]) and all(
+                toks[i + j].low == phrase[j] for j in range(2, k)):
             # "a lot of" and friends only count when a noun phrase follows.
             if i + k < n and toks[i + k].word:
                 return value, k
@@ -85,20 +91,40 @@ def parse_count(toks: list[Token], i: int) -> tuple[int | None, int] | None:
     return None
 
 
-_INDEX: dict[int, dict[str, list]] = {}
+_INDEX: dict[int, dict[str, tuple[dict, list]]] = {}
 
 
-def _indexed(table) -> dict[str, list]:
-    """`table` grouped by first word (longest phrases first), built once per table."""
+def _indexed(table) -> dict[str, tuple[dict, list]]:
+    """`table` grouped by first word, built once per table: for each first word, the longer
+    phrases grouped by second word and the one-word phrases, each longest first (in table order
+    for equal lengths), so that a match only tries phrases that share two words with the text."""
     index = _INDEX.get(id(table))
     if index is None:
         index = {}
-        for words, value in table:
-            index.setdefault(words[0], []).append((words, value))
-        for v in index.values():
-            v.sort(key=lambda pr: -len(pr[0]))
+        for words, value in sorted(table, key=lambda pr: -len(pr[0])):
+            longer, single = index.setdefault(words[0], ({}, []))
+            if len(words) == 1:
+                single.append((words, value))
+            else:
+                longer.setdefault(words[1], []).append((words, value))
         _INDEX[id(table)] = index
     return index
+
+
+def _starts(table) -> set[str]:
+    """The words that start a phrase of `table`."""
+    return (_INDEX.get(id(table)) or _indexed(table)).keys()
+
+
+def _is_content(tok: Token) -> bool:
+    """A content word as `lexicon.is_fragment` counts them."""
+    return tok.word and tok.low not in GRAMMAR_WORDS and not tok.low.isdigit()
+
+
+def _may_count(low: str) -> bool:
+    """True if `parse_count` can read a number at a token whose lower-case text is `low`."""
+    return (low in _QUANTITY_INDEX or (low.isascii() and low.isdigit()) or low in NUMBER_WORDS
+            or low in TENS_WORDS or low.partition("-")[0] in TENS_WORDS)
 
 
 def _match(toks: list[Token], i: int, table) -> tuple[int, str] | None:
@@ -106,11 +132,22 @@ def _match(toks: list[Token], i: int, table) -> tuple[int, str] | None:
     n = len(toks)
     if i >= n:
         return None
-    for words, value in _indexed(table).get(toks[i].low, ()):
-        k = len(words)
-        if i + k <= n and all(toks[i + j].low == words[j] for j in range(k)):
-            return k, value
-    return None
+    phrases = (_INDEX.get(id(table)) or _indexed(table)).get(toks[i].low)
+    if phrases is None:      # most words start no phrase: the common case, made cheap
+        return None
+    longer, single = phrases
+    if i + 1 < n:
+        for words, value in longer.get(toks[i + 1].low, ()):
+            k = len(words)
+            if i + k <= n and toks[i + k - 1].low == words[-1] and all(
+                    toks[i + j].low == words[j] for j in range(2, k - 1)):
+                return k, value
+    return (1, single[0][1]) if single else None
+
+
+# words that start a phrase ending a noun phrase, and a framing or style phrase
+_BOUNDARY_STARTS = set().union(*map(_starts, (ORDER_PHRASES, POSITION_PHRASES, LIST_TABLE, RELATION_PHRASES)))
+_FRAMING_STARTS = set(_starts(INTRO_TABLE)) | set(_starts(STYLE_TABLE))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,6 +185,7 @@ class _Parser:
         self.toks = tokenize(text)
         self.used = [False] * len(self.toks)
         self._boundary: list[bool | None] = [None] * len(self.toks)
+        self._counts: list = [False] * len(self.toks)      # memo of `count_at` (False: not yet read)
         self.subjects: list[dict] = []
         self.relations: list[dict] = []
         self.relation_texts: list[str] = []
@@ -158,6 +196,15 @@ class _Parser:
         self.lost: list[str] = []            # relation texts that named one subject twice
         self.spans: list[tuple[int, int]] = []   # token span of each subject's first mention
         self.head: int | None = None         # first subject of the last clause that named one
+        # Every change to the state above (subjects, relations, style lists, `used`...) goes
+        # through `add`, `set`, `take` and `untake`, which log how to undo it: a snapshot is then
+        # a position in this log, and going back to it undoes only what changed since. (Copying
+        # the state at every phrase made a long prompt quadratic.)
+        self.journal: list = []
+        self._scans: dict = {}               # memo of the scans ahead, see `scan_until`
+        self._chains: dict = {}              # memo of collective chains, see `noun_phrase`
+        self._noun_phrases: dict = {}        # memo of `noun_phrase`
+        self._relation_keys: set = set()     # (subject, object, relation, object2) of `relations`
 
     # -- helpers ------------------------------------------------------------------------------
     def span_text(self, i: int, j: int) -> str:
@@ -169,13 +216,59 @@ class _Parser:
     def norm_text(self, i: int, j: int) -> str:
         return re.sub(r"\s+", " ", self.span_text(i, j).lower()).strip()
 
+    # -- the state's changes, logged so that a snapshot can be restored -----------------------
+    def add(self, target: list, *items) -> None:
+        """Append to one of the state's lists (a subject's attributes included)."""
+        for item in items:
+            target.append(item)
+            self.journal.append(target)                  # undone by target.pop()
+
+    def set(self, subject: dict, key: str, value) -> None:
+        self.journal.append((subject, key, subject[key]))
+        subject[key] = value
+
     def take(self, i: int, j: int) -> None:
-        for k in range(i, j):
-            self.used[k] = True
+        self._mark_used(i, j, True)
 
     def untake(self, i: int, j: int) -> None:
+        self._mark_used(i, j, False)
+
+    def _mark_used(self, i: int, j: int, value: bool) -> None:
+        used, journal = self.used, self.journal
         for k in range(i, j):
-            self.used[k] = False
+            if used[k] is not value:
+                used[k] = value
+                journal.append(k)                        # undone by flipping used[k]
+
+    def snapshot(self, st: _ClauseState) -> tuple:
+        """Everything a clause rule may change, to undo a segment the grammar only half read:
+        the length of the log, and the clause state (whose lists are never changed in place)."""
+        return len(self.journal), dict(vars(st))
+
+    def restore(self, snap: tuple, st: _ClauseState) -> None:
+        """Undo every change made since `snap` was taken."""
+        mark, st_vars = snap
+        journal, used = self.journal, self.used
+        while len(journal) > mark:
+            entry = journal.pop()
+            if type(entry) is int:
+                used[entry] = not used[entry]
+            elif type(entry) is list:
+                entry.pop()
+            elif len(entry) == 2:
+                keys, key = entry
+                keys.discard(key)
+            else:
+                subject, key, old = entry
+                subject[key] = old
+        vars(st).update(st_vars)
+
+    def count_at(self, i: int) -> tuple[int | None, int] | None:
+        """`parse_count` at toks[i], memoised (the rules ask at the same word many times)."""
+        c = self._counts[i]
+        if c is False:
+            c = self._counts[i] = parse_count(self.toks, i)
+        return c
 
     def is_boundary(self, i: int) -> bool:
         """A token that ends a noun phrase (memoised: the scanner asks often)."""
@@ -183,6 +276,43 @@ class _Parser:
         if b is None:
             b = self._boundary[i] = self._is_boundary(i)
         return b
+
+    def scan_until(self, kind: str, k: int, end: int) -> int:
+        """The first index >= k (at most `end`) where a phrase of this kind stops: at a boundary
+        ("boundary"), also at a participle ("phrase": "with long hair *reading* a book"), also at
+        "alone" and friends ("noun": "a cat *alone*"). Memoised per start, so that trying a
+        phrase at every word of a long run of modifiers stays linear."""
+        memo = self._scans.setdefault((kind, end), {})
+        path = []
+        while k < end and k not in memo:
+            if self.is_boundary(k) or (kind != "boundary" and (self.is_participle(k, end) or (
+                    kind == "noun" and _match(self.toks, k, SOLITARY_TABLE)))):
+                memo[k] = k
+                break
+            path.append(k)
+            k += 1
+        stop = memo.get(k, k)
+        for p in path:
+            memo[p] = stop
+        return stop
+
+    def follow(self, kind: str, p: int, end: int, step, combine=lambda note, rest: rest):
+        """Follow a chain of phrases from p: `step(q)` is (0, result) where the chain stops or
+        (k, note) to go on at q + k; the answer at each q is `combine(note, answer at q + k)`.
+        Memoised per position, so that a chain tried at each of its words is read once."""
+        memo = self._scans.setdefault((kind, end), {})
+        path, start = [], p
+        while p not in memo:
+            k, note = step(p)
+            if k == 0:
+                memo[p] = note
+                break
+            path.append((p, note))
+            p += k
+        result = memo[p]
+        for q, note in reversed(path):
+            result = memo[q] = combine(note, result)
+        return memo[start]
 
     def _is_boundary(self, i: int) -> bool:
         t = self.toks[i]
@@ -200,9 +330,10 @@ class _Parser:
             return False
         if (low in LIST_WORDS or low in PREPOSITIONS or low in COPULAS or low in DETERMINERS
                 or low in ("no", "not", "nor") or verb or low in FILLER_WORDS
-                or parse_count(self.toks, i) is not None):
+                or self.count_at(i) is not None):
             return True
-        if (_match(self.toks, i, ORDER_PHRASES) or _match(self.toks, i, POSITION_PHRASES)
+        if low in _BOUNDARY_STARTS and (
+                _match(self.toks, i, ORDER_PHRASES) or _match(self.toks, i, POSITION_PHRASES)
                 or _match(self.toks, i, LIST_TABLE) or _match(self.toks, i, RELATION_PHRASES)):
             return True
         if low in DEGREE_ADVERBS and (_match(self.toks, i + 1, RELATION_PHRASES)
@@ -214,16 +345,37 @@ class _Parser:
 
     # -- noun phrases ---------------------------------------------------------------------------
     def noun_phrase(self, i: int, end: int, *, as_subject: bool) -> tuple[dict, int] | None:
-        """Parse "[det] [count] modifiers* head" at i. Returns (subject dict, next index)."""
+        """Parse "[det] [count] modifiers* head" at i. Returns (subject dict, next index): a
+        fresh dict each time (the caller may change it), read once per (i, end, as_subject)."""
+        key = (i, end, as_subject)
+        if key not in self._noun_phrases:
+            self._noun_phrases[key] = self._noun_phrase(i, end, as_subject)
+        found = self._noun_phrases[key]
+        if found is None:
+            return None
+        subj, j = found
+        return dict(subj, attributes=list(subj["attributes"])), j
+
+    def _noun_phrase(self, i: int, end: int, as_subject: bool) -> tuple[dict, int] | None:
         toks = self.toks
         det = None
         count = None
         quantity = False         # a number or quantity word was read (its count may be None: "some")
         collective = None        # "a group of (four) squares": squares in a group
+        chained = []             # the collective words read (where this prefix can be resumed)
         while i < end:
             low = toks[i].low
-            if not quantity or (collective and count is None and i == collective[1]):
-                c = parse_count(toks, i)
+            in_chain = collective is not None and count is None and i == collective[1]
+            if in_chain:
+                # what follows a collective ("a crowd of a crowd of ...") reads the same from
+                # every start: read once, so that a phrase tried at every word stays linear
+                done = self._chains.get((collective, end))
+                if done is not None:
+                    count, collective, i = done
+                    break
+                chained.append((collective, end))
+            if not quantity or in_chain:
+                c = self.count_at(i)
                 if c is not None:
                     (count, k), quantity = c, True
                     word = next((t.low for t in toks[i:i + k] if t.low in COLLECTIVE_WORDS), None)
@@ -236,14 +388,13 @@ class _Parser:
                 i += 1
                 continue
             break
+        for key in chained:
+            self._chains[key] = (count, collective, i)
         words_start = i
-        while i < end and not self.is_boundary(i):
-            # "a dog running": an -ing word after a known noun starts a trailing phrase.
-            if i > words_start and self.is_participle(i, end):
-                break
-            if i > words_start and _match(toks, i, SOLITARY_TABLE):     # "a cat alone"
-                break
-            i += 1
+        # the words run to a boundary; after the first word an -ing word ("a dog running") or
+        # "alone" ("a cat alone") starts a trailing phrase
+        if i < end and not self.is_boundary(i):
+            i = self.scan_until("noun", i + 1, end)
         # "the fire engine *sped* past": an unknown word after a known noun, before a preposition,
         # is the verb, not the head
         if (i - words_start >= 2 and i < end and toks[i].low in PREPOSITIONS
@@ -251,14 +402,14 @@ class _Parser:
                 and toks[i - 1].low not in ADJECTIVES
                 and (toks[i - 2].low, singular(toks[i - 1].low)) not in COMPOUND_NOUNS):
             i -= 1
-        words = [t.low for t in toks[words_start:i]]
-        if not words:
+        if i == words_start:
             return None
-        if len(words) >= 2 and (words[-2], singular(words[-1])) in COMPOUND_NOUNS:
-            head_words, mods = words[-2:], words[:-2]
+        # the head first, the modifiers (a run of any length) only once the phrase is accepted
+        last = toks[i - 1].low
+        if i - words_start >= 2 and (toks[i - 2].low, singular(last)) in COMPOUND_NOUNS:
+            head_words = [toks[i - 2].low, last]
         else:
-            head_words, mods = words[-1:], words[:-1]
-        last = head_words[-1]
+            head_words = [last]
         if len(head_words) == 1 and (((last in BASIC_COLORS or last in COLOR_ALIASES or last in ADJECTIVES
                 or last in OTHER_COLOR_WORDS) and last not in KNOWN_NOUNS) or last.isdigit()):
             return None
@@ -275,7 +426,7 @@ class _Parser:
         # else a plural without a number ("cats", "some cats", "these birds") keeps count None:
         # the prompt does not say how many, so neither does the plan
         noun = " ".join(head_words[:-1] + [noun_sing])
-        color, attributes = _color_and_attributes(mods)
+        color, attributes = _color_and_attributes([t.low for t in toks[words_start:i - len(head_words)]])
         if collective:
             attributes.append(f"in a {collective[0]}")
         return {"noun": noun, "count": count, "color": color, "attributes": attributes, "_det": det}, i
@@ -288,17 +439,16 @@ class _Parser:
         if j < end and toks[j].low in ("a", "an", "one"):
             j += 1
         else:
-            c = parse_count(toks, j)
+            c = self.count_at(j)
             if c is None:
                 return None
             count, k = c
             if count is None or not 1 <= count <= MAX_COUNT:
                 return None
             j += k
-        words = []
-        while j < end and not self.is_boundary(j):
-            words.append(toks[j].low)
-            j += 1
+        k = self.scan_until("boundary", j, end)
+        words = [t.low for t in toks[j:k]]
+        j = k
         if not words or not (j < end and toks[j].low in (",", "and", "or")):
             return None
         if not all(w in BASIC_COLORS or w in COLOR_ALIASES or w in ADJECTIVES or w in OTHER_COLOR_WORDS
@@ -312,15 +462,12 @@ class _Parser:
         j = i
         while j < end and self.toks[j].low in DETERMINERS | {"some", "many"}:
             j += 1
-        c = parse_count(self.toks, j) if j < end else None
+        c = self.count_at(j) if j < end else None
         if c:
             j += c[1]
-        k = j
-        while k < end and not self.is_boundary(k):
-            if k > j and self.is_participle(k, end):      # "with long hair reading a book"
-                break
-            k += 1
-        return k if k > j else i
+        if j >= end or self.is_boundary(j):
+            return i
+        return self.scan_until("phrase", j + 1, end)      # "with long hair *reading* a book"
 
     def is_participle(self, i: int, end: int) -> bool:
         """ "a dog *sleeping* under", "a car *parked* in front of": a verb form that ends a noun phrase."""
@@ -331,7 +478,7 @@ class _Parser:
         if i + 1 < end and (low, singular(toks[i + 1].low)) in COMPOUND_NOUNS:
             return False                     # "an orange potted plant"
         if low in QUALIFIER_WORDS or (low.endswith("ing") and i + 1 < end and (
-                toks[i + 1].low in DETERMINERS or parse_count(toks, i + 1) is not None)):
+                toks[i + 1].low in DETERMINERS or self.count_at(i + 1) is not None)):
             return True                      # "a beaver wearing glasses", "a man holding a cup"
         return is_noun_like(toks[i - 1].low) or (
             low not in ADJECTIVES and (i + 1 >= end or self.is_boundary(i + 1)))
@@ -352,19 +499,20 @@ class _Parser:
 
     def segment_is_style_only(self, i: int, end: int) -> bool:
         """True if the comma segment starting at i is only style words ("..., oil painting,")."""
-        j = i
-        any_style = False
-        while j < end and self.toks[j].low != "," and self.toks[j].low not in CLAUSE_END:
-            m = _match(self.toks, j, STYLE_TABLE) or _match(self.toks, j, INTRO_TABLE)
+        toks = self.toks
+
+        def step(j: int):        # (ok so far, a style word seen)
+            if j >= end or toks[j].low == "," or toks[j].low in CLAUSE_END:
+                return 0, (True, False)
+            m = _match(toks, j, STYLE_TABLE) or _match(toks, j, INTRO_TABLE)
             if m and m[1]:
-                any_style = True
-                j += m[0]
-                continue
-            if self.toks[j].low in ("and", "a", "an", "the") or _MM_RE.match(self.toks[j].low):
-                j += 1
-                continue
-            return False
-        return any_style
+                return m[0], True
+            if toks[j].low in ("and", "a", "an", "the") or _MM_RE.match(toks[j].low):
+                return 1, False
+            return 0, (False, False)
+
+        ok, any_style = self.follow("style only", i, end, step, lambda style, rest: (rest[0], rest[1] or style))
+        return ok and any_style
 
     def parse_clause(self, start: int, end: int) -> None:
         """Read one clause: at each token, the first rule of `CLAUSE_RULES` that consumes something
@@ -383,7 +531,7 @@ class _Parser:
             st.at_seg_start, st.seg_start = st.seg_start, False
             st.adjacent = bool(st.group) and st.last_end == i   # right after a subject's phrase
             snap = self.snapshot(st) if i > seg_start else None
-            for rule in self.CLAUSE_RULES:
+            for rule in self.rules_at(self.toks[i]):
                 nxt = rule(self, i, end, st)
                 if nxt is not None:
                     if snap is not None:
@@ -394,19 +542,15 @@ class _Parser:
                 i += 1   # not understood: stays unused and ends up in `unparsed`
         self.keep_whole_if_cut(seg_start, end, checkpoints, st)
         # what was waiting for a noun that never came stays as written:
+        waiting = bool(st.elliptic or st.pending_pos or st.pending_rel)
         for _, a, b in st.elliptic:          # "a red and a blue."
             self.untake(a, b)
         if st.pending_pos:                   # "On the left."
             self.untake(*st.pending_pos[1])
         if st.pending_rel is not None:       # "next to the window."
             self.untake(*st.pending_rel[4])
-        self.keep_whole_if_cut(start, end, [(start, clause_snap)], st)
-
-    def snapshot(self, st: _ClauseState) -> tuple:
-        """Everything a clause rule may change, to undo a segment the grammar only half read."""
-        return _copy_state((self.subjects, self.spans, self.relations, self.relation_texts,
-                            self.style, self.composition, self.scene, self.negatives, self.lost,
-                            self.used, vars(st)))
+        if seg_start > start or waiting:     # (else the clause was one segment, just checked)
+            self.keep_whole_if_cut(start, end, [(start, clause_snap)], st)
 
     def keep_whole_if_cut(self, start: int, end: int, checkpoints: list, st: _ClauseState) -> None:
         """If what the rules left unread in toks[start:end] is a stray piece ("under", "one of
@@ -418,14 +562,54 @@ class _Parser:
                       if a < b and is_fragment([t.low for t in self.toks[a:b] if t.word])), None)
         if first is None:
             return
-        for at, snap in reversed([c for c in checkpoints if c[0] <= first] or checkpoints[:1]):
-            (self.subjects, self.spans, self.relations, self.relation_texts, self.style,
-             self.composition, self.scene, self.negatives, self.lost, self.used,
-             st_vars) = _copy_state(snap)
-            vars(st).update(st_vars)
+        candidates = [c for c in checkpoints if c[0] <= first] or checkpoints[:1]
+        last, content_after = self.span_end_facts(start, end) if len(candidates) > 1 else (None, [])
+        # A span that ends in a word needing a complement ("... a cat is") stays a stray piece
+        # whatever is undone after its last word: go straight to an undo that reaches that word.
+        dangling = last is not None and self.toks[last].low in DANGLING_WORDS
+        for at, snap in reversed(candidates):
+            whole = at == checkpoints[0][0]
+            if dangling and at <= last and not whole:
+                continue
+            self.restore(snap, st)
+            if not whole and self.tail_is_fragment(start, at, end, last, content_after):
+                continue           # the full test below would fail on the tail: try an earlier phrase
             self.untake(at, end)
-            if at == checkpoints[0][0] or not self.has_fragment(start, end):
+            if whole or not self.has_fragment(start, end):
                 return
+
+    def span_end_facts(self, start: int, end: int) -> tuple[int | None, list[bool]]:
+        """(the last word of toks[start:end] that is not "and"/"or", or None; content_after,
+        where content_after[k - start] says whether toks[k:end] holds a content word)."""
+        toks = self.toks
+        last = next((k for k in range(end - 1, start - 1, -1)
+                     if toks[k].word and toks[k].low not in ("and", "or")), None)
+        content_after, seen = [False] * (end - start + 1), False
+        for k in range(end - 1, start - 1, -1):
+            seen = seen or _is_content(toks[k])
+            content_after[k - start] = seen
+        return last, content_after
+
+    def tail_is_fragment(self, start: int, at: int, end: int, last: int | None, content_after: list) -> bool:
+        """What `has_fragment` would find of the run of unused tokens that ends with toks[at:end]
+        once they are unread: is that run a stray piece? Answered without unreading them, in
+        time for the tokens before `at` only (`last`: the last word of toks[start:end] that is
+        not "and"/"or", and `content_after`: see `span_end_facts`), so that trying many
+        phrases of one long segment stays linear."""
+        toks, used = self.toks, self.used
+        r = at
+        while r > start and not used[r - 1]:
+            r -= 1
+        final = last if last is not None and last >= at else None
+        content = content_after[at - start]
+        for k in range(at - 1, r - 1, -1):
+            if final is None and toks[k].word and toks[k].low not in ("and", "or"):
+                final = k
+            content = content or _is_content(toks[k])
+        if final is None:
+            return False           # no word in the run: not a piece of text
+        low = toks[final].low
+        return low in DANGLING_WORDS or (not content and low not in SELF_CONTAINED_ENDS)
 
     def comma(self, i: int, st: _ClauseState) -> int:
         """A comma starts a segment; right after a subject it lists the next one."""
@@ -452,8 +636,9 @@ class _Parser:
             return None
         if len(st.group) >= 2 and st.adjacent:
             k, rel = m
+            text = self.norm_text(i, i + k)
             for a, b in zip(st.group, st.group[1:]):
-                self.add_relation(a, b, rel, None, self.norm_text(i, i + k))
+                self.add_relation(a, b, rel, None, text)
             self.take(i, i + k)
             st.last_end = i + k
             return i + k
@@ -517,15 +702,15 @@ class _Parser:
     def rule_adverb(self, i: int, end: int, st: _ClauseState) -> int | None:
         """An adverb before a relation, a position or a noun phrase: "just left of", "high above",
         "directly behind", "just a square". The relation still binds to the subject before it;
-        an adverb with content ("high") stays as written in `unparsed`, an empty one ("just") is
-        read as grammar."""
+        an adverb with content ("high") goes with that relation (see `relation`), or else stays
+        as written in `unparsed`; an empty one ("just") is read as grammar."""
         toks = self.toks
         if toks[i].low not in DEGREE_ADVERBS or i + 1 >= end or not toks[i + 1].word:
             return None
         if _match(toks, i, RELATION_PHRASES) or _match(toks, i, POSITION_PHRASES):
             return None      # "right of", "far in the background" are phrases of their own
         if not (_match(toks, i + 1, RELATION_PHRASES) or _match(toks, i + 1, POSITION_PHRASES)
-                or toks[i + 1].low in DETERMINERS or parse_count(toks, i + 1) is not None):
+                or toks[i + 1].low in DETERMINERS or self.count_at(i + 1) is not None):
             return None
         if toks[i].low in GRAMMAR_WORDS:
             self.take(i, i + 1)
@@ -544,11 +729,11 @@ class _Parser:
         after = toks[i + k].low if i + k < end else ""
         # "on the right is a cow", "..., on the right, a house": it introduces what follows
         introduces = after in COPULAS or (st.at_seg_start and (
-            after == "," or after in DETERMINERS or (i + k < end and parse_count(toks, i + k) is not None))) or (
+            after == "," or after in DETERMINERS or (i + k < end and self.count_at(i + k) is not None))) or (
             not st.adjacent and after != "")
         if st.adjacent and not introduces:
             for s in st.group:
-                self.subjects[s]["attributes"].append(canon)
+                self.add(self.subjects[s]["attributes"], canon)
             st.last_end = i + k
             st.group_open = False     # "a dog on the right and a cat on the left"
         else:
@@ -577,8 +762,9 @@ class _Parser:
             return None
         if is_fragment([t.low for t in self.toks[i:k] if t.word]):
             return None                      # "by she"
-        self.scene.append(self.norm_text(i, k))
-        self.take(i, k)
+        i0 = i - 1 if st.adjacent and self.adverb_before(i) else i      # "flying low over the sea"
+        self.add(self.scene, self.norm_text(i0, k))
+        self.take(i0, k)
         if st.adjacent:                      # "a cabin by a lake under the lights": still the cabin
             st.last_end = k
         return k
@@ -597,7 +783,7 @@ class _Parser:
                 st.last_end, st.list_next = i + 1, True
                 return i + 1
         transitive = (low.endswith("ing") and i + 1 < end
-                      and (toks[i + 1].low in DETERMINERS or parse_count(toks, i + 1) is not None))
+                      and (toks[i + 1].low in DETERMINERS or self.count_at(i + 1) is not None))
         if not (low in QUALIFIER_WORDS or transitive):
             return None
         k = self.phrase_until_boundary(i + 1, end)
@@ -612,7 +798,7 @@ class _Parser:
             if k2 <= k + 1:
                 break
             k = k2
-        self.subjects[st.group[-1]]["attributes"].append(self.norm_text(i, k))
+        self.add(self.subjects[st.group[-1]]["attributes"], self.norm_text(i, k))
         self.take(i, k)
         st.last_end = k
         # what follows is about this subject only, and a list after it starts afresh
@@ -633,12 +819,12 @@ class _Parser:
             if k <= i + 1:
                 return i + 1
             text = f"{TRANSITIVE_VERBS[low]} {self.norm_text(i + 1, k)}"
-            self.subjects[st.group[-1]]["attributes"].append(text)
+            self.add(self.subjects[st.group[-1]]["attributes"], text)
             st.group, st.group_open = st.group[-1:], False
         else:
             k = i + 1
             for s in st.group:
-                self.subjects[s]["attributes"].append(POSTURE_VERBS[low])
+                self.add(self.subjects[s]["attributes"], POSTURE_VERBS[low])
         self.take(i, k)
         st.last_end = k
         return k
@@ -658,7 +844,7 @@ class _Parser:
             return None
         if j == i + 1 and low.endswith(("ing", "ed")):
             for s in st.group:
-                self.subjects[s]["attributes"].append(low)
+                self.add(self.subjects[s]["attributes"], low)
             self.take(i, j)
         st.last_end = j
         return j
@@ -684,7 +870,7 @@ class _Parser:
             return None
         if not st.elliptic:
             st.elliptic_joins = st.list_next and st.last_end == i and st.group_open and bool(st.group)
-        st.elliptic.append(ell)
+        st.elliptic = st.elliptic + [ell]     # never changed in place: snapshots share it
         self.take(i, ell[2])
         st.last_end = ell[2]
         return ell[2]
@@ -697,7 +883,7 @@ class _Parser:
             return None
         subj, j = np
         for n_part, (part, a, b) in enumerate(st.elliptic):
-            part["noun"] = subj["noun"]
+            part = dict(part, noun=subj["noun"])     # the waiting part is shared with snapshots
             idx = self.add_subject(part, a, b)
             if n_part == 0 and not st.elliptic_joins:
                 st.group, st.group_open = [idx], True
@@ -728,17 +914,15 @@ class _Parser:
         t = self.toks[i]
         if not (st.adjacent and not st.at_seg_start and t.word and t.low not in FUNCTION_WORDS):
             return None
-        k = i
-        while k < end and not self.is_boundary(k):
-            k += 1
+        k = self.scan_until("boundary", i, end)
         if k <= i:
             return None
         subj = self.subjects[st.group[-1]]
         color = COLOR_ALIASES.get(self.norm_text(i, k), self.norm_text(i, k))
         if color in BASIC_COLORS and subj["color"] is None:
-            subj["color"] = color
+            self.set(subj, "color", color)
         else:
-            subj["attributes"].append(self.norm_text(i, k))
+            self.add(subj["attributes"], self.norm_text(i, k))
         self.take(i, k)
         st.last_end = k
         return k
@@ -747,19 +931,55 @@ class _Parser:
                     rule_pronoun, rule_adverb, rule_position, rule_relation, rule_scene,
                     rule_qualifier, rule_verb, rule_bridge, rule_filler, rule_elliptic, rule_subject,
                     rule_trailing)
+    # Each rule's first test, on the token alone (its lower-case text, and whether it is a word):
+    # the scan asks a rule only where it can start, since asking every rule at every token cost
+    # more than the rules' own work. A rule missing here is asked everywhere.
+    RULE_STARTS = {
+        rule_style: lambda low, word: word,
+        rule_negation: lambda low, word: low in _starts(NEGATION_TABLE),
+        rule_order: lambda low, word: low in _starts(ORDER_PHRASES),
+        rule_joiner: lambda low, word: low in _starts(LIST_TABLE),
+        rule_solitary: lambda low, word: low in _starts(SOLITARY_TABLE),
+        rule_frame: lambda low, word: low in ("in", "within"),
+        rule_pronoun: lambda low, word: low in ("he", "she", "it", "they"),
+        rule_adverb: lambda low, word: low in DEGREE_ADVERBS,
+        rule_position: lambda low, word: low in _starts(POSITION_PHRASES),
+        rule_relation: lambda low, word: low in _starts(RELATION_PHRASES),
+        rule_scene: lambda low, word: low in SCENE_ONLY_PREPOSITIONS,
+        rule_qualifier: lambda low, word: low == "with" or low in QUALIFIER_WORDS or low.endswith("ing"),
+        rule_verb: lambda low, word: low in POSTURE_VERBS or low in TRANSITIVE_VERBS,
+        rule_bridge: lambda low, word: word and low not in GRAMMAR_WORDS and low not in COPULAS,
+        rule_filler: lambda low, word: low in LIST_WORDS or low in COPULAS,
+        rule_elliptic: lambda low, word: low in ("a", "an", "one") or _may_count(low),
+        rule_subject: lambda low, word: word,
+        rule_trailing: lambda low, word: word and low not in FUNCTION_WORDS,
+    }
+    _rules_at: dict = {}
+
+    @classmethod
+    def rules_at(cls, tok: Token) -> tuple:
+        """The clause rules that can start at `tok`, in priority order (cached per word)."""
+        key = (tok.low, tok.word)
+        rules = cls._rules_at.get(key)
+        if rules is None:
+            if len(cls._rules_at) > 50_000:      # a long-running server sees endless new words
+                cls._rules_at.clear()
+            rules = cls._rules_at[key] = tuple(r for r in cls.CLAUSE_RULES
+                                               if cls.RULE_STARTS.get(r, lambda low, word: True)(*key))
+        return rules
 
     def style_or_intro(self, i: int, end: int, at_seg_start: bool) -> int | None:
         """Style phrases and "a photo of"; returns the next index if it consumed something."""
         toks = self.toks
         low = toks[i].low
         if _MM_RE.match(low):                                   # "35mm", "f/1.8"
-            self.style["camera"].append(low)
+            self.add(self.style["camera"], low)
             self.take(i, i + 1)
             return i + 1
         if i + 1 < end and toks[i + 1].low in ("lighting", "light", "lights") and toks[i].word and (
                 low not in BASIC_COLORS and low not in FUNCTION_WORDS and low not in LIGHT_OBJECTS
                 and (toks[i + 1].low == "lighting" or low in ("warm", "soft", "cold", "neon", "natural", "dim"))):
-            self.style["lighting"].append(self.norm_text(i, i + 2))   # "moody lighting"
+            self.add(self.style["lighting"], self.norm_text(i, i + 2))   # "moody lighting"
             self.take(i, i + 2)
             return i + 2
         if at_seg_start:
@@ -770,19 +990,19 @@ class _Parser:
             j = i + 2
             while j < end and toks[j].low != ",":
                 j += 1
-            self.style["camera"].append(self.norm_text(i, j))
+            self.add(self.style["camera"], self.norm_text(i, j))
             self.take(i, j)
             return j
         if low == "in" and i + 3 < end and [t.low for t in toks[i + 1:i + 4]] == ["the", "style", "of"]:
             j = i + 4
             while j < end and toks[j].low != ",":
                 j += 1
-            self.style["medium"].append(self.norm_text(i, j))          # "in the style of van gogh"
+            self.add(self.style["medium"], self.norm_text(i, j))          # "in the style of van gogh"
             self.take(i, j)
             return j
         if i + 1 < end and toks[i + 1].low == "style" and toks[i].word and low not in FUNCTION_WORDS:
             k = i - 1 if i > 0 and toks[i - 1].low == "in" and not self.used[i - 1] else i
-            self.style["medium"].append(self.norm_text(i, i + 2))   # "(in) anime style"
+            self.add(self.style["medium"], self.norm_text(i, i + 2))   # "(in) anime style"
             self.take(k, i + 2)
             return i + 2
         m = _match(toks, i, STYLE_TABLE)
@@ -791,14 +1011,15 @@ class _Parser:
             ambiguous = fld == "mood" or (fld == "composition" and k == 1 and low in AMBIGUOUS_COMPOSITION)
             if not ambiguous or self.segment_is_style_only(i, end):
                 target = self.composition if fld == "composition" else self.style[fld]
-                target.append(self.norm_text(i, i + k))
+                self.add(target, self.norm_text(i, i + k))
                 self.take(i, i + k)
                 return i + k
         # "a photo of", "a close-up of", "an image of"
         j = i + 1 if low in ("a", "an", "the") else i
-        moods = j
-        while moods < end and toks[moods].low in MOOD_SINGLE:      # "a cinematic photo of"
-            moods += 1
+        moods = self.follow("moods", j, end,                       # "a cinematic photo of"
+                            lambda p: (1, None) if p < end and toks[p].low in MOOD_SINGLE else (0, p))
+        if moods >= end or toks[moods].low not in _FRAMING_STARTS:
+            return None                      # no framing word: nothing below can match
         nxt = self.framing_chain(i, j, moods, end)
         if nxt is not None:
             return nxt
@@ -811,20 +1032,20 @@ class _Parser:
         if m and moods > j and not lead:
             m = None
         if m and moods > j:
-            self.style["mood"].extend(t.low for t in toks[j:moods])
+            self.add(self.style["mood"], *(t.low for t in toks[j:moods]))
             j = moods
         if m and lead:
             k, fld = m
             if fld == "composition":
-                self.composition.append(self.norm_text(j, j + k))
+                self.add(self.composition, self.norm_text(j, j + k))
             elif fld == "medium":
-                self.style["medium"].append(self.norm_text(j, j + k))
+                self.add(self.style["medium"], self.norm_text(j, j + k))
             self.take(i, j + k + lead[0])
             return j + k + lead[0]
         # a comma segment that is only a medium word: "..., oil painting"
         if m and m[1] and at_seg_start and self.segment_is_style_only(i, end):
             k, fld = m
-            (self.composition if fld == "composition" else self.style[fld]).append(self.norm_text(j, j + k))
+            self.add(self.composition if fld == "composition" else self.style[fld], self.norm_text(j, j + k))
             self.take(i, j + k)
             return j + k
         return None
@@ -833,18 +1054,22 @@ class _Parser:
         """ "a close-up portrait of", "a black and white studio photo of": several framing words
         in a row before "of" (toks[j:moods] are mood words, toks[i:j] the article)."""
         toks = self.toks
-        chain, p = [], moods
-        while p < end:
-            m = _match(toks, p, INTRO_TABLE) or _match(toks, p, STYLE_TABLE)
-            if not m or not m[1] or m[1] == "mood":
-                break
-            chain.append((p, m))
-            p += m[0]
-        if len(chain) < 2 or not (p < end and toks[p].low == "of"):
+
+        def framing(p: int):
+            m = _match(toks, p, INTRO_TABLE) or _match(toks, p, STYLE_TABLE) if p < end else None
+            return (m[0], m) if m and m[1] and m[1] != "mood" else (0, (p, 0))
+
+        p, length = self.follow("framing", moods, end, framing, lambda m, rest: (rest[0], rest[1] + 1))
+        if length < 2 or not (p < end and toks[p].low == "of"):
             return None
-        self.style["mood"].extend(t.low for t in toks[j:moods])
+        chain, q = [], moods
+        while q < p:
+            m = framing(q)[1]
+            chain.append((q, m))
+            q += m[0]
+        self.add(self.style["mood"], *(t.low for t in toks[j:moods]))
         for q, (k, fld) in chain:
-            (self.composition if fld == "composition" else self.style[fld]).append(self.norm_text(q, q + k))
+            self.add(self.composition if fld == "composition" else self.style[fld], self.norm_text(q, q + k))
         self.take(i, p + 1)
         return p + 1
 
@@ -861,7 +1086,7 @@ class _Parser:
         if j < end and toks[j].word and toks[j].low not in LIST_WORDS:
             return None                      # "in the picture frame", "in the image of a ..."
         if m[1] == "medium":
-            self.style["medium"].append(self.norm_text(i + 2, j))
+            self.add(self.style["medium"], self.norm_text(i + 2, j))
         self.take(i, j)
         return j
 
@@ -881,7 +1106,7 @@ class _Parser:
                 tail_end = k
                 break
         words = toks[i:tail_end]
-        if any(not t.word or t.low in DETERMINERS or parse_count(toks, i + n) is not None
+        if any(not t.word or t.low in DETERMINERS or self.count_at(i + n) is not None
                for n, t in enumerate(words)):
             return None
         fld = None
@@ -899,7 +1124,7 @@ class _Parser:
         if fld is None or any(is_noun_like(t.low) and t.low not in SCENE_NOUNS
                               for t in toks[i:tail_end - k]):
             return None
-        (self.composition if fld == "composition" else self.style[fld]).append(self.norm_text(i, e))
+        self.add(self.composition if fld == "composition" else self.style[fld], self.norm_text(i, e))
         self.take(i, e)
         return e
 
@@ -917,7 +1142,7 @@ class _Parser:
                 break
             words = [w.low for w in toks[j:k] if w.low not in DETERMINERS and w.low != "any"]
             if words:
-                self.negatives.append(" ".join(words))
+                self.add(self.negatives, " ".join(words))
                 got = True
             j = k
             if (j + 1 < end and toks[j].low in ("or", "and", "nor") and toks[j + 1].word
@@ -935,24 +1160,29 @@ class _Parser:
         toks = self.toks
         group = st.group if adjacent else []
         j = i + k
+        # "a bird high above a house": an adverb with content goes with the relation
+        adverb = self.adverb_before(i) if group else ""
+        i0 = i - 1 if adverb else i
         # "next to each other", "above one another"
         if j + 1 < end and (toks[j].low, toks[j + 1].low) in (("each", "other"), ("one", "another")):
             if len(group) < 2:
                 return None
+            text = self.norm_text(i0, j + 2)
             for a, b in zip(group, group[1:]):
-                self.add_relation(a, b, rel, None, self.norm_text(i, j + 2))
-            self.take(i, j + 2)
+                self.add_relation(a, b, rel, None, text, adverb)
+            self.take(i0, j + 2)
             st.last_end = j + 2
             return j + 2
         if j < end and toks[j].low in ("it", "them") and group:
             # "a phone next to it": the subject named just before this group
-            earlier = [s for s in range(len(self.subjects)) if s not in group]
-            if not earlier:
+            members = set(group)
+            earlier = next((s for s in reversed(range(len(self.subjects))) if s not in members), None)
+            if earlier is None:
                 return None
-            text = self.norm_text(i, j + 1)
+            text = self.norm_text(i0, j + 1)
             for s in group:
-                self.add_relation(s, earlier[-1], rel, None, text)
-            self.take(i, j + 1)
+                self.add_relation(s, earlier, rel, None, text, adverb)
+            self.take(i0, j + 1)
             st.last_end = j + 1
             return j + 1
         np = self.noun_phrase(j, end, as_subject=False)
@@ -963,14 +1193,14 @@ class _Parser:
         head = noun.split()[-1]
         is_scene = head in SCENE_NOUNS and noun not in KNOWN_NOUNS - {"wall", "sky", "water"}
         if is_scene and rel in ("on", "inside", "under", "above", "below", "behind", "next to", "in front of"):
-            self.scene.append(self.norm_text(i, j2))         # "on a beach", "in a forest"
-            self.take(i, j2)
+            self.add(self.scene, self.norm_text(i0, j2))        # "on a beach", "in a forest"
+            self.take(i0, j2)
             if adjacent:
                 st.last_end = j2
             return j2
         if rel == "inside" and toks[i].low == "in" and k == 1 and noun not in CONTAINER_NOUNS:
             if adjacent:                                      # "a woman in a red dress"
-                self.subjects[group[-1]]["attributes"].append(self.norm_text(i, j2))
+                self.add(self.subjects[group[-1]]["attributes"], self.norm_text(i, j2))
                 self.take(i, j2)
                 st.last_end = j2
                 return j2
@@ -988,11 +1218,11 @@ class _Parser:
         obj_idx = self.add_subject(obj, j, j2)
         if rel == "between":
             obj2_idx = self.add_subject(obj2, j2 + 1, end_tok)
-        text = self.norm_text(i, end_tok)
-        self.take(i, end_tok)
+        text = self.norm_text(i0, end_tok)
+        self.take(i0, end_tok)
         if group:
             for s in group:
-                self.add_relation(s, obj_idx, rel, obj2_idx, text)
+                self.add_relation(s, obj_idx, rel, obj2_idx, text, adverb)
         else:   # "Above the table, a lamp": the subject comes later
             st.pending_rel = (rel, obj_idx, obj2_idx, text, (i, i + k))
         st.group, st.group_open, st.list_next = [obj_idx], False, False
@@ -1007,23 +1237,35 @@ class _Parser:
                 if (old["noun"] == subj["noun"] and subj["color"] in (None, old["color"])
                         and all(a in old["attributes"] for a in subj["attributes"])):
                     return k
-        self.subjects.append(subj)
-        self.spans.append((i, j))
+        self.add(self.subjects, subj)
+        self.add(self.spans, (i, j))
         return len(self.subjects) - 1
 
-    def add_relation(self, s: int, o: int, rel: str, o2: int | None, text: str) -> None:
+    def adverb_before(self, i: int) -> str:
+        """The adverb with content that `rule_adverb` left unread right before toks[i] ("high"
+        in "high above"), or ""."""
+        t = self.toks[i - 1] if i > 0 else None
+        if t is None or self.used[i - 1] or t.low not in DEGREE_ADVERBS or t.low in GRAMMAR_WORDS:
+            return ""
+        return t.low
+
+    def add_relation(self, s: int, o: int, rel: str, o2: int | None, text: str, adverb: str = "") -> None:
         # the text a dropped relation leaves in `unparsed` names its subject: "the sun behind it"
-        text = f"{self.norm_text(*self.spans[s])} {text}"
         if s == o or (o2 is not None and s == o2) or o == o2:
-            self.lost.append(text)           # "the cat left of the cat": kept as written
+            self.add(self.lost, f"{self.norm_text(*self.spans[s])} {text}")   # "the cat left of the cat"
+            return
+        key = (s, o, rel, o2)
+        if key in self._relation_keys:     # stated before
             return
         r = {"subject": s, "object": o, "relation": rel}
         if o2 is not None:
             r["object2"] = o2
-        if r in self.relations:
-            return
-        self.relations.append(r)
-        self.relation_texts.append(text)
+        if adverb:
+            r["adverb"] = adverb
+        self._relation_keys.add(key)
+        self.journal.append((self._relation_keys, key))              # undone by discarding the key
+        self.add(self.relations, r)
+        self.add(self.relation_texts, f"{self.norm_text(*self.spans[s])} {text}")
 
     def unused_runs(self, start: int, end: int):
         """(i, j, a, b) for each run toks[i:j] of unused tokens in [start, end); toks[a:b] is the
@@ -1045,9 +1287,26 @@ class _Parser:
             i = j
 
     def has_fragment(self, start: int, end: int) -> bool:
-        """Some unused run in [start, end) is a stray piece of a phrase ("under", "he, next to")."""
-        return any(a < b and is_fragment([t.low for t in self.toks[a:b] if t.word])
-                   for _, _, a, b in self.unused_runs(start, end))
+        """Some unused run in [start, end) is a stray piece of a phrase ("under", "he, next to").
+        The runs are read from the end: a piece left by an undo is most often the last one."""
+        toks, used = self.toks, self.used
+        j = end
+        while j > start:
+            if used[j - 1] or toks[j - 1].low in CLAUSE_END:
+                j -= 1
+                continue
+            i = j                            # the run toks[i:j], as `unused_runs` finds it
+            while i > start and not used[i - 1] and toks[i - 1].low not in CLAUSE_END:
+                i -= 1
+            words = [t.low for t in toks[i:j] if t.word]
+            while words and words[0] in ("and", "or"):        # the edges `unused_runs` trims
+                words.pop(0)
+            while words and words[-1] in ("and", "or"):
+                words.pop()
+            if words and is_fragment(words):
+                return True
+            j = i
+        return False
 
     def unparsed(self) -> list[str]:
         """Verbatim runs of tokens nobody used (punctuation-only runs are dropped)."""
@@ -1059,16 +1318,6 @@ class _Parser:
                 # keep symbols such as emoji or "#" even without words around them
                 runs.append(self.span_text(i, j).strip(" ,"))
         return [r for r in runs if r]
-
-
-def _copy_state(state: tuple) -> tuple:
-    """A copy of the parser's state as `_Parser.snapshot` lists it, deep where rules mutate
-    (a subject's attributes, the style lists, the clause's elliptic list); faster than deepcopy."""
-    subjects, spans, relations, texts, style, composition, scene, negatives, lost, used, st = state
-    st = dict(st, group=list(st["group"]), elliptic=[(dict(e), a, b) for e, a, b in st["elliptic"]])
-    return ([dict(s, attributes=list(s["attributes"])) for s in subjects], list(spans), list(relations),
-            list(texts), {k: list(v) for k, v in style.items()}, list(composition), list(scene),
-            list(negatives), list(lost), list(used), st)
 
 
 def _color_and_attributes(modifiers: list[str]) -> tuple[str | None, list[str]]:
