@@ -478,3 +478,11 @@ def test_snapping_keeps_the_planned_relations(prompt):
         assert p[2] - p[0] == p[3] - p[1] and 2 <= p[2] - p[0] <= 4
         for q in cells[i + 1:]:
             assert p[2] < q[0] or q[2] < p[0] or p[3] < q[1] or q[3] < p[1], (prompt, cells)
+
+
+def test_another_models_plan_keeps_a_relations_adverb():
+    answer = ('{"subjects": [{"noun": "bird"}, {"noun": "house"}], '
+              '"relations": [{"subject": 0, "object": 1, "relation": "above", "adverb": "high"}]}')
+    plan = Plan.from_text(answer)
+    assert plan.relations[0].adverb == "high"
+    assert plan.conditioning_text() == "A bird is high above a house."

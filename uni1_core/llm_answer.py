@@ -280,7 +280,7 @@ def _subject(s):
 def _relation(r, heads: list[str | None]):
     if not isinstance(r, dict):
         return r
-    r = {k: r[k] for k in ("subject", "object", "relation", "object2") if k in r}
+    r = {k: r[k] for k in ("subject", "object", "relation", "object2", "adverb") if k in r}
     for key in ("subject", "object", "object2"):
         v = r.get(key)
         if isinstance(v, str) and v.strip().isdigit():
