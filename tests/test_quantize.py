@@ -224,6 +224,43 @@ def test_prequantised_folder_gives_the_same_logits(tmp_path, mode, group):
         load_quantized(out, "int8" if mode == "int4" else "int4")
 
 
+@pytest.mark.parametrize("mode,group", [("int8", 128), ("int4", 128), ("int4", 32)])
+def test_from_pretrained_quantize_equals_load_quantized(mode, group):
+    model = Uni1Model.from_pretrained("demo", dtype=torch.float32, quantize=mode, group_size=group)
+    reference = load_quantized("demo", mode, group, dtype=torch.float32)
+    assert model.quantization == reference.quantization == qz.QuantSpec(mode, group, "image", "host")
+    assert isinstance(model.model.layers[0].attention.wqkv, Int8Linear if mode == "int8" else Int4Linear)
+    x = torch.randint(0, model.config.vocab_size, (2, 30), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+
+
+@pytest.mark.parametrize("mode,group", [("int8", 128), ("int4", 64)])
+def test_quantize_command_then_from_pretrained_equals_quantising_at_load(tmp_path, mode, group, capsys):
+    from uni1_core.cli import main
+    assert main(["quantize", "demo", str(tmp_path / "q"), "--bits", mode[3:], "--group-size", str(group)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    loaded = Uni1Model.from_pretrained(tmp_path / "q")                  # plain call: config.json says how
+    at_load = Uni1Model.from_pretrained("demo", quantize=mode, group_size=group)
+    assert loaded.dtype == at_load.dtype == torch.bfloat16 and loaded.quantization == at_load.quantization
+    assert Uni1Model.from_pretrained(tmp_path / "q", quantize=mode, group_size=group).quantization.mode == mode
+    x = torch.randint(0, loaded.config.vocab_size, (2, 30), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), at_load(x))
+    other = {"int8": dict(quantize="int4"), "int4": dict(quantize="int4", group_size=128)}[mode]
+    with pytest.raises(QuantizationError, match=r"already quantised .*Fix: pass quantize=None"):
+        Uni1Model.from_pretrained(tmp_path / "q", **other)
+
+
+def test_unknown_quantize_setting_is_refused():
+    with pytest.raises(QuantizationError, match="'int3' is unknown"):
+        Uni1Model.from_pretrained("demo", quantize="int3")
+    with pytest.raises(QuantizationError, match="group size 100 is not supported"):
+        Uni1Model.from_pretrained("demo", quantize="int4", group_size=100)
+    plain = Uni1Model.from_pretrained("demo", quantize="none")           # the widgets' and CLI's word for None
+    assert getattr(plain, "quantization", None) is None and type(plain.lm_head) is torch.nn.Linear
+
+
 def test_quantized_model_keeps_the_exact_sampling_law():
     """The distribution test of tests/test_sampler_distribution.py on an int4 tiny model: the
     sampler's exactness does not depend on the model, so the quantised model's own AR law is
