@@ -73,7 +73,10 @@ def linear_bytes(n: int, k: int, quantize: str, group_size: int, dtype_bytes: in
     if quantize == "int8":
         return n * k + 4 * n                                   # int8 values + float32 scale per row
     if quantize == "int4":
-        kp, n_packed = padded_in_features(k, group_size), -(-n // PACK_ROWS) * PACK_ROWS
+        # the int4 kernels serve half-precision inputs and pad rows to PACK_ROWS; an fp32 model
+        # keeps the portable nibbles (quantize.int4_kernel)
+        kp = padded_in_features(k, group_size)
+        n_packed = -(-n // PACK_ROWS) * PACK_ROWS if dtype_bytes == 2 else n
         return n_packed * kp // 2 + 2 * 2 * n * (kp // group_size)    # nibbles + bf16 scale and zero per group
     return n * k * dtype_bytes
 
