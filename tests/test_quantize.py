@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from uni1_core import quantize as qz
-from uni1_core.checkpoint import DEMO_DIR
+from uni1_core.checkpoint import DEMO_DIR, CheckpointError
 from uni1_core.model import ModelConfig, Uni1Model
 from uni1_core.quantize import (Int4Linear, Int8Linear, QuantizationError, dequantize_int4, image_row_ids,
                                 pack_nibbles, quantize_int4, quantize_int8, quantize_linear, quantize_model_,
@@ -263,6 +263,20 @@ def test_unknown_quantize_setting_is_refused():
         Uni1Model.from_pretrained("demo", quantize="int4", group_size=100)
     plain = Uni1Model.from_pretrained("demo", quantize="none")           # the widgets' and CLI's word for None
     assert getattr(plain, "quantization", None) is None and type(plain.lm_head) is torch.nn.Linear
+
+
+def test_quantised_load_checks_the_config_against_the_headers_first(tmp_path):
+    """A config.json that does not belong to the weights fails before anything is quantised."""
+    folder = tmp_path / "wrong"
+    folder.mkdir()
+    for f in DEMO_DIR.iterdir():
+        if f.is_file() and f.name != "config.json":
+            (folder / f.name).symlink_to(f)
+    config = json.loads((DEMO_DIR / "config.json").read_text())
+    config["num_hidden_layers"] += 1
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="num_hidden_layers"):
+        Uni1Model.from_pretrained(folder, quantize="int8")
 
 
 def test_quantized_model_keeps_the_exact_sampling_law():

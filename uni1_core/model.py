@@ -3,6 +3,7 @@ network, one forward path, chosen by config.json's model_type; with a static KV 
 
     model = Uni1Model.from_pretrained("Alpha-VLLM/Lumina-mGPT-2.0", dtype=torch.bfloat16, device="cuda")
     logits = model(input_ids)                           # (B, T) -> (B, T, vocab) float32, no cache
+    model = Uni1Model.from_pretrained(folder, quantize="int8")   # int8 linears, streamed (quantized_fill.py)
 
     cache = model.new_cache(batch_size=2, max_len=10000)
     logits = model(prompt_ids, cache=cache)             # prefill; cache.lengths += T
