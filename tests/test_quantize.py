@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from uni1_core import quantize as qz
-from uni1_core.checkpoint import DEMO_DIR
+from uni1_core.checkpoint import DEMO_DIR, CheckpointError
 from uni1_core.model import ModelConfig, Uni1Model
 from uni1_core.quantize import (Int4Linear, Int8Linear, QuantizationError, dequantize_int4, image_row_ids,
                                 pack_nibbles, quantize_int4, quantize_int8, quantize_linear, quantize_model_,
@@ -226,6 +226,57 @@ def test_prequantised_folder_gives_the_same_logits(tmp_path, mode, group):
         assert torch.equal(direct(x), loaded(x))
     with pytest.raises(QuantizationError, match="already quantised"):
         load_quantized(out, "int8" if mode == "int4" else "int4")
+
+
+@pytest.mark.parametrize("mode,group", [("int8", 128), ("int4", 128), ("int4", 32)])
+def test_from_pretrained_quantize_equals_load_quantized(mode, group):
+    model = Uni1Model.from_pretrained("demo", dtype=torch.float32, quantize=mode, group_size=group)
+    reference = load_quantized("demo", mode, group, dtype=torch.float32)
+    assert model.quantization == reference.quantization == qz.QuantSpec(mode, group, "image", "host")
+    assert isinstance(model.model.layers[0].attention.wqkv, Int8Linear if mode == "int8" else Int4Linear)
+    x = torch.randint(0, model.config.vocab_size, (2, 30), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+
+
+@pytest.mark.parametrize("mode,group", [("int8", 128), ("int4", 64)])
+def test_quantize_command_then_from_pretrained_equals_quantising_at_load(tmp_path, mode, group, capsys):
+    from uni1_core.cli import main
+    assert main(["quantize", "demo", str(tmp_path / "q"), "--bits", mode[3:], "--group-size", str(group)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    loaded = Uni1Model.from_pretrained(tmp_path / "q")                  # plain call: config.json says how
+    at_load = Uni1Model.from_pretrained("demo", quantize=mode, group_size=group)
+    assert loaded.dtype == at_load.dtype == torch.bfloat16 and loaded.quantization == at_load.quantization
+    assert Uni1Model.from_pretrained(tmp_path / "q", quantize=mode, group_size=group).quantization.mode == mode
+    x = torch.randint(0, loaded.config.vocab_size, (2, 30), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), at_load(x))
+    other = {"int8": dict(quantize="int4"), "int4": dict(quantize="int4", group_size=128)}[mode]
+    with pytest.raises(QuantizationError, match=r"already quantised .*Fix: pass quantize=None"):
+        Uni1Model.from_pretrained(tmp_path / "q", **other)
+
+
+def test_unknown_quantize_setting_is_refused():
+    with pytest.raises(QuantizationError, match="'int3' is unknown"):
+        Uni1Model.from_pretrained("demo", quantize="int3")
+    with pytest.raises(QuantizationError, match="group size 100 is not supported"):
+        Uni1Model.from_pretrained("demo", quantize="int4", group_size=100)
+    plain = Uni1Model.from_pretrained("demo", quantize="none")           # the widgets' and CLI's word for None
+    assert getattr(plain, "quantization", None) is None and type(plain.lm_head) is torch.nn.Linear
+
+
+def test_quantised_load_checks_the_config_against_the_headers_first(tmp_path):
+    """A config.json that does not belong to the weights fails before anything is quantised."""
+    folder = tmp_path / "wrong"
+    folder.mkdir()
+    for f in DEMO_DIR.iterdir():
+        if f.is_file() and f.name != "config.json":
+            (folder / f.name).symlink_to(f)
+    config = json.loads((DEMO_DIR / "config.json").read_text())
+    config["num_hidden_layers"] += 1
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="num_hidden_layers"):
+        Uni1Model.from_pretrained(folder, quantize="int8")
 
 
 def test_quantized_model_keeps_the_exact_sampling_law():

@@ -122,11 +122,6 @@ def test_facts_the_model_breaks_are_listed():
         "place of cat: the prompt says 'on the left', the model's plan does not"]
 
 
-def test_quantize_is_refused_clearly_before_loading(tmp_path):
-    with pytest.raises(NotImplementedError, match="no weight quantisation"):
-        Reasoner.from_pretrained(tmp_path / "nothing", quantize="int4")
-
-
 def test_empty_prompt_is_refused():
     with pytest.raises(ValueError, match="prompt is empty"):
         Reasoner(CannedGenerator()).plan("  ")

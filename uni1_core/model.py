@@ -3,6 +3,7 @@ network, one forward path, chosen by config.json's model_type; with a static KV 
 
     model = Uni1Model.from_pretrained("Alpha-VLLM/Lumina-mGPT-2.0", dtype=torch.bfloat16, device="cuda")
     logits = model(input_ids)                           # (B, T) -> (B, T, vocab) float32, no cache
+    model = Uni1Model.from_pretrained(folder, quantize="int8")   # int8 linears, streamed (quantized_fill.py)
 
     cache = model.new_cache(batch_size=2, max_len=10000)
     logits = model(prompt_ids, cache=cache)             # prefill; cache.lengths += T
@@ -60,6 +61,8 @@ from torch import nn
 
 from .limits import resolve_device
 from .checkpoint import CheckpointError, list_safetensors_dir, read_tensors, resolve_model_dir
+from .quantize import DEFAULT_GROUP_SIZE
+from .quantized_fill import fill_quantized, read_spec
 
 QK_NORM_EPS = 1e-5                      # Chameleon's qk LayerNorm: fixed, not in the config
 IGNORED_KEY_PREFIXES = ("model.vqmodel.",)   # Chameleon's unused VQ-VAE: belongs to nothing here
@@ -869,7 +872,9 @@ class Uni1Model(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, dtype: str | torch.dtype = torch.bfloat16,
-                        device: str | torch.device = "cpu", cache_dir: str | os.PathLike | None = None) -> Uni1Model:
+                        device: str | torch.device = "cpu", cache_dir: str | os.PathLike | None = None,
+                        quantize: str | None = None, group_size: int = DEFAULT_GROUP_SIZE, *, lm_head: str = "image",
+                        embedding: str = "host", keep_ids=None) -> Uni1Model:
         """Load a checkpoint folder, 'demo' or a Hugging Face repo id.
 
         The config is checked against the weight files' headers first (layer count, and every
@@ -878,24 +883,41 @@ class Uni1Model(nn.Module):
         meta device, every key is checked (a missing, unexpected or wrongly shaped key is an error
         naming the file and the key), and every tensor is read from its file straight onto
         `device` and put in place, so the weights exist once.
+
+        quantize "int8" | "int4" (group_size for int4) quantises the decoder's linear layers while
+        the bf16 weights stream in, one layer at a time (quantized_fill.py); lm_head "image" |
+        "full" | "keep" and embedding "host" | "keep" say what happens to those two tables (see
+        docs/quantization.md; keep_ids: the rows an image-only head keeps). A pre-quantised folder
+        (`python -m uni1_core quantize`, a "quantization" entry in its config.json) loads as it is
+        quantised; asking for another setting than it holds is an error.
         """
         device = resolve_device(device)          # a missing CUDA named as such, before any read
         folder = resolve_model_dir(path_or_repo_id, cache_dir=cache_dir, check_config=ModelConfig.from_file)
         config = ModelConfig.from_file(folder / "config.json")
         dtype = parse_dtype(dtype, config)
+        spec, prequantised = read_spec(folder, config.raw, quantize, group_size, lm_head, embedding)
         entries = list_safetensors_dir(folder)
         _check_config_against_headers(entries, config, folder)
         with torch.device("meta"):
             model = cls(config)
-        expected = _expected_shapes(model)
-        plan = _check_keys(entries, expected, config, folder)
-        tensors = read_tensors(plan, device=device, dtype=dtype)
-        state = {key: _expand_qk_norm(key, t, expected[key]) for key, t in tensors.items()}
-        model.load_state_dict(state, strict=not config.tie_word_embeddings, assign=True)
-        if config.tie_word_embeddings:
-            model.lm_head.weight = model.model.embed_tokens.weight
+        if spec is None:
+            model._load_float(entries, folder, dtype, device)
+        else:
+            fill_quantized(model, folder, entries, spec, prequantised, dtype=dtype, device=device,
+                           layout=hf_layout(config), expand=_expand_qk_norm, ignored_prefixes=_ignored(config),
+                           keep_ids=keep_ids)
         model.requires_grad_(False)
         return model.eval()
+
+    def _load_float(self, entries, folder: Path, dtype: torch.dtype, device: torch.device) -> None:
+        """Every key checked against the network, then read and assigned (from_pretrained)."""
+        expected = _expected_shapes(self)
+        plan = _check_keys(entries, expected, self.config, folder)
+        tensors = read_tensors(plan, device=device, dtype=dtype)
+        state = {key: _expand_qk_norm(key, t, expected[key]) for key, t in tensors.items()}
+        self.load_state_dict(state, strict=not self.config.tie_word_embeddings, assign=True)
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write config.json (the raw config) and model.safetensors: a folder `from_pretrained` reads."""
@@ -994,9 +1016,14 @@ def _is_qk_norm(key: str) -> bool:
                          "self_attn.k_norm.weight", "self_attn.k_norm.bias"))
 
 
+def _ignored(config: ModelConfig) -> tuple[str, ...]:
+    """Checkpoint key prefixes that belong to no module of the network."""
+    return IGNORED_KEY_PREFIXES if config.model_type == "chameleon" else ()
+
+
 def _check_keys(entries, expected: dict, config: ModelConfig, folder: Path) -> dict:
     """The entries to load, after checking names and shapes against the network."""
-    ignored = IGNORED_KEY_PREFIXES if config.model_type == "chameleon" else ()
+    ignored = _ignored(config)
     for key, entry in entries.items():
         if key in expected or (ignored and key.startswith(ignored)):
             continue

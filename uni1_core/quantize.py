@@ -2,8 +2,8 @@
 
     quantize_model_(model, "int8")                     # every nn.Linear of the decoder, in place
     quantize_model_(model, "int4", group_size=128, lm_head="image", keep_ids=sub_vocab_ids(vocab))
-    model = load_quantized("folder", quantize="int4")  # streaming: never the whole bf16 model
-    save_quantized(model, "out_folder")                # a pre-quantised folder load_quantized reads
+    model = Uni1Model.from_pretrained("folder", quantize="int4")  # streamed: never the whole bf16 model
+    save_quantized(model, "out_folder")        # a pre-quantised folder; from_pretrained reads it as it is
 
 Formats (per output row n, input column k):
   int8  symmetric, one scale per output channel:   w[n, k] ~ q[n, k] * scale[n],  q in -127..127
@@ -33,7 +33,7 @@ Embedding and lm_head (why: docs/quantization.md). The sampler reads only the im
 structural ids of the logits, so `lm_head="image"` keeps only those rows (67 MB in int8 at the
 7B shape instead of 705 MB) and returns the other logits as the dtype minimum, the value the
 model already gives masked ids. The embedding is a gather of a few rows per step: `embedding=
-"host"` keeps the table off the device: in host memory, or (load_quantized) in the checkpoint
+"host"` keeps the table off the device: in host memory, or (a quantised load) in the checkpoint
 file, from which the rows looked up are read, and sends the rows to the model's device.
 """
 from __future__ import annotations
@@ -470,7 +470,7 @@ class ImageHead(nn.Module):
 
 class HostEmbedding(nn.Module):
     """An embedding table that stays in host memory, or on disk: `rows` is a CPU tensor or a
-    quantized_load.FileRows, which reads the rows looked up from the checkpoint file. The rows go
+    quantized_fill.FileRows, which reads the rows looked up from the checkpoint file. The rows go
     to the ids' device in the compute dtype. The table is not a parameter, so model.to("cuda")
     leaves it where it is."""
 

@@ -112,22 +112,14 @@ class Reasoner:
         from .model import Uni1Model
         from .tokenizer import TextTokenizer
 
-        quantized = quantize not in (None, "", "none")
-        if quantized:
-            try:     # the image model's quantisation (quantized_load.py), where this version has it
-                from .quantized_load import load_quantized
-            except ImportError:
-                raise NotImplementedError(
-                    f"quantize={quantize!r}: this version of uni1_core has no weight quantisation. Fix: load "
-                    "without quantize (bf16 on a GPU: Qwen3-1.7B takes about 3.4 GB).") from None
         folder = resolve_model_dir(folder_or_repo_id, cache_dir=cache_dir)
         tokenizer = TextTokenizer.from_dir(folder)
         model_type = json.loads((folder / "config.json").read_text()).get("model_type")
         chat_format = ChatFormat.for_model(model_type, tokenizer.added_by_content, _chat_template(folder))
-        if quantized:    # every row of the head is read by text sampling: quantise it whole
-            model = load_quantized(folder, quantize, dtype=dtype, device=device, lm_head="full", embedding="keep")
-        else:
-            model = Uni1Model.from_pretrained(folder, dtype=dtype, device=device)
+        # quantize "int8" | "int4": the image model's weight quantisation (quantize.py), with every
+        # row of the head quantised (text sampling reads them all) and the embedding kept as it is
+        model = Uni1Model.from_pretrained(folder, dtype=dtype, device=device, quantize=quantize, lm_head="full",
+                                          embedding="keep")
         return cls(TextGenerator(model, tokenizer, chat_format), name=Path(folder).name)
 
     def plan(self, prompt: str, settings: TextSettings | None = None, on_progress=None,
