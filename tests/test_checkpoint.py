@@ -301,3 +301,14 @@ def test_an_index_may_only_name_plain_safetensors_files(ckpt, shard):
     edit_index(ckpt, lambda wm: wm.update({next(iter(wm)): shard}))
     with pytest.raises(CheckpointError, match=r"not plain \*\.safetensors file names"):
         list_safetensors_dir(ckpt)
+
+
+def test_a_text_file_is_not_reported_as_a_pickle_that_runs_code(tmp_path):
+    import time
+    from uni1_core.checkpoint import CheckpointError, load_pickle_checkpoint
+    path = tmp_path / "movqgan_270M.ckpt"
+    path.write_text("<html>404 Not Found</html>")
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint.*starts with b'<h'.*download"):
+        load_pickle_checkpoint(path)
+    assert time.perf_counter() - t0 < 0.5

@@ -324,6 +324,14 @@ def load_pickle_checkpoint(path: str | os.PathLike) -> object:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {path} does not exist. Fix: check the path or download it again.")
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    # a zip archive (torch >= 1.6) or a pickle stream (protocol 2+, the legacy format): anything
+    # else is not a checkpoint, and must not be reported as a pickle that wants to run code
+    if not (magic == b"PK" or magic[:1] == b"\x80"):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (it is neither a zip archive nor a pickle; "
+                              f"it starts with {magic!r}). Fix: download the .ckpt / .pt file again, or "
+                              "give a .safetensors file.")
     try:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
