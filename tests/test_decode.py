@@ -12,7 +12,8 @@ import logging
 import pytest
 import torch
 
-from tests.test_sampler import POLICY, PROMPTS, RUNS, TinyGrid, tiny_model, tiny_vocab
+from tests.test_sampler import POLICY, PROMPTS, RUNS, TinyGrid, tiny_model
+from tests.test_sampler import model, vocab  # noqa: F401  (the same module-scoped fixtures)
 from uni1_core import decode
 from uni1_core.sampler import sample_codes
 
@@ -40,16 +41,6 @@ def count_host_syncs():
     finally:
         for name, original in saved.items():
             setattr(torch.Tensor, name, original)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model()
-
-
-@pytest.fixture(scope="module")
-def vocab():
-    return tiny_vocab(16)
 
 
 @pytest.fixture
