@@ -11,6 +11,7 @@ outside through a link), or a Hugging Face repo id, or the embedded `demo`.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -82,12 +83,29 @@ def _rel(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
+# Text-only models the reasoner runs (nodes/reasoner.py lists them as planners): a Qwen folder in
+# models/uni1/ is not an image model, so the Model Loader does not offer it.
+TEXT_MODEL_TYPES = ("qwen2", "qwen3")
+
+
+def _is_image_model_folder(folder: Path) -> bool:
+    config = folder / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        if config.stat().st_size > 1 << 20:          # not a config a model folder ships; let loading say so
+            return True
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type") not in TEXT_MODEL_TYPES
+    except (OSError, ValueError, AttributeError):    # unreadable or not an object: loading names the problem
+        return True
+
+
 def list_models() -> list[str]:
-    """Combo choices for the model loader: demo first, local model folders, then known repos."""
+    """Combo choices for the model loader: demo first, local image-model folders, then known repos."""
     local = []
     for root in model_roots():
         for d in _children(root):
-            if (d / "config.json").is_file():
+            if _is_image_model_folder(d):
                 local.append(_rel(d, root))
     remote = [r for r in KNOWN_MODEL_REPOS if r not in local]
     return [DEMO] + sorted(set(local)) + remote

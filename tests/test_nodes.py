@@ -198,6 +198,8 @@ def test_lists_demo_first_then_local_folders_then_known_repos(comfy):
     make_model_dir(comfy.models / "my-model")
     (comfy.models / "not-a-model").mkdir()
     (comfy.models / "movq.safetensors").write_bytes(b"")
+    qwen = make_model_dir(comfy.models / "Qwen" / "Qwen3-1.7B")      # a reasoner, not an image model
+    (qwen / "config.json").write_text('{"model_type": "qwen3"}')
     paths = comfy.nodes.paths
     assert paths.list_models() == ["demo", "Alpha-VLLM/Lumina-mGPT-2.0", "my-model",
                                    "Alpha-VLLM/Lumina-mGPT-2.0-Omni"]
