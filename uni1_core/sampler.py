@@ -52,7 +52,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from . import decode
-from .limits import seed_to_int64
+from .limits import clamp_window, seed_to_int64
 from .sequence import check_positions, position_limit
 from .policy import (SamplingPolicy, forced_sub_ids, get_policy, region_weights,
                      stream_region_weights, sub_vocab_ids)
@@ -723,7 +723,7 @@ def sample_codes(model, vocab, grid, cond_prompts: list[list[int]], *, mode: str
     t0 = time.perf_counter()
     policy = get_policy(policy)
     window, branches, seeds = check_request(mode, coupling, window, branches, cond_prompts, seeds, regions)
-    window = min(window, grid.stream_len)       # a longer window only allocates slots no draft can use
+    window = clamp_window(window, grid.stream_len)   # a longer one only allocates slots no draft can use
     check_prompt_positions(model, grid, cond_prompts, regions)
     rule = "sjd" if mode != "sjd_coupled" else coupling
     setup = make_setup(model.device, vocab, grid, cond_prompts, policy, mode, rule, window, branches, seeds, regions)
