@@ -324,6 +324,12 @@ class Plan:
             payload = read_answer(text)
         except LLMAnswerError as exc:
             raise PlanError(str(exc)) from None
+        return cls.from_answer(payload)
+
+    @classmethod
+    def from_answer(cls, payload: dict | str) -> Plan:
+        """A plan from what `llm_answer.read_answer` found in an answer: a plan dictionary
+        (validated like an edited plan) or a rewritten prompt (planned like a prompt)."""
         if isinstance(payload, dict):
             data = payload
             try:

@@ -178,7 +178,7 @@ def read_answer(answer: str) -> tuple[Plan, str]:
             raise PlanError("the answer starts a plan JSON but it is incomplete or not valid JSON (no closed "
                             "object with \"subjects\")")
         raise PlanError("the answer has no plan JSON (a ```json block with \"subjects\")")
-    plan = Plan.from_text(answer)
+    plan = Plan.from_answer(payload)                    # the answer is read once
     described = next((o["description"] for o in json_objects(answer)
                       if "subjects" in o and isinstance(o.get("description"), str)), None)
     return plan, described.strip() if described is not None else _description(answer)
