@@ -131,9 +131,9 @@ def parse_completion(text: str, stop_tokens=(IM_END, ENDOFTEXT), think: bool = T
 
 def pick_token(logits: torch.Tensor, settings: TextSettings, generator: torch.Generator) -> int:
     """Greedy (temperature 0), else a sample from the top-k / top-p renormalised distribution."""
-    logits = logits.float().cpu()
     if settings.temperature == 0:
-        return int(logits.argmax())
+        return int(logits.argmax())          # on the device: no copy of the vocabulary row per token
+    logits = logits.float().cpu()
     logits = logits / settings.temperature
     if settings.top_k and settings.top_k < logits.numel():
         kth = torch.topk(logits, settings.top_k).values[-1]
