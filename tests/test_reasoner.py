@@ -239,3 +239,12 @@ def test_the_system_prompts_own_example_is_a_readable_answer_that_keeps_the_fact
     plan, description = read_answer(example)
     assert description.startswith("Two small glossy red circles")
     assert compare_facts(make_plan(PROMPT), plan) == []
+
+
+def test_deeply_nested_json_after_the_plan_stays_prose_not_a_crash():
+    """The description reader skips what it cannot decode; JSON nested past Python's recursion
+    limit (a runaway model) is such text, not a RecursionError that escapes the node."""
+    answer = "```json\n" + GOOD_JSON + "\n```\nDescription: two shapes. " + '{"x": ' + "[" * 50_000
+    plan, description = read_answer(answer)
+    assert len(plan.subjects) == 2
+    assert description.startswith("two shapes.")

@@ -31,7 +31,7 @@ from .chat import ChatFormat
 from .layout import relation_holds
 from .plan import Plan, PlanError, make_plan
 from .lexicon import BASIC_COLORS, MAX_COUNT, POSITIONS, RELATIONS, singular
-from .llm_answer import json_objects, read_answer as read_llm_answer
+from .llm_answer import LLMAnswerError, json_objects, read_answer as read_llm_answer
 from .textgen import Completion, TextGenerator, TextSettings
 
 log = logging.getLogger("uni1")
@@ -179,8 +179,11 @@ def read_answer(answer: str) -> tuple[Plan, str]:
                             "object with \"subjects\")")
         raise PlanError("the answer has no plan JSON (a ```json block with \"subjects\")")
     plan = Plan.from_answer(payload)                    # the answer is read once
-    described = next((o["description"] for o in json_objects(answer)
-                      if "subjects" in o and isinstance(o.get("description"), str)), None)
+    try:
+        described = next((o["description"] for o in json_objects(answer)
+                          if "subjects" in o and isinstance(o.get("description"), str)), None)
+    except LLMAnswerError:             # more JSON after the plan, nested too deep: no description field
+        described = None
     return plan, described.strip() if described is not None else _description(answer)
 
 
@@ -191,7 +194,7 @@ def _description(answer: str) -> str:
     while (j := text.find("{", i)) != -1:           # cut out bare JSON objects
         try:
             _, end = decoder.raw_decode(text, j)
-        except ValueError:
+        except (ValueError, RecursionError):     # not JSON, or nested past Python's limit: prose
             kept.append(text[i:j + 1])
             i = j + 1
             continue
