@@ -16,6 +16,8 @@ import os
 import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from ..uni1_core.chat import CHAT_MODEL_TYPES
+
 FOLDER = "uni1"
 DEMO = "demo"
 # Repo ids offered in the loaders before they are downloaded (they then appear as local folders
@@ -85,7 +87,7 @@ def _rel(path: Path, root: Path) -> str:
 
 # Text-only models the reasoner runs (nodes/reasoner.py lists them as planners): a Qwen folder in
 # models/uni1/ is not an image model, so the Model Loader does not offer it.
-TEXT_MODEL_TYPES = ("qwen2", "qwen3")
+TEXT_MODEL_TYPES = CHAT_MODEL_TYPES
 
 
 def _is_image_model_folder(folder: Path) -> bool:

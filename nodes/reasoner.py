@@ -23,7 +23,7 @@ log = logging.getLogger("uni1")
 
 RULES = "rules"
 LLM_FOLDER = "LLM"
-REASONER_MODEL_TYPES = ("qwen2", "qwen3")
+REASONER_MODEL_TYPES = paths.TEXT_MODEL_TYPES          # Qwen2 / Qwen2.5-Instruct, Qwen3
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,6 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# the model types whose chat format this module renders (Qwen2 / Qwen2.5-Instruct, Qwen3)
+CHAT_MODEL_TYPES = ("qwen2", "qwen3")
+
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ENDOFTEXT = "<|endoftext|>"
@@ -60,7 +63,7 @@ class ChatFormat:
         if missing:
             raise ChatFormatError(f"the tokenizer lacks {missing[0]!r}, so this is not a ChatML (Qwen-family) "
                                   "instruct model. Fix: use a Qwen2.5-Instruct or Qwen3 folder.")
-        if model_type not in ("qwen2", "qwen3"):
+        if model_type not in CHAT_MODEL_TYPES:
             raise ChatFormatError(f"model_type {model_type!r} has no known chat format here; supported: "
                                   "qwen2 (Qwen2 / Qwen2.5-Instruct) and qwen3.")
         has_switch = (THINK_OPEN in tokens and THINK_CLOSE in tokens
