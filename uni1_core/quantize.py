@@ -559,15 +559,6 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def _disable_weight_fusion(model: nn.Module) -> None:
-    # Layers that run on concatenated copies of their float weights (model.DecoderLayer.fuse)
-    # read `.weight` directly: a quantised layer must go through its modules.
-    for layer in getattr(getattr(model, "model", None), "layers", []):
-        if getattr(layer, "fuse", False):
-            layer.fuse = False
-            layer._fused = None
-
-
 def quantize_model_(model: nn.Module, mode: str, group_size: int = DEFAULT_GROUP_SIZE, *, lm_head: str = "image",
                     keep_ids=None, embedding: str = "keep") -> nn.Module:
     """Swap the decoder's linear layers for quantised ones, in place; returns the model.
@@ -591,7 +582,6 @@ def quantize_model_(model: nn.Module, mode: str, group_size: int = DEFAULT_GROUP
         if spec.embedding == "host":
             emb = model.model.embed_tokens
             model.model.embed_tokens = HostEmbedding(emb.weight.detach().cpu(), dtype)
-    _disable_weight_fusion(model)
     model.quantization = spec
     return model
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, TensorEntry
 from .quantize import (HostEmbedding, ImageHead, Int4Linear, Int8Linear, QuantizationError, QuantSpec,
-                       _disable_weight_fusion, _prepared, _set_module, decoder_linears, image_row_ids,
+                       _prepared, _set_module, decoder_linears, image_row_ids,
                        quantize_linear)
 
 _ST_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
@@ -70,7 +70,6 @@ def fill_quantized(model: nn.Module, folder: Path, entries: dict[str, TensorEntr
             loader.quantise_streaming(spec, keep_ids)
         loader.load_rest(spec)
     loader.check_done()
-    _disable_weight_fusion(model)
     model.quantization = spec
     return model
 

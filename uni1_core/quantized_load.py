@@ -93,7 +93,6 @@ def quantize_folder(src, dst, mode: str, group_size: int = DEFAULT_GROUP_SIZE, l
     if Path(dst).resolve() == folder.resolve():
         raise QuantizationError(f"the output folder {dst} is the input folder. Fix: write to a new folder.")
     model = load_quantized(folder, mode, group_size, dtype="bfloat16", lm_head=lm_head, embedding="host")
-    model.quantization.embedding = "host"
     return save_quantized(model, dst, source_folder=folder, max_shard_bytes=max_shard_bytes)
 
 
