@@ -19,7 +19,7 @@ import torch
 from .checkpoint import CheckpointError, resolve_model_dir
 from .conditioning import check_conditioning, default_conditioning, model_text
 from .limits import check_batch, check_branches, check_regions, clamp_window, resolve_device, seed_to_int64
-from .model import Uni1Model
+from .model import ModelConfig, Uni1Model
 from .plan import Plan, make_plan
 from .policy import PRESETS, SamplingPolicy
 from .sampler import MODES, SampleStats, sample_codes
@@ -70,7 +70,8 @@ class Uni1Pipeline:
         (int8 when the weights are quantised), "bf16" (the model dtype) or "int8"."""
         from .quantized_load import load_quantized, resolve_kv_cache
         device = resolve_device(device or "cpu")       # a missing CUDA named as such, before any read
-        model_dir = resolve_model_dir(name_or_path, cache_dir=cache_dir)
+        # a repo id's config.json is fetched and checked before any weight is downloaded
+        model_dir = resolve_model_dir(name_or_path, cache_dir=cache_dir, check_config=ModelConfig.from_file)
         # The cheap files first, so that a bad one is reported before gigabytes of weights load.
         _precheck_uni1_section(Path(model_dir) / "config.json")
         tokenizer = TextTokenizer.from_dir(model_dir)
