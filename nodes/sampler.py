@@ -5,6 +5,7 @@ import json
 
 import torch
 
+from ..uni1_core.limits import SEED_MAX
 from ..uni1_core.sequence import I2I_PANELS, PIXELS_PER_CODE, PIXELS_PER_GRID_UNIT
 from . import runtime
 from .handles import CATEGORY, UNI1_MODEL, UNI1_PLAN, UNI1_TOKENS, UNI1_VQ, Tokens
@@ -14,7 +15,7 @@ from .vq import codes_to_pil
 
 MODES = ["sjd_coupled", "sjd", "ar"]
 TASKS = ["depth", "canny", "subject"]
-MAX_SEED = 0xFFFFFFFFFFFFFFFF
+MAX_SEED = SEED_MAX                   # the widget offers every seed the sampler takes
 PREVIEW_EVERY_S = 1.0   # at least this long between two live previews (then 10x the decode time)
 
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from .conditioning import CONDITIONINGS
-from .limits import (MAX_BATCH, RequestError, batch_seeds, check_batch, check_branches, check_window,
+from .limits import (MAX_BATCH, RequestError, batch_seeds, check_branches, check_window,
                      is_out_of_memory, resolve_device)
 
 
@@ -59,8 +59,7 @@ def _check_args(args) -> None:
     if args.command != "generate":
         return
     from .policy import PRESETS
-    check_batch(args.batch)
-    batch_seeds(args.seed, args.batch)                  # the seed's range
+    batch_seeds(args.seed, args.batch)                  # the batch's and the seed's range
     check_window(args.window)                          # >= 1; clamped to the image's stream later
     check_branches(args.branches)
     if args.regional and args.no_plan:
